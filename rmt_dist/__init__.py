@@ -1,0 +1,3 @@
+"""rmt-dist: train RMT (CVPR 2024) at ImageNet scale."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,2 @@
+class ConfigError(ValueError):
+    """A recipe problem; the message is one line naming the file, the key and the fix."""

@@ -1,0 +1,12 @@
+"""How many processes a SLURM recipe launches (shared by the launcher and config printing)."""
+
+from __future__ import annotations
+
+from .config.schema import SlurmConfig
+
+
+def tasks_per_node(slurm: SlurmConfig) -> int:
+    """One task per GPU; CPU-only jobs (gpus_per_node=0) default to one task per node."""
+    if slurm.tasks_per_node is not None:
+        return slurm.tasks_per_node
+    return slurm.gpus_per_node if slurm.gpus_per_node > 0 else 1
