@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..launch_env import tasks_per_node
 from . import ConfigError, derive, load_config, to_yaml
 
 
@@ -17,8 +18,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.recipe, args.overrides)
-        from ..launch_env import tasks_per_node  # noqa: PLC0415
-
         world = args.world_size or cfg.slurm.nodes * tasks_per_node(cfg.slurm)
         cfg = derive(cfg, world)
     except ConfigError as e:

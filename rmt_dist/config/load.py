@@ -121,8 +121,7 @@ def read_recipe(path: str | os.PathLike, _stack: tuple[Path, ...] = ()) -> tuple
             raise ConfigError(f"{path}: base: file {str(base_path)!r} does not exist")
         sub_tree, sub_prov = read_recipe(base_path, (*_stack, path))
         _merge(tree, sub_tree, "", {})
-        prov.update({k: v for k, v in sub_prov.items()})
-        # drop provenance of keys the new base replaced wholesale
+        prov.update(sub_prov)
     _merge(tree, _expand_env(raw, str(path), ""), str(path), prov)
     return tree, prov
 
