@@ -1,0 +1,228 @@
+"""python -m rmt_dist.tokenlabel.generate TRAIN.beton OUT_STORE --teacher NAME [--checkpoint PATH] ...
+
+Runs a teacher over every image of a training beton (whole image resized to --img-size)
+and stores, per sample, the top-k class logits and indices at every location of the
+teacher's final feature map (see store.py for the layout and disk cost).
+
+Distributed: launch with torchrun (or under SLURM with RANK/WORLD_SIZE set); ranks split
+the chunks. Resumable: each finished chunk is a file under OUT_STORE/parts/, and a re-run
+with the same arguments skips finished chunks. Once all chunks exist, rank 0 writes
+scores.npy / indices.npy, checks that every sample index has labels, and marks the store
+complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .store import StoreMeta, TokenLabelStoreError, generation_key
+from .teacher import build_teacher, per_location_logits
+
+
+def _beton_info(beton: Path) -> tuple[int, int, dict]:
+    meta_path = Path(f"{beton}.meta.json")
+    if not beton.is_file():
+        raise TokenLabelStoreError(f"beton {str(beton)!r} does not exist")
+    if not meta_path.is_file():
+        raise TokenLabelStoreError(f"{str(meta_path)!r} is missing; convert with python -m rmt_dist.data.convert")
+    meta = json.loads(meta_path.read_text())
+    return int(meta["num_samples"]), len(meta["classes"]), meta
+
+
+def _dist() -> tuple[int, int]:
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    return rank, world
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()
+
+
+def _part(store: Path, chunk: int) -> Path:
+    return store / "parts" / f"chunk_{chunk:06d}.npz"
+
+
+def _loader(beton: Path, indices: np.ndarray, img_size: int, batch_size: int, workers: int):
+    from ffcv.fields.decoders import IntDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import ToTensor, ToTorchImage
+
+    from .decode import WholeImageRGBDecoder
+
+    return Loader(
+        str(beton), batch_size=batch_size, num_workers=workers, order=OrderOption.SEQUENTIAL,
+        indices=indices, drop_last=False,
+        pipelines={"image": [WholeImageRGBDecoder((img_size, img_size)), ToTensor(), ToTorchImage()],
+                   "label": [IntDecoder(), ToTensor()]},
+    )
+
+
+@torch.no_grad()
+def _label_chunk(model, beton, indices, args, device, mean, std, bar) -> dict[str, np.ndarray]:
+    scores, idx = [], []
+    correct = 0
+    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    for images, labels in _loader(beton, indices, args.img_size, args.batch_size, args.workers):
+        x = images.to(device, non_blocking=True).float().div_(255).sub_(mean).div_(std)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            logits = per_location_logits(model, x).float()
+        top = logits.topk(args.topk, dim=-1)
+        scores.append(top.values.half().cpu().numpy())
+        idx.append(top.indices.to(torch.int16).cpu().numpy())
+        correct += int((logits.mean((1, 2)).argmax(-1).cpu() == labels.view(-1)).sum())
+        if bar is not None:
+            bar.update(len(images))
+    return {"scores": np.concatenate(scores), "indices": np.concatenate(idx),
+            "rows": np.asarray(indices), "correct": np.asarray(correct)}
+
+
+def _consolidate(store: Path, meta: StoreMeta, num_chunks: int, chunk_size: int) -> float:
+    """Parts -> scores.npy / indices.npy; every sample index must be covered exactly once."""
+    shape = (meta.num_samples, meta.map_h, meta.map_w, meta.topk)
+    scores = np.lib.format.open_memmap(store / "scores.npy.tmp", mode="w+", dtype=np.float16, shape=shape)
+    indices = np.lib.format.open_memmap(store / "indices.npy.tmp", mode="w+", dtype=np.int16, shape=shape)
+    seen = np.zeros(meta.num_samples, dtype=bool)
+    correct = 0
+    for c in range(num_chunks):
+        part = _part(store, c)
+        if not part.is_file():
+            raise TokenLabelStoreError(f"chunk {c} ({part}) is missing after generation; re-run to finish it")
+        with np.load(part) as z:
+            rows = z["rows"]
+            scores[rows], indices[rows] = z["scores"], z["indices"]
+            seen[rows] = True
+            correct += int(z["correct"])
+    if not seen.all():
+        missing = np.flatnonzero(~seen)
+        raise TokenLabelStoreError(f"{len(missing)} sample indices have no labels (first: {missing[:5].tolist()})")
+    scores.flush()
+    indices.flush()
+    del scores, indices
+    os.replace(store / "scores.npy.tmp", store / "scores.npy")
+    os.replace(store / "indices.npy.tmp", store / "indices.npy")
+    StoreMeta(**{**generation_key(meta), "complete": True}).write(store)
+    shutil.rmtree(store / "parts", ignore_errors=True)
+    return correct / meta.num_samples
+
+
+def generate(args: argparse.Namespace) -> StoreMeta:
+    beton, store = Path(args.beton), Path(args.store)
+    num_samples, num_classes, _ = _beton_info(beton)
+    rank, world = _dist()
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        device = torch.device("cuda", torch.cuda.current_device())
+    model = build_teacher(args.teacher, args.checkpoint, num_classes, ema=args.ema,
+                          pretrained=args.pretrained).to(device)
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), device=device).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225)), device=device).view(1, 3, 1, 1)
+    with torch.no_grad():
+        probe = per_location_logits(model, torch.zeros(1, 3, args.img_size, args.img_size, device=device))
+    from ..data import beton_fingerprint
+
+    meta = StoreMeta(
+        teacher=args.teacher, teacher_checkpoint=str(args.checkpoint) if args.checkpoint else None,
+        img_size=args.img_size, topk=args.topk, map_h=probe.shape[1], map_w=probe.shape[2],
+        num_classes=num_classes, beton=str(beton), beton_fingerprint=beton_fingerprint(beton),
+        num_samples=num_samples,
+    )
+    if args.topk > num_classes:
+        raise TokenLabelStoreError(f"--topk {args.topk} exceeds the dataset's {num_classes} classes")
+    if rank == 0:
+        if (store / "meta.json").is_file():
+            old = StoreMeta.read(store)
+            if generation_key(old) != generation_key(meta):
+                if not args.overwrite:
+                    raise TokenLabelStoreError(
+                        f"{str(store)!r} holds a store made with other settings (teacher {old.teacher}, "
+                        f"img_size {old.img_size}, topk {old.topk}, beton {old.beton}); pass --overwrite to replace it"
+                    )
+                shutil.rmtree(store)
+            elif old.complete:
+                print(f"token-label store {store} is already complete ({old.num_samples} samples)")
+        if not (store / "meta.json").is_file():
+            meta.write(store)
+        (store / "parts").mkdir(parents=True, exist_ok=True)
+    _barrier(world)
+    if StoreMeta.read(store).complete:
+        return StoreMeta.read(store)
+
+    num_chunks = -(-num_samples // args.chunk_size)
+    mine = [c for c in range(rank, num_chunks, world) if not _part(store, c).is_file()]
+    todo = sum(min(args.chunk_size, num_samples - c * args.chunk_size) for c in mine)
+    bar = None
+    if rank == 0:
+        from tqdm import tqdm
+
+        done = num_chunks - len([c for c in range(num_chunks) if not _part(store, c).is_file()])
+        print(f"token labels: {num_samples} images, {num_chunks} chunks ({done} done), {world} rank(s), "
+              f"teacher {args.teacher} at {args.img_size}px -> {meta.map_h}x{meta.map_w} maps, top-{args.topk}")
+        bar = tqdm(total=todo, unit="img", desc="rank 0", dynamic_ncols=True)
+    t0 = time.time()
+    for c in mine:
+        rows = np.arange(c * args.chunk_size, min((c + 1) * args.chunk_size, num_samples))
+        out = _label_chunk(model, beton, rows, args, device, mean, std, bar)
+        tmp = store / "parts" / f".chunk_{c:06d}.tmp{rank}.npz"
+        np.savez(tmp, **out)
+        os.replace(tmp, _part(store, c))  # atomic: a chunk file exists only when complete
+    if bar is not None:
+        bar.close()
+    _barrier(world)
+    if rank == 0:
+        acc = _consolidate(store, meta, num_chunks, args.chunk_size)
+        print(f"token-label store {store}: {num_samples} samples complete in {time.time() - t0:.1f}s; "
+              f"teacher top-1 on these images (mean over locations): {acc * 100:.2f}%")
+    _barrier(world)
+    return StoreMeta.read(store)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m rmt_dist.tokenlabel.generate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("beton", help="training .beton (made by rmt_dist.data.convert)")
+    p.add_argument("store", help="output store directory, e.g. train.tokenlabel")
+    p.add_argument("--teacher", required=True, help="timm model name (RMT models included)")
+    p.add_argument("--checkpoint", default=None,
+                   help="teacher weights: .safetensors/.pth file, or a run/checkpoint dir of this project")
+    p.add_argument("--ema", action="store_true", help="use the EMA weights of the checkpoint")
+    p.add_argument("--pretrained", action="store_true", help="use timm's pretrained weights (needs the hub)")
+    p.add_argument("--img-size", type=int, default=224, help="teacher input side (TokenLabeling: 576 for NFNet-F6)")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=min(8, len(os.sched_getaffinity(0))))
+    p.add_argument("--chunk-size", type=int, default=4096, help="samples per resumable unit")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--overwrite", action="store_true", help="replace a store made with other settings")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        generate(args)
+    except TokenLabelStoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

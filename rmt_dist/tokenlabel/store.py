@@ -1,0 +1,114 @@
+"""The token-label store: a teacher's top-k score maps for every sample of one .beton.
+
+Layout of a store directory (e.g. `train.tokenlabel/`):
+
+    meta.json      what it was made from: teacher, checkpoint, img_size, topk, map size,
+                   num_classes, source beton path + fingerprint + num_samples; `complete`
+    scores.npy     float16 [N, H, W, k]  teacher logits of the top-k classes per location
+    indices.npy    int16   [N, H, W, k]  their class indices
+    parts/         per-chunk results while generating (removed once consolidated)
+
+Rows are aligned to the beton's sample indices, so the loader gathers labels by the index
+FFCV gives each sample; no image bytes are copied. Disk: N x H x W x k x 4 bytes, e.g.
+ImageNet-1k (1,281,167 images) with k=5: 7x7 maps (teacher at 224 px) 1.25 GB; 18x18 maps
+(NFNet-F6 at 576 px, as in TokenLabeling) 8.3 GB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+class TokenLabelStoreError(ValueError):
+    """A store that is missing, incomplete or made for other data; the message says the fix."""
+
+
+@dataclass(frozen=True)
+class StoreMeta:
+    teacher: str
+    teacher_checkpoint: str | None
+    img_size: int
+    topk: int
+    map_h: int
+    map_w: int
+    num_classes: int
+    beton: str
+    beton_fingerprint: str
+    num_samples: int
+    complete: bool = False
+
+    @classmethod
+    def read(cls, store: Path) -> StoreMeta:
+        path = Path(store) / "meta.json"
+        if not path.is_file():
+            raise TokenLabelStoreError(
+                f"token-label store {str(store)!r} does not exist or has no meta.json; make it with "
+                f"python -m rmt_dist.tokenlabel.generate TRAIN.beton {store} --teacher NAME"
+            )
+        return cls(**json.loads(path.read_text()))
+
+    def write(self, store: Path) -> None:
+        store.mkdir(parents=True, exist_ok=True)
+        tmp = store / f".meta.json.tmp{os.getpid()}"
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        os.replace(tmp, store / "meta.json")
+
+
+def generation_key(meta: StoreMeta) -> dict:
+    """What must match for a half-finished store to be resumed instead of rebuilt."""
+    d = asdict(meta)
+    d.pop("complete")
+    return d
+
+
+class TokenLabelStore:
+    """Read-only view of a complete store, checked against the beton it is used with."""
+
+    def __init__(self, path: str | os.PathLike, *, beton: str | os.PathLike | None = None,
+                 num_classes: int | None = None):
+        self.path = Path(path)
+        self.meta = StoreMeta.read(self.path)
+        if not self.meta.complete:
+            raise TokenLabelStoreError(
+                f"token-label store {str(self.path)!r} is incomplete (generation was interrupted); "
+                f"re-run python -m rmt_dist.tokenlabel.generate with the same arguments to finish it"
+            )
+        if beton is not None:
+            from ..data import beton_fingerprint
+
+            fp = beton_fingerprint(beton)
+            if fp != self.meta.beton_fingerprint:
+                raise TokenLabelStoreError(
+                    f"token-label store {str(self.path)!r} was made for {self.meta.beton!r} "
+                    f"(fingerprint {self.meta.beton_fingerprint[:12]}), not for {str(beton)!r} "
+                    f"(fingerprint {fp[:12]}); generate a store for this beton"
+                )
+        if num_classes is not None and num_classes != self.meta.num_classes:
+            raise TokenLabelStoreError(
+                f"token-label store {str(self.path)!r} has {self.meta.num_classes} classes but the model "
+                f"has model.num_classes={num_classes}; use a teacher trained on the same classes"
+            )
+        self.scores = np.load(self.path / "scores.npy", mmap_mode="r")
+        self.indices = np.load(self.path / "indices.npy", mmap_mode="r")
+        expected = (self.meta.num_samples, self.meta.map_h, self.meta.map_w, self.meta.topk)
+        if self.scores.shape != expected or self.indices.shape != expected:
+            raise TokenLabelStoreError(
+                f"token-label store {str(self.path)!r} arrays have shape {self.scores.shape}, meta.json "
+                f"says {expected}; the store is damaged, regenerate it"
+            )
+
+    def __len__(self) -> int:
+        return self.meta.num_samples
+
+    def gather(self, sample_indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores float16, class indices int16), each [B, H, W, k], for beton sample indices."""
+        order = np.argsort(sample_indices)  # sorted reads are kinder to the page cache
+        rows = np.asarray(sample_indices)[order]
+        inv = np.empty_like(order)
+        inv[order] = np.arange(len(order))
+        return np.asarray(self.scores[rows])[inv], np.asarray(self.indices[rows])[inv]

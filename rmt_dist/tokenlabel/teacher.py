@@ -1,0 +1,95 @@
+"""A teacher for token labeling: any timm model + weights, read as per-location logits."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .store import TokenLabelStoreError
+
+_NESTED = ("state_dict_ema", "model_ema", "ema", "state_dict", "model")
+
+
+def load_weights(path: str | os.PathLike, ema: bool = False) -> dict[str, torch.Tensor]:
+    """A plain state dict from a .safetensors/.pth file, or a run/checkpoint dir of this project."""
+    path = Path(path)
+    if path.is_dir():
+        from ..export import load_consolidated  # the engine's reader of its sharded checkpoints
+
+        return load_consolidated(path, ema=ema)
+    if not path.is_file():
+        raise TokenLabelStoreError(f"teacher checkpoint {str(path)!r} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    keys = [k for k in _NESTED if isinstance(sd, dict) and k in sd]
+    if keys:
+        preferred = [k for k in keys if ("ema" in k) == ema] or keys
+        sd = sd[preferred[0]]
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def build_teacher(name: str, checkpoint: str | None, num_classes: int, *, ema: bool = False,
+                  pretrained: bool = False) -> nn.Module:
+    import timm
+
+    import rmt_dist  # noqa: F401  (registers the RMT models with timm)
+
+    if checkpoint is None and not pretrained:
+        raise TokenLabelStoreError(
+            "a teacher needs trained weights: pass --checkpoint PATH (a .safetensors/.pth file or a run dir) "
+            "or --pretrained (timm's hub weights)"
+        )
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes)
+    except RuntimeError as e:
+        raise TokenLabelStoreError(f"teacher {name!r}: {e}") from None
+    if checkpoint is not None:
+        sd = load_weights(checkpoint, ema=ema)
+        head = model.get_classifier()
+        head_key = next((k for k, p in model.named_parameters() if p is getattr(head, "weight", None)), None)
+        if head_key is not None and head_key in sd and sd[head_key].shape[0] != num_classes:
+            raise TokenLabelStoreError(
+                f"teacher checkpoint {checkpoint!r} has {sd[head_key].shape[0]} classes but the dataset has "
+                f"{num_classes}; use a teacher trained on the same classes"
+            )
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        if missing or unexpected:
+            raise TokenLabelStoreError(
+                f"teacher checkpoint {checkpoint!r} does not fit timm model {name!r}: "
+                f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
+    return model.eval()
+
+
+def per_location_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """[B, H, W, classes]: the classifier applied at every location of the final feature map.
+
+    Token-label models use their dense aux head. Otherwise the model's own head is applied
+    to each location as a 1x1 map (for heads that are pointwise then pooled, as in
+    ResNets, NFNets, ConvNeXts and RMT, this equals the head as a 1x1 convolution, which
+    is what TokenLabeling does with NFNet-F6).
+    """
+    dense = getattr(model, "forward_dense", None)
+    if callable(dense):
+        return dense(images)
+    feats = model.forward_features(images)
+    if feats.ndim == 3:  # (B, N, C) tokens, maybe with prefix tokens
+        prefix = getattr(model, "num_prefix_tokens", 0)
+        feats = feats[:, prefix:]
+        b, n, c = feats.shape
+        side = int(round(n ** 0.5))
+        if side * side != n:
+            raise TokenLabelStoreError(f"teacher tokens ({n}) do not form a square grid")
+        feats = feats.transpose(1, 2).reshape(b, c, side, side)
+    if feats.ndim != 4:
+        raise TokenLabelStoreError(f"teacher forward_features returned shape {tuple(feats.shape)}, expected NCHW")
+    b, c, h, w = feats.shape
+    flat = feats.permute(0, 2, 3, 1).reshape(b * h * w, c, 1, 1)
+    logits = model.forward_head(flat)
+    return logits.reshape(b, h, w, -1)
