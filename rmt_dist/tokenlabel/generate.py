@@ -55,38 +55,37 @@ def _part(store: Path, chunk: int) -> Path:
     return store / "parts" / f"chunk_{chunk:06d}.npz"
 
 
-def _loader(beton: Path, indices: np.ndarray, img_size: int, batch_size: int, workers: int):
-    from ffcv.fields.decoders import IntDecoder
-    from ffcv.loader import Loader, OrderOption
-    from ffcv.transforms import ToTensor, ToTorchImage
+def _batches(images, decoder, rows: np.ndarray, img_size: int, batch_size: int):
+    """(uint8 NHWC batch, labels) of whole images resized to img_size, in `rows` order.
 
-    from .decode import WholeImageRGBDecoder
-
-    return Loader(
-        str(beton), batch_size=batch_size, num_workers=workers, order=OrderOption.SEQUENTIAL,
-        indices=indices, drop_last=False,
-        pipelines={"image": [WholeImageRGBDecoder((img_size, img_size)), ToTensor(), ToTorchImage()],
-                   "label": [IntDecoder(), ToTensor()]},
-    )
+    The teacher sees the whole image (box = full image) because the student's crops are
+    later expressed as fractions of the full image.
+    """
+    for start in range(0, len(rows), batch_size):
+        idx = rows[start:start + batch_size]
+        boxes = np.stack([np.zeros_like(idx), np.zeros_like(idx), images.heights[idx], images.widths[idx]], 1)
+        out = np.empty((len(idx), img_size, img_size, 3), np.uint8)
+        decoder.decode(idx, boxes, np.zeros(len(idx), bool), out)
+        yield torch.from_numpy(out), torch.from_numpy(images.labels[idx])
 
 
 @torch.no_grad()
-def _label_chunk(model, beton, indices, args, device, mean, std, bar) -> dict[str, np.ndarray]:
+def _label_chunk(model, images, decoder, rows, args, device, mean, std, bar) -> dict[str, np.ndarray]:
     scores, idx = [], []
     correct = 0
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    for images, labels in _loader(beton, indices, args.img_size, args.batch_size, args.workers):
-        x = images.to(device, non_blocking=True).float().div_(255).sub_(mean).div_(std)
+    for batch, labels in _batches(images, decoder, rows, args.img_size, args.batch_size):
+        x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255).sub_(mean).div_(std)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             logits = per_location_logits(model, x).float()
         top = logits.topk(args.topk, dim=-1)
         scores.append(top.values.half().cpu().numpy())
         idx.append(top.indices.to(torch.int16).cpu().numpy())
-        correct += int((logits.mean((1, 2)).argmax(-1).cpu() == labels.view(-1)).sum())
+        correct += int((logits.mean((1, 2)).argmax(-1).cpu() == labels).sum())
         if bar is not None:
-            bar.update(len(images))
+            bar.update(len(batch))
     return {"scores": np.concatenate(scores), "indices": np.concatenate(idx),
-            "rows": np.asarray(indices), "correct": np.asarray(correct)}
+            "rows": np.asarray(rows), "correct": np.asarray(correct)}
 
 
 def _consolidate(store: Path, meta: StoreMeta, num_chunks: int, chunk_size: int) -> float:
@@ -162,6 +161,13 @@ def generate(args: argparse.Namespace) -> StoreMeta:
     if StoreMeta.read(store).complete:
         return StoreMeta.read(store)
 
+    from numba import set_num_threads
+
+    from ..data.decode import BatchDecoder, BetonImages
+
+    images = BetonImages(str(beton))
+    set_num_threads(max(1, min(args.workers, len(os.sched_getaffinity(0)))))
+    decoder = BatchDecoder(images, args.workers)
     num_chunks = -(-num_samples // args.chunk_size)
     mine = [c for c in range(rank, num_chunks, world) if not _part(store, c).is_file()]
     todo = sum(min(args.chunk_size, num_samples - c * args.chunk_size) for c in mine)
@@ -176,7 +182,7 @@ def generate(args: argparse.Namespace) -> StoreMeta:
     t0 = time.time()
     for c in mine:
         rows = np.arange(c * args.chunk_size, min((c + 1) * args.chunk_size, num_samples))
-        out = _label_chunk(model, beton, rows, args, device, mean, std, bar)
+        out = _label_chunk(model, images, decoder, rows, args, device, mean, std, bar)
         tmp = store / "parts" / f".chunk_{c:06d}.tmp{rank}.npz"
         np.savez(tmp, **out)
         os.replace(tmp, _part(store, c))  # atomic: a chunk file exists only when complete

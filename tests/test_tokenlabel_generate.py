@@ -1,0 +1,116 @@
+"""Token-label generation on a real beton: complete, resumable, and refusing bad inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import torch
+from data_helpers import digits_betons
+
+from rmt_dist.tokenlabel import TokenLabelStore, TokenLabelStoreError
+from rmt_dist.tokenlabel import generate as gen
+
+TEACHER = "resnet10t"
+
+
+@pytest.fixture(scope="module")
+def betons(tmp_path_factory):
+    return digits_betons(tmp_path_factory.mktemp("tl_data"))
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pth"
+    torch.save({"model": timm.create_model(TEACHER, num_classes=10).state_dict()}, path)
+    return path
+
+
+def args(beton, store, ckpt, *extra):
+    return gen.parse_args([str(beton), str(store), "--teacher", TEACHER, "--checkpoint", str(ckpt),
+                           "--img-size", "64", "--topk", "3", "--batch-size", "64", "--workers", "1",
+                           "--chunk-size", "256", "--device", "cpu", *extra])
+
+
+@pytest.fixture(scope="module")
+def full_store(betons, teacher_ckpt, tmp_path_factory):
+    store = tmp_path_factory.mktemp("stores") / "full.tokenlabel"
+    gen.generate(args(betons[0], store, teacher_ckpt))
+    return store
+
+
+def test_store_covers_every_sample_with_the_teachers_topk(full_store, betons, teacher_ckpt):
+    st = TokenLabelStore(full_store, beton=betons[0], num_classes=10)
+    n = st.meta.num_samples
+    assert st.scores.shape == (n, 2, 2, 3) and st.indices.shape == (n, 2, 2, 3)
+    assert not (full_store / "parts").exists()
+    # scores are sorted top-k logits, indices valid classes
+    s = np.asarray(st.scores, dtype=np.float32)
+    assert (np.diff(s, axis=-1) <= 0).all()
+    assert np.asarray(st.indices).min() >= 0 and np.asarray(st.indices).max() < 10
+    # gather returns rows in the order asked for
+    rows = np.array([5, 0, n - 1, 5])
+    sc, ix = st.gather(rows)
+    assert np.array_equal(sc[0], sc[3]) and np.array_equal(ix[2], np.asarray(st.indices[n - 1]))
+
+
+def test_interrupted_generation_resumes_to_the_same_store(full_store, betons, teacher_ckpt, tmp_path, monkeypatch):
+    store = tmp_path / "resumed.tokenlabel"
+    real = gen._label_chunk
+    calls = {"n": 0}
+
+    def crash_on_third(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated preemption")
+        return real(*a, **k)
+
+    monkeypatch.setattr(gen, "_label_chunk", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        gen.generate(args(betons[0], store, teacher_ckpt))
+    assert len(list((store / "parts").glob("chunk_*.npz"))) == 2
+    with pytest.raises(TokenLabelStoreError, match="incomplete"):
+        TokenLabelStore(store)
+
+    calls["n"] = 0
+    monkeypatch.setattr(gen, "_label_chunk", lambda *a, **k: (calls.__setitem__("n", calls["n"] + 1), real(*a, **k))[1])
+    gen.generate(args(betons[0], store, teacher_ckpt))
+    total_chunks = -(-TokenLabelStore(full_store).meta.num_samples // 256)
+    assert calls["n"] == total_chunks - 2, "finished chunks are not redone"
+    a, b = TokenLabelStore(full_store), TokenLabelStore(store)
+    assert np.array_equal(a.scores, b.scores) and np.array_equal(a.indices, b.indices)
+
+
+def test_store_for_another_beton_is_refused(full_store, betons):
+    with pytest.raises(TokenLabelStoreError, match="made for"):
+        TokenLabelStore(full_store, beton=betons[1])
+
+
+def test_missing_store_is_a_clear_error(tmp_path):
+    with pytest.raises(TokenLabelStoreError, match="rmt_dist.tokenlabel.generate"):
+        TokenLabelStore(tmp_path / "nope.tokenlabel")
+
+
+def test_store_with_other_class_count_is_refused(full_store):
+    with pytest.raises(TokenLabelStoreError, match="model.num_classes=1000"):
+        TokenLabelStore(full_store, num_classes=1000)
+
+
+def test_teacher_with_other_class_count_is_refused(betons, tmp_path, capsys):
+    ckpt = tmp_path / "t100.pth"
+    torch.save(timm.create_model(TEACHER, num_classes=100).state_dict(), ckpt)
+    assert gen.main([str(betons[0]), str(tmp_path / "s"), "--teacher", TEACHER, "--checkpoint", str(ckpt),
+                     "--device", "cpu", "--img-size", "64"]) == 2
+    assert "has 100 classes but the dataset has 10" in capsys.readouterr().err
+
+
+def test_teacher_without_weights_is_refused(betons, tmp_path, capsys):
+    assert gen.main([str(betons[0]), str(tmp_path / "s"), "--teacher", TEACHER, "--device", "cpu"]) == 2
+    assert "--checkpoint" in capsys.readouterr().err
+
+
+def test_settings_change_needs_overwrite(full_store, betons, teacher_ckpt, capsys):
+    assert gen.main([*map(str, [betons[0], full_store]), "--teacher", TEACHER, "--checkpoint", str(teacher_ckpt),
+                     "--img-size", "96", "--device", "cpu"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
