@@ -1,0 +1,5 @@
+"""The one exception type data commands turn into a one-line error and a non-zero exit."""
+
+
+class DataError(ValueError):
+    """Bad input to a data command or loader; the message names the value and the fix."""

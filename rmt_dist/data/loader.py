@@ -1,0 +1,406 @@
+"""Training and evaluation loaders over FFCV betons, built from a Config.
+
+    train = build_train_loader(cfg, rank=r, world_size=w, device=device)
+    train.steps_per_epoch                     # optimizer-step batches per epoch per rank
+    for images, targets in train.epoch(epoch, start_step=0): ...
+    for images, targets, meta in train.epoch(epoch, with_meta=True): ...
+    ev = build_eval_loader(cfg, rank=r, world_size=w, device=device)
+    for images, labels in ev: ...
+
+Train batches: `images` float32 (B, 3, H, W) normalised on `device` (channels_last memory
+format if cfg.model.channels_last); `targets` float32 (B, num_classes) soft targets
+(label smoothing, and mixup/cutmix when enabled) for one soft-target cross entropy.
+Eval batches: `labels` int64 (B,); across ranks every val sample exactly once (contiguous
+blocks, no padding), the last batch may be short.
+
+Pipeline per batch: decode + RandomResizedCrop + flip (numba kernel over libffcv's
+libjpeg-turbo/OpenCV calls, `decode.py`) -> RandAugment on uint8 (numba, `randaugment.py`)
+-> copy uint8 NHWC to the device -> normalise -> random erasing -> mixup/cutmix
+(`device_augment.py`). A background thread prepares `batches_ahead` batches while the
+caller trains; numba's threads (cfg.data.num_workers, capped by the CPUs this process may
+use) do the per-sample work without the GIL.
+
+Reproducibility: the sample order depends only on (seed, epoch) (`sampling.py`); every
+random choice for a batch (crop boxes, flips, RandAugment ops and magnitudes, erasing
+boxes and values, mixup lambda and box) comes from RNGs seeded by (seed, epoch, rank,
+world_size, step). `epoch(e, start_step=k)` therefore yields exactly batches k, k+1, ...
+of `epoch(e)`, without decoding the skipped ones.
+
+Token labeling (`with_meta=True`) adds a dict per batch, all CPU tensors:
+  indices   int64 (B,)    sample indices into the beton (and its token-label store)
+  labels    int64 (B,)    hard labels
+  boxes     int64 (B, 4)  RandomResizedCrop box (top, left, height, width) in the pixels
+                          of the image as stored in the beton
+  image_size int64 (B, 2) that image's (height, width)
+  flipped   bool (B,)     horizontal flip applied after the crop
+  mix_lam, mix_box        mixup/cutmix lambda and (y_lo, y_hi, x_lo, x_hi) or None
+Crop then flip maps a dense label map exactly; RandAugment's geometric ops are not
+reflected (as in the official token-labeling code, which crops/flips labels only).
+
+FFCV's own Loader is not used: its numba augmentations draw from per-thread RNGs that
+cannot be replayed, and it cannot start mid-epoch. We keep FFCV's file format, reader,
+and its decode/resize kernels. `data.os_cache` has no effect: samples are always read
+through a memory map (the OS page cache); FFCV's process cache only pays with its
+quasi-random order, which would break the exact-order contract.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import random
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numba
+import numpy as np
+import torch
+
+from ..config import Config
+from .decode import BatchDecoder, BetonImages, normalize_batch
+from .device_augment import (
+    ErasingSpec,
+    MixParams,
+    MixSpec,
+    apply_erasing,
+    apply_mix,
+    sample_erasing,
+    sample_mix,
+    soft_targets,
+)
+from .errors import DataError
+from .meta import meta_path, read_meta
+from .randaugment import RandAugmentSpec, fill_color, rand_augment_batch, sample_ops
+from .sampling import center_crop_boxes, eval_indices, random_resized_crop_boxes, train_indices
+
+BATCHES_AHEAD = 3
+# Numba's parallel kernels must not be launched from two threads at once (the workqueue
+# threading layer aborts); train and eval producers may overlap, so launches take turns.
+_KERNEL_LOCK = threading.Lock()
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def worker_threads(requested: int) -> int:
+    """cfg.data.num_workers capped by the CPUs this process may use (SLURM/cgroup affinity)
+    and by numba's pool size."""
+    return max(1, min(requested, usable_cpus(), numba.config.NUMBA_NUM_THREADS))
+
+
+def _open_beton(path: str | None, key: str) -> BetonImages:
+    if not path:
+        raise DataError(f"{key} is not set (path to a .beton made by python -m rmt_dist.data.convert)")
+    if not os.path.isfile(path):
+        raise DataError(f"{key}: {path} does not exist (convert it with python -m rmt_dist.data.convert, "
+                        "or for the demo: python -m rmt_dist.data.digits data/digits)")
+    return BetonImages(path)
+
+
+def _check_classes(images: BetonImages, num_classes: int, key: str) -> None:
+    if images.num_samples and int(images.labels.max()) >= num_classes:
+        raise DataError(f"{key}: {images.path} has labels up to {int(images.labels.max())} but "
+                        f"model.num_classes is {num_classes}; set model.num_classes to at least {int(images.labels.max()) + 1}")
+    if meta_path(images.path).exists():
+        n = len(read_meta(images.path).get("classes", {}))
+        if n > num_classes:
+            raise DataError(f"{key}: {images.path} has {n} classes but model.num_classes is {num_classes}")
+
+
+class _FloatPool:
+    """Reusable float32 batch tensors for the CPU path. A fresh 40-80 MB tensor per batch
+    costs page faults on every batch (glibc mmaps blocks this large and unmaps them on
+    free), measured at ~25% of the crop+flip throughput on 2 cores. A tensor is reused only
+    once nothing references its storage any more (no view, no caller), so batches the
+    caller keeps stay intact."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.tensors: list[torch.Tensor] = []
+
+    @staticmethod
+    def _in_use(t: torch.Tensor) -> bool:
+        # Free: referenced by our list entry and the temporary storage object only.
+        return torch._C._storage_Use_Count(t.untyped_storage()._cdata) > 2
+
+    def get(self, shape: tuple[int, ...]) -> torch.Tensor:
+        # Hand out views: a view is a second tensor on the storage, so the use count shows
+        # whether the caller (or anything derived from it) still holds the batch.
+        for t in self.tensors:
+            if tuple(t.shape) == shape and not self._in_use(t):
+                return t.view(shape)
+        t = torch.empty(shape, dtype=torch.float32)
+        if len(self.tensors) < self.capacity:
+            self.tensors.append(t)
+        return t.view(shape)
+
+
+@dataclass
+class _Batch:
+    step: int
+    indices: np.ndarray
+    boxes: np.ndarray
+    flips: np.ndarray
+    ra_ops: np.ndarray | None = None  # (B, layers) RandAugment op codes, NO_OP when skipped
+    ra_args: np.ndarray | None = None
+    normalized: torch.Tensor | None = None  # CPU device: float32 batch made by the workers
+
+    @property
+    def size(self) -> int:
+        return len(self.indices)
+
+
+class _Prefetcher:
+    """Runs `fill(slot, item) -> result` for each work item on a background thread, into a
+    ring of (pinned, for CUDA) uint8 buffers; `run` yields (result, buffer) in order and
+    recycles a slot once the caller resumes it (the device copy has been issued)."""
+
+    def __init__(self, buffers: list[torch.Tensor], device: torch.device) -> None:
+        self.buffers = buffers
+        self.device = device
+
+    def run(self, items: Any, fill: Any) -> Iterator[tuple[Any, torch.Tensor]]:
+        ready: queue.Queue = queue.Queue()
+        free: queue.Queue = queue.Queue()
+        for slot in range(len(self.buffers)):
+            free.put((slot, None))
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                for item in items:
+                    while True:
+                        try:
+                            slot, event = free.get(timeout=0.2)
+                            break
+                        except queue.Empty:
+                            if stop.is_set():
+                                return
+                    if stop.is_set():
+                        return
+                    if event is not None:
+                        event.synchronize()  # the device copy out of this slot has finished
+                    ready.put((slot, fill(slot, item)))
+                ready.put(None)
+            except BaseException as e:  # surfaced to the consumer
+                ready.put(e)
+
+        thread = threading.Thread(target=produce, name="rmt-data-producer", daemon=True)
+        thread.start()
+        try:
+            while True:
+                got = ready.get()
+                if got is None:
+                    return
+                if isinstance(got, BaseException):
+                    raise got
+                slot, item = got
+                yield item, self.buffers[slot]
+                event = None
+                if self.device.type == "cuda":
+                    event = torch.cuda.Event()
+                    event.record()
+                free.put((slot, event))
+        finally:
+            stop.set()
+            thread.join()
+
+
+class _Base:
+    def __init__(self, images: BetonImages, *, batch_size: int, img_size: int, workers: int,
+                 device: torch.device, mean: list[float], std: list[float], channels_last: bool) -> None:
+        self.images = images
+        self.batch_size = batch_size
+        self.img_size = img_size
+        self.device = device
+        self.workers = workers
+        self.channels_last = channels_last
+        self.decoder = BatchDecoder(images, workers)
+        pin = device.type == "cuda"
+        self.buffers = [torch.empty((batch_size, img_size, img_size, 3), dtype=torch.uint8, pin_memory=pin)
+                        for _ in range(BATCHES_AHEAD + 2)]
+        self.prefetcher = _Prefetcher(self.buffers, device)
+        self.float_pool = _FloatPool(BATCHES_AHEAD + 4)
+        self.fill = fill_color(mean)  # RandAugment's affine fill: timm's img_mean
+        self.mean_np = np.array([m * 255 for m in mean], np.float32)
+        self.inv_std_np = np.array([1 / (s * 255) for s in std], np.float32)
+        self.mean = torch.from_numpy(self.mean_np).to(device).view(1, 3, 1, 1)
+        self.inv_std = torch.from_numpy(self.inv_std_np).to(device).view(1, 3, 1, 1)
+
+    def _decode(self, slot: int, batch: _Batch) -> _Batch:
+        out = self.buffers[slot].numpy()[: batch.size]
+        with _KERNEL_LOCK:
+            numba.set_num_threads(self.workers)  # thread-local in numba: set on the launching thread
+            self.decoder.decode(batch.indices, batch.boxes, batch.flips, out)
+            if batch.ra_ops is not None:
+                rand_augment_batch(out, batch.ra_ops, batch.ra_args, self.fill, True)
+            if self.device.type == "cpu":
+                # On a CPU "device" the caller's thread would normalise with torch, competing
+                # for the same cores; the worker threads do it in the same pass instead.
+                n = batch.size
+                shape = (n, self.img_size, self.img_size, 3) if self.channels_last else (n, 3, self.img_size, self.img_size)
+                batch.normalized = self.float_pool.get(shape)
+                normalize_batch(out, batch.normalized.numpy(), self.mean_np, self.inv_std_np, self.channels_last)
+        return batch
+
+    def _to_device(self, buffer: torch.Tensor, batch: _Batch) -> torch.Tensor:
+        """uint8 NHWC (host) -> normalised float32 NCHW on the device. NHWC permuted is
+        channels_last already; the copy moves 1 byte per value instead of 4."""
+        if batch.normalized is not None:  # CPU device: done by the workers
+            x = batch.normalized
+            return x.permute(0, 3, 1, 2) if self.channels_last else x
+        x = buffer[:batch.size].to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+        x = (x.float() - self.mean) * self.inv_std
+        return x if self.channels_last else x.contiguous()
+
+
+class TrainLoader(_Base):
+    """See the module docstring."""
+
+    def __init__(self, images: BetonImages, cfg: Config, rank: int, world_size: int, device: torch.device) -> None:
+        d = cfg.data
+        super().__init__(images, batch_size=d.batch_size, img_size=d.img_size, workers=worker_threads(d.num_workers),
+                         device=device, mean=d.mean, std=d.std, channels_last=cfg.model.channels_last)
+        self.seed, self.rank, self.world_size = cfg.run.seed, rank, world_size
+        self.num_classes = cfg.model.num_classes
+        self.scale = (float(d.scale[0]), float(d.scale[1]))
+        self.ratio = (float(d.ratio[0]), float(d.ratio[1]))
+        self.hflip = d.hflip
+        self.repeated_aug, self.num_repeats = d.repeated_aug, d.num_repeats
+        self.drop_last = d.drop_last
+        self.rand_augment = RandAugmentSpec.parse(d.auto_augment) if d.auto_augment else None
+        self.erasing = ErasingSpec(probability=d.reprob, mode=d.remode) if d.reprob > 0 else None
+        self.mix = MixSpec(mixup_alpha=d.mixup, cutmix_alpha=d.cutmix, prob=d.mixup_prob,
+                           switch_prob=d.mixup_switch_prob, label_smoothing=d.label_smoothing)
+        self.label_smoothing = d.label_smoothing
+        self.samples_per_rank = images.num_samples // world_size
+        full, rest = divmod(self.samples_per_rank, d.batch_size)
+        self.steps_per_epoch = full if (d.drop_last or rest == 0) else full + 1
+        if self.steps_per_epoch == 0:
+            raise DataError(f"data.train: {images.path} has {images.num_samples} samples, fewer than one batch per rank "
+                            f"(data.batch_size {d.batch_size} x {world_size} ranks); lower data.batch_size")
+        if self.mix.active and d.batch_size % 2:
+            raise DataError(f"data.batch_size {d.batch_size}: mixup/cutmix pairs each image with the reversed batch "
+                            "and needs an even batch size")
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def indices(self, epoch: int) -> np.ndarray:
+        """This rank's sample order for `epoch` (before cutting into batches)."""
+        return train_indices(self.images.num_samples, seed=self.seed, epoch=epoch, rank=self.rank,
+                             world_size=self.world_size, repeated_aug=self.repeated_aug, num_repeats=self.num_repeats)
+
+    def _seeds(self, epoch: int, step: int) -> list[np.random.SeedSequence]:
+        key = [self.seed, epoch, self.rank, self.world_size, step]
+        return np.random.SeedSequence(key).spawn(4)  # host aug, erasing, mixup, device noise
+
+    def _plan(self, epoch: int, step: int, order: np.ndarray) -> _Batch:
+        idx = order[step * self.batch_size:(step + 1) * self.batch_size]
+        rng = np.random.default_rng(self._seeds(epoch, step)[0])
+        im = self.images
+        boxes = random_resized_crop_boxes(rng, im.heights[idx], im.widths[idx], self.scale, self.ratio)
+        flips = rng.random(len(idx)) < self.hflip
+        batch = _Batch(step=step, indices=idx, boxes=boxes, flips=flips)
+        if self.rand_augment is not None:
+            batch.ra_ops, batch.ra_args = sample_ops(rng, len(idx), self.rand_augment)
+        return batch
+
+    def epoch(self, epoch: int, start_step: int = 0, with_meta: bool = False) -> Iterator[tuple[Any, ...]]:
+        if not 0 <= start_step <= self.steps_per_epoch:
+            raise DataError(f"start_step {start_step}: must be in [0, {self.steps_per_epoch}] (steps_per_epoch)")
+        order = self.indices(epoch)
+
+        def fill(slot: int, step: int) -> _Batch:
+            return self._decode(slot, self._plan(epoch, step, order))
+
+        for batch, buffer in self.prefetcher.run(range(start_step, self.steps_per_epoch), fill):
+            images = self._to_device(buffer, batch)
+            seeds = self._seeds(epoch, batch.step)
+            labels = torch.from_numpy(self.images.labels[batch.indices]).to(self.device, non_blocking=True)
+            if self.erasing is not None:
+                boxes = sample_erasing(random.Random(int(seeds[1].generate_state(1, np.uint64)[0])), batch.size,
+                                       self.img_size, self.img_size, self.erasing)
+                gen = torch.Generator(device=self.device)
+                gen.manual_seed(int(seeds[3].generate_state(1, np.uint64)[0] >> np.uint64(1)))
+                apply_erasing(images, boxes, self.erasing.mode, gen)
+            mix = MixParams()
+            if self.mix.active:
+                mix = sample_mix(np.random.RandomState(seeds[2].generate_state(4)), self.mix, self.img_size, self.img_size)
+                images, targets = apply_mix(images, labels, self.num_classes, self.label_smoothing, mix)
+            else:
+                targets = soft_targets(labels, self.num_classes, self.label_smoothing)
+            if not with_meta:
+                yield images, targets
+                continue
+            im = self.images
+            meta = {
+                "indices": torch.from_numpy(batch.indices.copy()),
+                "labels": torch.from_numpy(im.labels[batch.indices]),
+                "boxes": torch.from_numpy(batch.boxes),
+                "image_size": torch.from_numpy(np.stack([im.heights[batch.indices], im.widths[batch.indices]], 1)),
+                "flipped": torch.from_numpy(batch.flips),
+                "mix_lam": mix.lam,
+                "mix_box": mix.box,
+            }
+            yield images, targets, meta
+
+
+class EvalLoader(_Base):
+    """See the module docstring. Iterating twice gives the same batches."""
+
+    def __init__(self, images: BetonImages, cfg: Config, rank: int, world_size: int, device: torch.device) -> None:
+        d = cfg.data
+        super().__init__(images, batch_size=d.eval_batch_size or 2 * d.batch_size, img_size=d.img_size,
+                         workers=worker_threads(d.num_workers), device=device, mean=d.mean, std=d.std,
+                         channels_last=cfg.model.channels_last)
+        self.crop_pct = d.crop_pct
+        self.order = eval_indices(images.num_samples, rank, world_size)
+        center_crop_boxes(images.heights[:1], images.widths[:1], self.crop_pct)  # validates crop_pct now
+
+    def __len__(self) -> int:
+        return -(-len(self.order) // self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank evaluates."""
+        return len(self.order)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        im = self.images
+        plans = []
+        for step in range(len(self)):
+            idx = self.order[step * self.batch_size:(step + 1) * self.batch_size]
+            boxes = center_crop_boxes(im.heights[idx], im.widths[idx], self.crop_pct)
+            plans.append(_Batch(step, idx, boxes, np.zeros(len(idx), np.bool_)))
+        for batch, buffer in self.prefetcher.run(plans, self._decode):
+            images = self._to_device(buffer, batch)
+            yield images, torch.from_numpy(im.labels[batch.indices]).to(self.device, non_blocking=True)
+
+
+def _check_rank(rank: int, world_size: int) -> None:
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise DataError(f"rank {rank} / world_size {world_size}: need 0 <= rank < world_size")
+
+
+def build_train_loader(cfg: Config, *, rank: int = 0, world_size: int = 1,
+                       device: torch.device | str = "cpu") -> TrainLoader:
+    _check_rank(rank, world_size)
+    images = _open_beton(cfg.data.train, "data.train")
+    _check_classes(images, cfg.model.num_classes, "data.train")
+    return TrainLoader(images, cfg, rank, world_size, torch.device(device))
+
+
+def build_eval_loader(cfg: Config, *, rank: int = 0, world_size: int = 1,
+                      device: torch.device | str = "cpu", path: str | None = None) -> EvalLoader:
+    """`path` overrides cfg.data.val (e.g. `rmt_dist.evaluate --data VAL.beton`)."""
+    _check_rank(rank, world_size)
+    images = _open_beton(path or cfg.data.val, "data.val")
+    _check_classes(images, cfg.model.num_classes, "data.val")
+    return EvalLoader(images, cfg, rank, world_size, torch.device(device))

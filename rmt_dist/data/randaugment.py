@@ -1,0 +1,157 @@
+"""RandAugment as timm defines it (`rand-m9-mstd0.5-inc1`), split for speed and reproducibility:
+
+- `RandAugmentSpec.parse` reads timm's config string (m, n, p, mstd, mmax, inc);
+- `sample_ops` draws every sample's ops, application and magnitudes for a batch from the
+  batch's own numpy Generator (timm draws the same distributions from the global
+  `random`/`np.random`, which cannot be replayed on resume);
+- `rand_augment_batch` applies them with the numba kernels of `pil_ops` in parallel, on
+  the uint8 images right after decode.
+
+Ops, order and level functions are timm's `_RAND_INCREASING_TRANSFORMS` (inc1) or
+`_RAND_TRANSFORMS` (inc0). Affine ops use bicubic resampling (the RMT/DeiT recipe's
+`--train-interpolation bicubic`) and fill with the mean pixel, as timm's create_transform.
+One deliberate difference: a posterize level of 0 bits turns the image black (Pillow < 10
+semantics); Pillow >= 10 raises on it, which crashes timm's reference at magnitude 10.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit, prange
+
+from . import pil_ops
+from .errors import DataError
+
+# Kernel op codes; the order is timm's transform list order (same for inc0 and inc1).
+OP_NAMES = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color",
+            "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+NO_OP = -1
+(AUTO_CONTRAST, EQUALIZE, INVERT, ROTATE, POSTERIZE, SOLARIZE, SOLARIZE_ADD, COLOR, CONTRAST, BRIGHTNESS,
+ SHARPNESS, SHEAR_X, SHEAR_Y, TRANSLATE_X, TRANSLATE_Y) = range(len(OP_NAMES))
+_LEVEL_DENOM = 10.0
+
+
+@dataclass(frozen=True)
+class RandAugmentSpec:
+    magnitude: float = 10.0
+    num_layers: int = 2
+    prob: float = 0.5
+    magnitude_std: float = 0.0
+    magnitude_max: float = _LEVEL_DENOM
+    increasing: bool = False
+
+    @classmethod
+    def parse(cls, config: str) -> RandAugmentSpec:
+        """timm's syntax, e.g. 'rand-m9-mstd0.5-inc1' (sections: m, n, p, mstd, mmax, inc)."""
+        parts = config.split("-")
+        if parts[0] != "rand":
+            raise DataError(f"data.auto_augment {config!r}: only RandAugment ('rand-...', e.g. "
+                            "'rand-m9-mstd0.5-inc1') is supported; use null to disable")
+        kw: dict[str, float | int | bool] = {}
+        for part in parts[1:]:
+            m = re.fullmatch(r"(mstd|mmax|inc|m|n|p)(\d+(?:\.\d*)?)", part)
+            if not m:
+                raise DataError(f"data.auto_augment {config!r}: unknown section {part!r} "
+                                "(expected m<int>, n<int>, p<float>, mstd<float>, mmax<int>, inc<0|1>)")
+            key, val = m.groups()
+            if key == "mstd":
+                kw["magnitude_std"] = math.inf if float(val) > 100 else float(val)
+            elif key == "mmax":
+                kw["magnitude_max"] = float(val)
+            elif key == "inc":
+                kw["increasing"] = bool(int(float(val)))
+            elif key == "m":
+                kw["magnitude"] = float(int(float(val)))
+            elif key == "n":
+                kw["num_layers"] = int(float(val))
+            else:
+                kw["prob"] = float(val)
+        return cls(**kw)  # type: ignore[arg-type]
+
+
+def level_to_arg(op: np.ndarray, level: np.ndarray, negate: np.ndarray, increasing: bool) -> np.ndarray:
+    """timm's LEVEL_TO_ARG, vectorised: the kernel argument of each op at magnitude `level`."""
+    frac = level / _LEVEL_DENOM
+    sign = np.where(negate, -1.0, 1.0)
+    arg = np.zeros_like(level)
+    arg = np.where(op == ROTATE, frac * 30.0 * sign, arg)
+    bits = np.floor(frac * 4).astype(np.int64)
+    arg = np.where(op == POSTERIZE, 4 - bits if increasing else bits, arg)
+    thresh = np.minimum(256, np.floor(frac * 256)).astype(np.int64)
+    arg = np.where(op == SOLARIZE, 256 - thresh if increasing else thresh, arg)
+    arg = np.where(op == SOLARIZE_ADD, np.minimum(128, np.floor(frac * 110)), arg)
+    enhance = np.maximum(0.1, 1.0 + sign * frac * 0.9) if increasing else frac * 1.8 + 0.1
+    arg = np.where((op >= COLOR) & (op <= SHARPNESS), enhance, arg)
+    arg = np.where((op == SHEAR_X) | (op == SHEAR_Y), frac * 0.3 * sign, arg)
+    arg = np.where((op == TRANSLATE_X) | (op == TRANSLATE_Y), frac * 0.45 * sign, arg)
+    return arg
+
+
+def sample_ops(rng: np.random.Generator, batch: int, spec: RandAugmentSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(ops, args), each (batch, num_layers): op code (NO_OP when the layer is skipped) and argument."""
+    shape = (batch, spec.num_layers)
+    op = rng.integers(0, len(OP_NAMES), shape)
+    applied = rng.random(shape) <= spec.prob  # timm skips when random() > prob
+    if spec.magnitude_std == math.inf:
+        level = rng.uniform(0.0, spec.magnitude, shape)
+    elif spec.magnitude_std > 0:
+        level = rng.normal(spec.magnitude, spec.magnitude_std, shape)
+    else:
+        level = np.full(shape, spec.magnitude)
+    level = np.clip(level, 0.0, spec.magnitude_max)
+    negate = rng.random(shape) > 0.5
+    args = level_to_arg(op, level, negate, spec.increasing)
+    return np.where(applied, op, NO_OP).astype(np.int64), args.astype(np.float64)
+
+
+@njit(cache=True, nogil=True)
+def apply_op(img, op, arg, fill, bicubic):
+    h, w, _ = img.shape
+    if op == AUTO_CONTRAST:
+        pil_ops.auto_contrast(img)
+    elif op == EQUALIZE:
+        pil_ops.equalize(img)
+    elif op == INVERT:
+        pil_ops.point(img, 0, 0.0)
+    elif op == ROTATE:
+        pil_ops.rotate(img, arg, fill, bicubic)
+    elif op == POSTERIZE:
+        pil_ops.point(img, 1, arg)
+    elif op == SOLARIZE:
+        pil_ops.point(img, 2, arg)
+    elif op == SOLARIZE_ADD:
+        pil_ops.point(img, 3, arg)
+    elif op == COLOR:
+        pil_ops.color(img, arg)
+    elif op == CONTRAST:
+        pil_ops.contrast(img, arg)
+    elif op == BRIGHTNESS:
+        pil_ops.brightness(img, arg)
+    elif op == SHARPNESS:
+        pil_ops.sharpness(img, arg)
+    elif op == SHEAR_X:
+        pil_ops.affine(img, 1.0, arg, 0.0, 0.0, 1.0, 0.0, fill, bicubic)
+    elif op == SHEAR_Y:
+        pil_ops.affine(img, 1.0, 0.0, 0.0, arg, 1.0, 0.0, fill, bicubic)
+    elif op == TRANSLATE_X:
+        pil_ops.affine(img, 1.0, 0.0, arg * w, 0.0, 1.0, 0.0, fill, bicubic)
+    elif op == TRANSLATE_Y:
+        pil_ops.affine(img, 1.0, 0.0, 0.0, 0.0, 1.0, arg * h, fill, bicubic)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def rand_augment_batch(images, ops, args, fill, bicubic):
+    """images (B, H, W, 3) uint8 in place; ops/args (B, layers) from `sample_ops`."""
+    for i in prange(images.shape[0]):
+        for layer in range(ops.shape[1]):
+            if ops[i, layer] != NO_OP:
+                apply_op(images[i], ops[i, layer], args[i, layer], fill, bicubic)
+
+
+def fill_color(mean: list[float]) -> np.ndarray:
+    """timm's img_mean hparam: the mean pixel as uint8."""
+    return np.array([min(255, round(255 * m)) for m in mean], np.uint8)
