@@ -46,3 +46,16 @@ class TokenLabelLoss(nn.Module):
         loss_cls = soft_cross_entropy(cls_logits, cls_target)
         loss_dense = soft_cross_entropy(aux_logits.reshape(-1, c), dense_target.reshape(-1, c))
         return self.cls_weight * loss_cls + self.dense_weight * loss_dense
+
+
+def build_token_label_criterion(cfg):
+    """The engine's criterion for tokenlabel.enabled: (model output, (cls, dense) targets) -> loss."""
+    loss = TokenLabelLoss(cfg.tokenlabel.cls_weight, cfg.tokenlabel.dense_weight)
+
+    def criterion(output, targets):
+        if not isinstance(output, tuple):
+            raise ValueError("token labeling needs a token-label model in train mode (model.token_label=true)")
+        cls_target, dense_target = targets
+        return loss(output, cls_target, dense_target)
+
+    return criterion

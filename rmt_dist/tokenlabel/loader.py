@@ -1,0 +1,71 @@
+"""Training batches with token-label targets: (images, (cls_target, dense_target)).
+
+Wraps the data package's TrainLoader: for every batch it takes the crop box and flip the
+loader applied to each image (`with_meta=True`), gathers that sample's teacher score map
+from the store, and RoI-aligns it to the student's token grid (targets.py). The image's
+RandAugment geometric ops (rotate, shear, translate) are image-only, as in the original
+token-labeling code; crop and flip are exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from ..config import Config
+from .store import TokenLabelStore, TokenLabelStoreError
+from .targets import crop_aligned_targets, mix_ground_truth
+
+MODEL_STRIDE = 32
+
+
+class TokenLabelTrainLoader:
+    def __init__(self, base: Any, cfg: Config, device: torch.device | str = "cpu"):
+        tl = cfg.tokenlabel
+        if tl.store is None:
+            raise TokenLabelStoreError("tokenlabel.store is not set; make a store with python -m rmt_dist.tokenlabel.generate")
+        grid = cfg.data.img_size // MODEL_STRIDE
+        if tl.size != grid:
+            raise TokenLabelStoreError(
+                f"tokenlabel.size={tl.size} but the model's token grid at data.img_size={cfg.data.img_size} is "
+                f"{grid}x{grid}; set tokenlabel.size={grid}"
+            )
+        self.base = base
+        self.store = TokenLabelStore(tl.store, beton=cfg.data.train, num_classes=cfg.model.num_classes)
+        self.num_classes = cfg.model.num_classes
+        self.size = tl.size
+        self.smoothing = tl.label_smoothing
+        self.ground_truth = tl.ground_truth
+        self.device = torch.device(device)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.base.steps_per_epoch
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def targets(self, meta: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, indices = self.store.gather(meta["indices"].numpy())
+        boxes = meta["boxes"].double()  # (top, left, height, width) in stored-image pixels
+        hw = meta["image_size"].double()  # (height, width)
+        frac = torch.stack([boxes[:, 1] / hw[:, 1], boxes[:, 0] / hw[:, 0],
+                            (boxes[:, 1] + boxes[:, 3]) / hw[:, 1], (boxes[:, 0] + boxes[:, 2]) / hw[:, 0]], 1)
+        cls, dense = crop_aligned_targets(
+            torch.from_numpy(scores).to(self.device), torch.from_numpy(indices).to(self.device), frac.float(),
+            meta["flipped"], self.num_classes, self.size, self.smoothing,
+        )
+        if self.ground_truth:
+            cls = mix_ground_truth(cls, meta["labels"].to(self.device), self.smoothing)
+        return cls, dense
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]]:
+        for images, _soft, meta in self.base.epoch(epoch, start_step, with_meta=True):
+            if meta.get("mix_box") is not None or float(meta.get("mix_lam", 1.0) or 1.0) != 1.0:
+                raise TokenLabelStoreError("mixup/cutmix must be off with token labeling (set data.mixup=0 data.cutmix=0)")
+            yield images, self.targets(meta)
+
+    def __getattr__(self, name: str) -> Any:  # everything else (indices, ...) is the base loader's
+        return getattr(self.base, name)

@@ -1,0 +1,95 @@
+"""Acceptance: after the real loader's random crops and flips, the dense token-label targets
+point at the same source locations as the image crop, for square and non-square images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from data_helpers import data_config
+from PIL import Image
+
+from rmt_dist.data import beton_fingerprint, build_train_loader
+from rmt_dist.data.convert import convert
+from rmt_dist.tokenlabel.loader import TokenLabelTrainLoader
+from rmt_dist.tokenlabel.store import StoreMeta
+
+MAP_H, MAP_W = 6, 9  # the "teacher" map: non-square on purpose
+CLASSES = MAP_H * MAP_W  # class id of cell (r, c) = r * MAP_W + c
+SIZES = [(96, 160), (128, 128), (160, 96)]  # (height, width): landscape, square, portrait
+
+
+def coordinate_image(h: int, w: int) -> np.ndarray:
+    """R encodes x, G encodes y, both as fractions of the image side (pixel centres)."""
+    x = (np.arange(w) + 0.5) / w
+    y = (np.arange(h) + 0.5) / h
+    img = np.zeros((h, w, 3), np.uint8)
+    img[..., 0] = np.round(x[None, :] * 255)
+    img[..., 1] = np.round(y[:, None] * 255)
+    return img
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("coords")
+    folder = root / "images" / "c0"
+    folder.mkdir(parents=True)
+    for k in range(24):
+        h, w = SIZES[k % len(SIZES)]
+        Image.fromarray(coordinate_image(h, w)).save(folder / f"{k:03d}.png")
+    beton = root / "train.beton"
+    convert(root / "images", beton, max_resolution=None, compress_probability=0.0, workers=1)
+    n = 24
+    r, c = np.meshgrid(np.arange(MAP_H), np.arange(MAP_W), indexing="ij")
+    top = (r * MAP_W + c).astype(np.int16)
+    indices = np.stack([top, (top + 1) % CLASSES, (top + 2) % CLASSES], -1)[None].repeat(n, 0)
+    scores = np.broadcast_to(np.array([10.0, 1.0, 0.5], np.float16), indices.shape).copy()
+    store = root / "train.tokenlabel"
+    store.mkdir()
+    np.save(store / "scores.npy", scores)
+    np.save(store / "indices.npy", indices)
+    StoreMeta(teacher="coordinates", teacher_checkpoint=None, img_size=0, topk=3, map_h=MAP_H, map_w=MAP_W,
+              num_classes=CLASSES, beton=str(beton), beton_fingerprint=beton_fingerprint(beton), num_samples=n,
+              complete=True).write(store)
+    return beton, store
+
+
+def test_dense_targets_follow_the_image_crop(setup):
+    beton, store = setup
+    cfg = data_config(beton, img_size=128, batch_size=8, scale=[0.2, 1.0], label_smoothing=0.0, num_workers=1)
+    cfg.model.num_classes = CLASSES
+    cfg.tokenlabel.enabled, cfg.tokenlabel.store, cfg.tokenlabel.size = True, str(store), 4
+    cfg.tokenlabel.label_smoothing = 0.0
+    loader = TokenLabelTrainLoader(build_train_loader(cfg), cfg)
+    mean = torch.tensor(cfg.data.mean).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.data.std).view(1, 3, 1, 1)
+    flips_seen = 0
+    for epoch in range(3):
+        for images, (cls, dense) in loader.epoch(epoch):
+            assert cls.shape == (8, CLASSES) and dense.shape == (8, 16, CLASSES)
+            pixels = (images * std + mean) * 255  # back to the coordinate encoding
+            cell = 128 // 4
+            centres = pixels[:, :2, cell // 2::cell, cell // 2::cell] / 255  # (B, 2, 4, 4): x, y fractions
+            top = dense.argmax(-1).view(-1, 4, 4)
+            row, col = top // MAP_W, top % MAP_W
+            x_label, y_label = (col + 0.5) / MAP_W, (row + 0.5) / MAP_H
+            # within one label cell (plus the 1/255 coordinate quantisation)
+            assert (x_label - centres[:, 0]).abs().max() <= 1 / MAP_W + 0.01
+            assert (y_label - centres[:, 1]).abs().max() <= 1 / MAP_H + 0.01
+            # flipped crops: x decreases along the row in the image, and so in the labels
+            flipped = centres[:, 0, :, 0] > centres[:, 0, :, -1]
+            flips_seen += int(flipped[:, 0].sum())
+            assert torch.equal((x_label[:, :, 0] > x_label[:, :, -1]) | (x_label[:, :, 0] == x_label[:, :, -1]),
+                               flipped | (x_label[:, :, 0] == x_label[:, :, -1]))
+    assert flips_seen > 0
+
+
+def test_token_grid_must_match_the_model(setup):
+    from rmt_dist.tokenlabel import TokenLabelStoreError
+
+    beton, store = setup
+    cfg = data_config(beton, img_size=128, batch_size=8)
+    cfg.model.num_classes = CLASSES
+    cfg.tokenlabel.enabled, cfg.tokenlabel.store, cfg.tokenlabel.size = True, str(store), 7
+    with pytest.raises(TokenLabelStoreError, match="tokenlabel.size=4"):
+        TokenLabelTrainLoader(build_train_loader(cfg), cfg)
