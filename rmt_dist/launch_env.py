@@ -10,3 +10,8 @@ def tasks_per_node(slurm: SlurmConfig) -> int:
     if slurm.tasks_per_node is not None:
         return slurm.tasks_per_node
     return slurm.gpus_per_node if slurm.gpus_per_node > 0 else 1
+
+
+def world_size(slurm: SlurmConfig) -> int:
+    """Ranks of the whole job: nodes x tasks per node."""
+    return slurm.nodes * tasks_per_node(slurm)

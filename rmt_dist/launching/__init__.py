@@ -1,0 +1,5 @@
+"""Launching runs: SLURM environment -> torch.distributed env, sbatch parameters, the job callable.
+
+Import what you need from the submodules (`dist_env`, `sbatch`, `task`, `rundir`, `requeue`);
+nothing here imports torch or submitit at package import time.
+"""

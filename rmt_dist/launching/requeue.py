@@ -1,0 +1,51 @@
+"""Putting a preempted or timed-out SLURM job back in the queue, at most `max_requeues` times."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping
+
+
+def restart_count(env: Mapping[str, str] | None = None) -> int:
+    """How many times SLURM has already requeued this job (0 on the first run)."""
+    env = os.environ if env is None else env
+    return int(env.get("SLURM_RESTART_COUNT", 0) or 0)
+
+
+def job_state(job_id: str) -> str:
+    out = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True)
+    for field in out.stdout.split():
+        if field.startswith("JobState="):
+            return field.split("=", 1)[1]
+    return "UNKNOWN"
+
+
+def may_requeue(max_requeues: int, env: Mapping[str, str] | None = None) -> str:
+    """'' when another requeue is allowed, else the reason it is not."""
+    done = restart_count(env)
+    if done >= max_requeues:
+        return f"already requeued {done} times (slurm.max_requeues={max_requeues}; raise it to allow more)"
+    return ""
+
+
+def requeue(job_id: str, max_requeues: int) -> str:
+    """Requeue the running job `job_id`; returns what happened, as one line for the log.
+
+    Only a job SLURM still shows RUNNING comes back: a time-limit warning (USR2),
+    submitit's `_interrupt()` and a preemption's grace period all leave it RUNNING, while
+    `scancel` (whose SIGTERM the engine also answers with a save) turns it COMPLETING at
+    once, and a cancelled job must stay cancelled. Not done either when the budget of
+    requeues is spent. SLURM itself requeues on preemption with PreemptMode=REQUEUE; a
+    second request for a job already pending just fails, harmlessly.
+    """
+    reason = may_requeue(max_requeues)
+    state = job_state(job_id)
+    if state != "RUNNING":
+        reason = f"job {job_id} is {state} (cancelled or ending), not RUNNING"
+    if reason:
+        return f"job {job_id} not requeued: {reason}"
+    out = subprocess.run(["scontrol", "requeue", str(job_id)], capture_output=True, text=True)
+    if out.returncode != 0:
+        return f"job {job_id} not requeued: scontrol requeue failed: {(out.stderr or out.stdout).strip()}"
+    return f"job {job_id} requeued (restart {restart_count() + 1} of at most {max_requeues})"

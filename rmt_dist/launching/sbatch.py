@@ -1,0 +1,53 @@
+"""The `slurm:` recipe section -> submitit SlurmExecutor parameters (sbatch options)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..config.schema import SlurmConfig
+from ..launch_env import tasks_per_node
+
+# Seconds between SLURM's warning signal (USR2, which submitit and the engine both treat
+# as "save now and requeue") and the time limit: enough for one checkpoint of RMT-L.
+SIGNAL_DELAY_S = 120
+
+
+def submitit_folder(run_dir: str | Path) -> Path:
+    """Job scripts, pickles and per-task logs live inside the run dir (one place per run)."""
+    return Path(run_dir) / "slurm"
+
+
+def executor_parameters(slurm: SlurmConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Keyword arguments for `SlurmExecutor.update_parameters`.
+
+    One task per GPU (`ntasks_per_node`), CPU jobs when gpus_per_node=0. A cluster that
+    wants `--gres=gpu:N` instead of `--gpus-per-node` sets additional_parameters.gres,
+    which then replaces it. The run dir goes in the job comment so a second launch
+    into the same dir can find a job that is still queued or running.
+    """
+    extra = dict(slurm.additional_parameters)
+    params: dict[str, Any] = {
+        "job_name": slurm.job_name,
+        "nodes": slurm.nodes,
+        "ntasks_per_node": tasks_per_node(slurm),
+        "cpus_per_task": slurm.cpus_per_task,
+        "time": slurm.time,
+        "signal_delay_s": SIGNAL_DELAY_S,
+        "comment": run_dir_comment(run_dir),
+        "stderr_to_stdout": False,
+    }
+    if slurm.gpus_per_node > 0 and "gres" not in extra:
+        params["gpus_per_node"] = slurm.gpus_per_node
+    for key in ("mem", "partition", "account", "qos", "constraint"):
+        value = getattr(slurm, key)
+        if value is not None:
+            params[key] = value
+    # Let SLURM requeue the job itself on node failure or preemption (PreemptMode=REQUEUE).
+    extra.setdefault("requeue", True)
+    params["additional_parameters"] = extra
+    return params
+
+
+def run_dir_comment(run_dir: str | Path) -> str:
+    return f"rmt-dist:{Path(run_dir).resolve()}"

@@ -1,0 +1,119 @@
+"""The callable a SLURM job runs (one call per task): set the torch.distributed env from
+SLURM's, run the training entry point, and requeue after a preemption or time-out.
+
+How preemption plays out (submitit's `job._interrupt()`, a SLURM preemption, or the
+USR2 SLURM sends `signal_delay_s` before the time limit):
+
+* With `checkpoint.save_on_signal` (default) the engine owns SIGTERM/SIGUSR2: every rank
+  stops at the next step boundary, one coordinated checkpoint is saved, and `main`
+  returns the engine's "preempted" exit code. Rank 0 then asks SLURM to requeue the job
+  (unless it was cancelled or slurm.max_requeues is spent) and every rank exits without
+  a submitit result, so the job is not reported as done.
+* Without it, submitit's own USR2 handler stays in place: rank 0 calls `checkpoint()`
+  below, submitit requeues the job and exits at once; the run resumes from its latest
+  periodic checkpoint.
+
+Either way the requeued job runs this same callable again in the same run dir, and the
+engine resumes from the newest complete checkpoint there.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+
+import submitit
+
+from .dist_env import torch_env_from_slurm
+from .requeue import may_requeue, requeue
+from .rundir import finished_after, mark_finished
+
+DEFAULT_ENTRY = "rmt_dist.train:main"
+# Exit code the engine returns after a signal-triggered save, when it does not export one.
+FALLBACK_PREEMPTED_RC = 75
+
+
+def preempted_exit_code() -> int:
+    try:
+        from rmt_dist.engine import preempt
+    except ImportError:
+        return FALLBACK_PREEMPTED_RC
+    for name in ("EXIT_PREEMPTED", "PREEMPTED_EXIT_CODE", "EXIT_CODE"):
+        if isinstance(getattr(preempt, name, None), int):
+            return getattr(preempt, name)
+    return FALLBACK_PREEMPTED_RC
+
+
+def _resolve(entry: str) -> Callable[[list[str]], int]:
+    module, _, func = entry.partition(":")
+    return getattr(importlib.import_module(module), func or "main")
+
+
+def _log(msg: str) -> None:
+    print(f"[rmt-dist launch] {msg}", flush=True)
+
+
+def run_rank(recipe: str, overrides: Sequence[str], run_dir: str, max_requeues: int,
+             stop_after_steps: int | None = None, entry: str = DEFAULT_ENTRY) -> tuple[int, int]:
+    """One SLURM task: torch env from SLURM's, the entry point, then the run dir's
+    bookkeeping on rank 0 (FINISHED after a full run, a requeue after a preemption save).
+    Returns (exit code, rank)."""
+    dist = torch_env_from_slurm()
+    os.environ.update(dist)
+    # Keep intra-op threads within the CPUs SLURM gave this task.
+    os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("SLURM_CPUS_PER_TASK", "1"))
+    rank, job_id = int(dist["RANK"]), os.environ["SLURM_JOB_ID"]
+    _log(f"job {job_id} restart {os.environ.get('SLURM_RESTART_COUNT', '0')}: rank {rank}/{dist['WORLD_SIZE']} "
+         f"on node {os.environ.get('SLURMD_NODENAME', '?')} (local rank {dist['LOCAL_RANK']}), "
+         f"master {dist['MASTER_ADDR']}:{dist['MASTER_PORT']}, run dir {run_dir}")
+    rc = _resolve(entry)([recipe, *overrides])
+    if rank == 0 and finished_after(rc, stop_after_steps):
+        mark_finished(run_dir, job_id=job_id)
+    if rank == 0 and rc == preempted_exit_code():
+        if shutil.which("scontrol"):
+            _log(requeue(job_id, max_requeues))
+        else:  # e.g. inside a container without the SLURM client: the batch script requeues on this code
+            _log(f"scontrol not found here: exit code {rc} asks the batch script to requeue job {job_id}")
+    return rc, rank
+
+
+class TrainTask(submitit.helpers.Checkpointable):
+    """`TrainTask(recipe, overrides, run_dir, max_requeues)()` inside a SLURM task.
+
+    `overrides` must already pin `run.dir` to an absolute path, so every restart finds
+    the same run dir whatever its working directory. `entry` ("module:function") exists
+    for tests of the launch plumbing; runs always use rmt_dist.train:main.
+    """
+
+    def __init__(self, recipe: str, overrides: Sequence[str], run_dir: str, max_requeues: int,
+                 stop_after_steps: int | None = None, entry: str = DEFAULT_ENTRY) -> None:
+        self.recipe = recipe
+        self.overrides = list(overrides)
+        self.run_dir = run_dir
+        self.max_requeues = max_requeues
+        self.stop_after_steps = stop_after_steps
+        self.entry = entry
+
+    def __call__(self) -> int:
+        rc, rank = run_rank(self.recipe, self.overrides, self.run_dir, self.max_requeues,
+                            self.stop_after_steps, self.entry)
+        if rc == 0:
+            return rc
+        if rc == preempted_exit_code():
+            # No submitit result: the job goes on after the requeue (SLURM ends this run).
+            sys.stdout.flush()
+            raise SystemExit(rc)
+        raise RuntimeError(f"rank {rank}: training exited with code {rc} (the log above says why)")
+
+    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission | None:
+        """Called by submitit's USR2 handler on rank 0 when the engine did not take the
+        signal: resubmit the same task (it resumes from the newest complete checkpoint),
+        unless slurm.max_requeues is spent (None tells submitit not to requeue)."""
+        reason = may_requeue(self.max_requeues)
+        if reason:
+            _log(f"not requeued: {reason}")
+            return None
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
