@@ -16,7 +16,7 @@ TEACHER = "resnet10t"
 
 @pytest.fixture(scope="module")
 def betons(tmp_path_factory):
-    return digits_betons(tmp_path_factory.mktemp("tl_data"))
+    return digits_betons(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="module")

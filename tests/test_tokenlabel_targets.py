@@ -81,3 +81,32 @@ def test_ground_truth_mixing_leans_on_the_label_where_the_teacher_disagrees():
     out = mix_ground_truth(cls, torch.tensor([0, 1]), smoothing=0.0)
     assert torch.allclose(out[0], 0.5 * cls[0] + 0.5 * torch.tensor([1.0, 0, 0]))
     assert torch.allclose(out[1], 0.9 * cls[1] + 0.1 * torch.tensor([0, 1.0, 0]))
+
+
+@pytest.mark.parametrize("name", ["resnet10t", "rmt_test"])
+@pytest.mark.parametrize("token_label", [False, True])
+def test_per_location_logits_pool_to_the_models_own_logits(name, token_label):
+    """Applying the head per location then averaging equals the model's pooled output for
+    heads that are pointwise then pooled (BN in eval mode is pointwise)."""
+    import timm
+
+    import rmt_dist  # noqa: F401
+    from rmt_dist.tokenlabel.teacher import per_location_logits
+
+    if token_label and name != "rmt_test":
+        pytest.skip("token-label heads are RMT's")
+    kwargs = {"token_label": True} if token_label else {}
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=7, **kwargs).eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        dense = per_location_logits(model, x)
+        assert dense.shape == (2, 2, 3, 7)
+        if token_label:
+            feats = model.forward_features(x)
+            assert torch.allclose(dense.flatten(1, 2), model.forward_aux(feats), atol=1e-5)
+        elif name == "resnet10t":  # linear head after average pooling: mean of per-location logits
+            assert torch.allclose(dense.mean((1, 2)), model(x), atol=1e-4)
+        else:  # RMT: Swish between the projection and the pool, so compare one location
+            feats = model.forward_features(x)
+            assert torch.allclose(dense[:, 1, 2], model.forward_head(feats[:, 1:2, 2:3]), atol=1e-5)

@@ -70,26 +70,31 @@ def build_teacher(name: str, checkpoint: str | None, num_classes: int, *, ema: b
 def per_location_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """[B, H, W, classes]: the classifier applied at every location of the final feature map.
 
-    Token-label models use their dense aux head. Otherwise the model's own head is applied
-    to each location as a 1x1 map (for heads that are pointwise then pooled, as in
-    ResNets, NFNets, ConvNeXts and RMT, this equals the head as a 1x1 convolution, which
-    is what TokenLabeling does with NFNet-F6).
+    Token-label RMT teachers use their dense aux head (as TokenLabeling does with LV-ViT).
+    Otherwise the model's own head is applied to each location as a 1x1 map: for heads
+    that are pointwise then pooled (ResNet, NFNet, ConvNeXt, RMT's proj+BN+Swish+linear)
+    this equals the head as a 1x1 convolution, which is what TokenLabeling does with
+    NFNet-F6.
     """
-    dense = getattr(model, "forward_dense", None)
-    if callable(dense):
-        return dense(images)
+    from ..models.rmt import RMT
+
     feats = model.forward_features(images)
-    if feats.ndim == 3:  # (B, N, C) tokens, maybe with prefix tokens
-        prefix = getattr(model, "num_prefix_tokens", 0)
-        feats = feats[:, prefix:]
+    nhwc_head = isinstance(model, RMT) or getattr(model, "output_fmt", "NCHW") == "NHWC"
+    if isinstance(model, RMT) and model.token_label:
+        b, h, w, _ = feats.shape
+        return model.forward_aux(feats).reshape(b, h, w, -1)
+    if feats.ndim == 3:  # (B, N, C) tokens, maybe with prefix tokens: the head takes (B', 1, C)
+        feats = feats[:, getattr(model, "num_prefix_tokens", 0):]
         b, n, c = feats.shape
         side = int(round(n ** 0.5))
         if side * side != n:
             raise TokenLabelStoreError(f"teacher tokens ({n}) do not form a square grid")
-        feats = feats.transpose(1, 2).reshape(b, c, side, side)
+        return model.forward_head(feats.reshape(b * n, 1, c)).reshape(b, side, side, -1)
     if feats.ndim != 4:
-        raise TokenLabelStoreError(f"teacher forward_features returned shape {tuple(feats.shape)}, expected NCHW")
-    b, c, h, w = feats.shape
-    flat = feats.permute(0, 2, 3, 1).reshape(b * h * w, c, 1, 1)
-    logits = model.forward_head(flat)
-    return logits.reshape(b, h, w, -1)
+        raise TokenLabelStoreError(f"teacher forward_features returned shape {tuple(feats.shape)}; expected a map")
+    nhwc = feats if nhwc_head else feats.permute(0, 2, 3, 1)
+    b, h, w, c = nhwc.shape
+    one_by_one = nhwc.reshape(b * h * w, 1, 1, c)
+    if not nhwc_head:
+        one_by_one = one_by_one.permute(0, 3, 1, 2)
+    return model.forward_head(one_by_one).reshape(b, h, w, -1)

@@ -1,0 +1,427 @@
+"""The Trainer: one rank's training loop with `train_step` (one optimizer step) and `train`.
+
+Position bookkeeping: `step` counts optimizer steps done (1-based in logs), `epoch` and
+`step_in_epoch` say where the data stream is; the learning rate is a pure function of
+the position, so resume needs no scheduler state. A checkpoint at step k holds the state
+after step k; resuming continues with step k + 1 from batch k's successor.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import timm
+import torch
+from torch import nn
+
+from ..config import Config, to_yaml
+from . import preempt
+from .checkpoint import CheckpointManager, read_train_state, set_rng_state
+from .criterion import build_criterion
+from .distributed import DistInfo, all_reduce_sum
+from .ema import Ema
+from .evaluation import evaluate
+from .faults import NanInjector, SignalInjector
+from .metrics import MetricsWriter
+from .optim import build_schedule
+from .perf import PerfMeter
+from .strategy import parallelize
+
+log = logging.getLogger("rmt_dist.train")
+
+
+class TrainingDiverged(RuntimeError):
+    """run.max_bad_steps consecutive steps had a non-finite loss or gradient norm."""
+
+
+@dataclass
+class StepStats:
+    step: int
+    loss: float  # mean over ranks and micro-batches (nan when non-finite somewhere)
+    lr: float
+    grad_norm: float
+    applied: bool
+    bad: bool  # non-finite loss or gradient norm: update skipped, counts toward max_bad_steps
+    overflow: bool  # fp16 loss-scale overflow: update skipped, scale lowered
+    stop_requested: bool  # some rank got SIGTERM/SIGUSR2 or request_stop()
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    bad_streak: int = 0
+    bad_steps: int = 0
+    overflow_steps: int = 0
+    world_size: int = 1
+    global_batch: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def build_model(cfg: Config) -> nn.Module:
+    m = cfg.model
+    import rmt_dist.models  # noqa: F401  (registers the RMT family with timm)
+
+    kwargs = dict(num_classes=m.num_classes, drop_path_rate=m.drop_path_rate, attn_impl=m.attn_impl,
+                  attention=m.attention)
+    if m.token_label:
+        kwargs.update(token_label=True, mix_token=cfg.tokenlabel.mix_token)
+    model = timm.create_model(m.name, **kwargs)
+    if m.init_checkpoint:
+        from .weights import load_weights
+
+        model.load_state_dict(load_weights(m.init_checkpoint), strict=True)
+    return model
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Everything one rank needs; `train()` runs to the end, a stop step, a signal or a failure.
+
+    `train_loader`/`eval_loader` default to the FFCV loaders of rmt_dist.data; tests may
+    pass objects with the same interface (`steps_per_epoch`, `epoch(e, start_step)`, and
+    an iterable of (images, labels))."""
+
+    def __init__(self, cfg: Config, info: DistInfo, train_loader=None, eval_loader=None):
+        if cfg.derived.world_size != info.world_size:
+            raise ValueError(f"cfg.derived.world_size={cfg.derived.world_size} but the process group has "
+                             f"{info.world_size} ranks: call derive(cfg, world_size) first")
+        self.cfg, self.info = cfg, info
+        self.accum = cfg.optim.accum_steps
+        # Loaders first: a bad dataset or token-label store fails before the model is built.
+        self.train_loader = train_loader if train_loader is not None else self._build_train_loader()
+        seed_everything(cfg.run.seed)  # the same initial weights on every rank
+        self.strategy = parallelize(build_model(cfg), cfg, info)
+        seed_everything(cfg.run.seed + 1000003 * info.rank)  # distinct drop-path / MixToken per rank
+        self.ema = (Ema(self.strategy.ema_sources(), cfg.derived.ema_decay, cfg.ema.on_cpu, cfg.ema.every_steps)
+                    if cfg.ema.enabled else None)
+        self._eval_loader = eval_loader
+        self.steps_per_epoch = self.train_loader.steps_per_epoch // self.accum
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"the loader gives {self.train_loader.steps_per_epoch} batches per rank per epoch, fewer "
+                             f"than optim.accum_steps={self.accum}: lower data.batch_size or optim.accum_steps")
+        self.schedule = build_schedule(cfg, self.steps_per_epoch)
+        self.total_steps = self.schedule.total_steps
+        self.total_epochs = cfg.optim.epochs + cfg.optim.cooldown_epochs
+        self.criterion = build_criterion(cfg)
+        self.inject_nan = NanInjector(info.rank, info.world_size)
+        self.inject_signal = SignalInjector(info.rank, info.world_size)
+        self.state = TrainState(world_size=info.world_size, global_batch=cfg.derived.global_batch)
+        self.checkpoints = CheckpointManager(cfg.run.dir, cfg.checkpoint.keep_last, info)
+        self.resumed_from = self._resume() if cfg.checkpoint.resume else None
+        self.metrics = MetricsWriter(cfg.run.dir, info.is_main, self.state.step, cfg.run.tensorboard)
+        self.perf = PerfMeter(self.strategy.module, cfg, info)
+        self.last_saved_step = self.state.step if self.resumed_from else -1
+        self.eval_results: list[dict] = []
+
+    # -- construction helpers --------------------------------------------------------
+    def _build_train_loader(self):
+        from rmt_dist.data import build_train_loader
+
+        loader = build_train_loader(self.cfg, rank=self.info.rank, world_size=self.info.world_size,
+                                    device=self.info.device)
+        if self.cfg.tokenlabel.enabled:  # batches become (images, (cls_target, dense_target))
+            from rmt_dist.tokenlabel.loader import TokenLabelTrainLoader
+
+            loader = TokenLabelTrainLoader(loader, self.cfg, device=self.info.device)
+        return loader
+
+    @property
+    def eval_loader(self):
+        if self._eval_loader is None and self.cfg.data.val:
+            from rmt_dist.data import build_eval_loader
+
+            self._eval_loader = build_eval_loader(self.cfg, rank=self.info.rank, world_size=self.info.world_size,
+                                                  device=self.info.device)
+        return self._eval_loader
+
+    # -- checkpoints ------------------------------------------------------------------
+    def _train_state_dict(self) -> dict:
+        s = self.state
+        return {"step": s.step, "epoch": s.epoch, "step_in_epoch": s.step_in_epoch, "bad_streak": s.bad_streak,
+                "bad_steps": s.bad_steps, "overflow_steps": s.overflow_steps, "world_size": self.info.world_size,
+                "global_batch": self.cfg.derived.global_batch, "strategy": self.cfg.strategy.name,
+                "zero_stage": self.cfg.strategy.zero_stage if self.cfg.strategy.name == "deepspeed" else None}
+
+    def _resume(self):
+        for path in self.checkpoints.candidates():
+            try:
+                self.strategy.load(path, self.ema.state if self.ema else None)
+                ok = 1.0
+            except Exception as e:  # noqa: BLE001  (any failure: fall back to an older checkpoint)
+                log.warning("checkpoint %s skipped: loading failed: %s", path, str(e).splitlines()[0] if str(e) else e)
+                ok = 0.0
+            if all_reduce_sum([1.0 - ok], self.info.device)[0] > 0:
+                continue
+            self._restore_position(path)
+            return path
+        return None
+
+    def _restore_position(self, path) -> None:
+        ts = read_train_state(path)
+        s = self.state
+        s.step, s.epoch, s.bad_streak = ts["step"], ts["epoch"], ts.get("bad_streak", 0)
+        s.bad_steps, s.overflow_steps = ts.get("bad_steps", 0), ts.get("overflow_steps", 0)
+        if ts["world_size"] == self.info.world_size:
+            s.step_in_epoch = ts["step_in_epoch"]
+            rank_state = self.checkpoints.load_rank_state(path)
+            if rank_state:
+                set_rng_state(rank_state["rng"])
+                self.strategy.load_extra_state(rank_state)
+        else:
+            # Same images seen so far in this epoch, counted in the new global batch.
+            seen = ts["step_in_epoch"] * ts["global_batch"]
+            s.step_in_epoch = min(seen // self.cfg.derived.global_batch, self.steps_per_epoch)
+            seed_everything(self.cfg.run.seed + 1000003 * self.info.rank + s.step)
+            if self.info.is_main:
+                log.warning("resuming a %d-rank checkpoint on %d ranks: the data order changes from here on and the "
+                            "peak lr/EMA decay follow the new global batch %d (was %d)", ts["world_size"],
+                            self.info.world_size, self.cfg.derived.global_batch, ts["global_batch"])
+        if self.info.is_main:
+            log.info("resumed from %s at step %d (epoch %d, batch %d of %d)", path, s.step, s.epoch,
+                     s.step_in_epoch, self.steps_per_epoch)
+
+    def save_checkpoint(self) -> bool:
+        """Collective. Refuses (returns False) when any rank holds non-finite weights."""
+        self.strategy.settle()
+        finite = self.strategy.params_finite() and (self.ema is None or self.ema.finite())
+        if all_reduce_sum([0.0 if finite else 1.0], self.info.device)[0] > 0:
+            log.error("not saving step %d: non-finite weights on some rank (the last good checkpoint stays)",
+                      self.state.step)
+            return False
+        t0 = time.perf_counter()
+        path = self.checkpoints.save(self.state.step, self.strategy, self.ema.state if self.ema else None,
+                                     self._train_state_dict(), to_yaml(self.cfg))
+        self.last_saved_step = self.state.step
+        if self.info.is_main:
+            log.info("saved checkpoint %s (%.1f s)", path, time.perf_counter() - t0)
+        return True
+
+    # -- one optimizer step ------------------------------------------------------------
+    def position(self) -> int:
+        return self.state.epoch * self.steps_per_epoch + self.state.step_in_epoch
+
+    def train_step(self, micro_batches: list) -> StepStats:
+        """Forward/backward over `accum_steps` micro-batches, then one (possibly skipped) update."""
+        step = self.state.step + 1
+        lr = self.schedule(self.position())
+        self.strategy.train(True)
+        # Forward passes update BatchNorm statistics; a skipped step must not keep them
+        # (a NaN batch would poison them). The buffers are tiny, so a copy per step is cheap.
+        buffers = list(self.strategy.module.buffers())
+        saved_buffers = [b.detach().clone() for b in buffers]
+        loss_sum, bad, stop = 0.0, False, False
+        n = len(micro_batches)
+        self.inject_signal(step)
+        for i, (images, targets) in enumerate(micro_batches):
+            loss = self.inject_nan(self.criterion(self.strategy.forward(images), targets), step)
+            value = float(loss.detach())
+            # One collective per micro-batch: the loss (for the log), non-finite flags, stop requests.
+            total, nonfinite, stops = all_reduce_sum(
+                [value if math.isfinite(value) else 0.0, 0.0 if math.isfinite(value) else 1.0,
+                 1.0 if preempt.stop_requested() else 0.0], self.info.device)
+            loss_sum += total / self.info.world_size
+            bad |= nonfinite > 0
+            stop |= stops > 0
+            if bad and n == 1:
+                break  # nothing accumulated yet: skip backward and the update everywhere
+            # With accumulation the remaining backwards still run, so every strategy's
+            # accumulation state stays consistent; the update is dropped below.
+            self.strategy.backward(loss, n, sync=i == n - 1)
+        if bad:
+            if n == 1 or self.strategy.name != "deepspeed":
+                self.strategy.abandon_step()
+                outcome_norm, applied, overflow = float("nan"), False, False
+            else:
+                out = self.strategy.finish_step(lr)  # DeepSpeed's overflow check skips NaN gradients
+                outcome_norm, applied, overflow = out.grad_norm, out.applied, False
+                if applied:
+                    raise TrainingDiverged(f"step {step}: non-finite loss with optim.accum_steps={n} under ZeRO stage "
+                                           f"{self.cfg.strategy.zero_stage} and {self.cfg.precision}, which DeepSpeed "
+                                           "cannot skip; the last good checkpoint is intact (use accum_steps=1 or "
+                                           "ZeRO stage 1/2)")
+        else:
+            out = self.strategy.finish_step(lr)
+            outcome_norm, applied, overflow = out.grad_norm, out.applied, out.overflow
+            bad = not applied and not overflow
+        if not applied:
+            with torch.no_grad():
+                for b, saved in zip(buffers, saved_buffers, strict=True):
+                    b.copy_(saved)
+        if applied:
+            self.strategy.after_step()
+            if self.ema:
+                self.ema.update(self.strategy.ema_sources(), step)
+        s = self.state
+        s.step = step
+        if bad:
+            s.bad_steps += 1
+            s.bad_streak += 1
+        else:
+            s.bad_streak = 0
+        s.overflow_steps += int(overflow)
+        mean_loss = loss_sum / n if not bad or applied else float("nan")
+        return StepStats(step, mean_loss, lr, outcome_norm, applied, bad, overflow, stop)
+
+    # -- evaluation --------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        loader = self.eval_loader
+        if loader is None:
+            return {}
+        self.strategy.train(False)
+        results = evaluate(self.strategy.forward, loader, self.info.device, "eval")
+        if self.ema:
+            with self.strategy.ema_swapped(self.ema):
+                results.update(evaluate(self.strategy.forward, loader, self.info.device, "eval_ema"))
+        self.strategy.settle()
+        self.strategy.train(True)
+        return results
+
+    # -- the loop ---------------------------------------------------------------------
+    def train(self) -> int:
+        """Run until the schedule ends (0), run.stop_after_steps (0), a stop request
+        (preempt.EXIT_PREEMPTED) or a failure (raises TrainingDiverged)."""
+        cfg, s = self.cfg, self.state
+        stop_at = cfg.run.stop_after_steps
+        if stop_at is not None and s.step >= stop_at:
+            log.info("run.stop_after_steps=%d already reached (resumed at step %d): nothing to do", stop_at, s.step)
+            return preempt.EXIT_OK
+        progress = self._progress()
+        self.perf.start_window()
+        t_start = self._t_start = time.perf_counter()
+        start_step = self._start_step = s.step
+        exit_code = preempt.EXIT_OK
+        try:
+            while s.epoch < self.total_epochs:
+                batches = self.train_loader.epoch(s.epoch, start_step=s.step_in_epoch * self.accum)
+                it = iter(batches)
+                stopping = False
+                while s.step_in_epoch < self.steps_per_epoch:
+                    micro = [next(it) for _ in range(self.accum)]
+                    stats = self.train_step(micro)
+                    s.step_in_epoch += 1
+                    self.perf.count(self.cfg.derived.global_batch)
+                    if progress is not None:
+                        progress.update(1)
+                    if stats.bad and self.info.is_main:
+                        log.warning("step %d skipped: non-finite loss or gradient norm (%d in a row)", s.step,
+                                    s.bad_streak)
+                    if s.step % cfg.run.log_every == 0 or s.step == start_step + 1:
+                        self._log_train(stats, progress)
+                    if stats.bad and s.bad_streak >= cfg.run.max_bad_steps:
+                        raise TrainingDiverged(
+                            f"{s.bad_streak} consecutive steps (up to step {s.step}) had a non-finite loss or gradient "
+                            f"norm (run.max_bad_steps={cfg.run.max_bad_steps}); {self._last_good()}. "
+                            "Lower optim.lr, set optim.clip_grad, or use bf16")
+                    epoch_end = s.step_in_epoch == self.steps_per_epoch
+                    if epoch_end:
+                        self._end_epoch()
+                    stopping = stats.stop_requested or (stop_at is not None and s.step >= stop_at)
+                    want_save = (s.step % cfg.checkpoint.every_steps == 0 or (epoch_end and cfg.checkpoint.at_epoch_end)
+                                 or s.step >= self.total_steps
+                                 or (stopping and (not stats.stop_requested or cfg.checkpoint.save_on_signal)))
+                    if want_save and self.last_saved_step != s.step:
+                        self.save_checkpoint()
+                    if stopping:
+                        if stats.stop_requested:
+                            exit_code = preempt.EXIT_PREEMPTED
+                            if self.info.is_main:
+                                log.warning("stop requested (%s): exiting at step %d", preempt.stop_reason() or
+                                            "signal on another rank", s.step)
+                        break
+                    if epoch_end:
+                        break
+                if hasattr(batches, "close"):
+                    batches.close()
+                if stopping:
+                    break
+        finally:
+            if progress is not None:
+                progress.close()
+        self._summary(start_step, time.perf_counter() - t_start)
+        return exit_code
+
+    def _last_good(self) -> str:
+        if self.last_saved_step < 0:
+            return "no checkpoint was saved"
+        return f"the last good checkpoint is intact: {self.checkpoints.root}/step_{self.last_saved_step:08d}"
+
+    def _end_epoch(self) -> None:
+        s, cfg = self.state, self.cfg
+        finished = s.epoch + 1
+        if self.eval_loader is not None and (finished % cfg.run.eval_every_epochs == 0
+                                             or finished == self.total_epochs):
+            t0 = time.perf_counter()
+            results = self.evaluate()
+            record = {"step": s.step, "epoch": s.epoch, **results, "eval_time_s": time.perf_counter() - t0}
+            self.eval_results.append(record)
+            self.metrics.write(record)
+            if self.info.is_main:
+                log.info("eval after epoch %d (step %d): %s", finished, s.step,
+                         "  ".join(f"{k} {v:.2f}" for k, v in results.items() if k.endswith(("top1", "top5"))))
+        s.epoch += 1
+        s.step_in_epoch = 0
+
+    def _log_train(self, stats: StepStats, progress) -> None:
+        perf = self.perf.end_window()
+        s = self.state
+        record = {"step": s.step, "epoch": s.epoch, "loss": stats.loss,
+                  "lr": stats.lr, "grad_norm": stats.grad_norm, "img_per_s": perf["img_per_s"],
+                  "skipped_steps": s.bad_steps + s.overflow_steps, "bad_steps": s.bad_steps,
+                  "overflow_steps": s.overflow_steps, **{k: v for k, v in perf.items() if k != "img_per_s"}}
+        self.metrics.write(record, prefix="train/")
+        if self.info.is_main:
+            line = (f"step {s.step}/{self.total_steps} epoch {s.epoch} loss {stats.loss:.4f} lr {stats.lr:.3e} "
+                    f"grad_norm {stats.grad_norm:.3f} img/s {perf['img_per_s']:.1f} eta {self._eta()}")
+            if progress is not None:
+                progress.set_postfix(loss=f"{stats.loss:.4f}", lr=f"{stats.lr:.2e}")
+                progress.write(line)
+            else:
+                log.info(line)
+
+    def _eta(self) -> str:
+        done = self.state.step - self._start_step
+        if done <= 0:
+            return "?"
+        left = (time.perf_counter() - self._t_start) / done * (self.total_steps - self.state.step)
+        return time.strftime("%H:%M:%S", time.gmtime(left)) if left < 86400 else f"{left / 86400:.1f}d"
+
+    def _progress(self):
+        if not self.info.is_main:
+            return None
+        import sys
+
+        from tqdm import tqdm
+
+        if not sys.stderr.isatty():  # batch logs (SLURM): the log lines carry the ETA instead
+            return None
+        return tqdm(total=self.total_steps, initial=self.state.step, desc="train", unit="step", dynamic_ncols=True,
+                    leave=False)
+
+    def _summary(self, start_step: int, seconds: float) -> None:
+        if not self.info.is_main:
+            return
+        s = self.state
+        best = max((r.get("eval/top1", 0.0) for r in self.eval_results), default=None)
+        best_ema = max((r.get("eval_ema/top1", 0.0) for r in self.eval_results), default=None)
+        parts = [f"{s.step - start_step} steps (to step {s.step}/{self.total_steps}) in {seconds:.1f} s",
+                 f"skipped {s.bad_steps} non-finite + {s.overflow_steps} fp16-overflow steps"]
+        if best is not None:
+            parts.append(f"best eval/top1 {best:.2f}" + (f", eval_ema/top1 {best_ema:.2f}" if self.ema else ""))
+        if self.last_saved_step >= 0:
+            parts.append(f"last checkpoint at step {self.last_saved_step}")
+        log.info("summary: %s", "; ".join(parts))
+
+    def close(self) -> None:
+        self.metrics.close()

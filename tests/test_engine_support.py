@@ -1,0 +1,70 @@
+"""Helpers for the engine tests (no tests here): 2-rank gloo groups by fork, small configs,
+and reading run directories back."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import traceback
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+
+from rmt_dist.config import Config, load_config
+
+SMOKE = "recipes/smoke.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank: int, world: int, port: int, fn, args, errdir: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)  # two ranks on two cores
+    try:
+        fn(rank, world, *args)
+    except BaseException:
+        Path(errdir, f"rank{rank}.err").write_text(traceback.format_exc())
+        raise
+
+
+def run_ranks(fn, world: int, *args, tmp: Path) -> None:
+    """Run fn(rank, world, *args) in `world` forked processes (imports are inherited, so no
+    per-process import cost); a failure re-raises with the rank's traceback."""
+    errdir = tmp / "errors"
+    errdir.mkdir(parents=True, exist_ok=True)
+    try:
+        mp.start_processes(_entry, args=(world, free_port(), fn, args, str(errdir)), nprocs=world,
+                           start_method="fork")
+    except Exception as e:
+        details = "\n".join(p.read_text() for p in sorted(errdir.glob("*.err")))
+        raise AssertionError(f"a rank failed:\n{details}") from e
+
+
+def config(run_dir: Path, strategy: str, *overrides: str, data: Path | None = None) -> Config:
+    data_over = [f"data.train={data}/train.beton", f"data.val={data}/val.beton"] if data else []
+    return load_config(SMOKE, [f"run.dir={run_dir}", f"strategy.name={strategy}", "run.log_every=1",
+                               "data.num_workers=1", *data_over, *overrides])
+
+
+def records(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def train_losses(run_dir: Path) -> dict[int, float | None]:
+    return {r["step"]: r["loss"] for r in records(run_dir) if "loss" in r}
+
+
+
+def digits_dir(tmp_path_factory) -> Path:
+    """The real digits betons' folder, built once per test session and shared by all test files."""
+    from data_helpers import digits_betons
+
+    return digits_betons(tmp_path_factory.getbasetemp())[0].parent

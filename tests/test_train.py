@@ -1,0 +1,93 @@
+"""Single-process checks of the entry point and the precision paths (the 2-rank acceptance
+tests are in test_engine.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from test_engine_support import config, digits_dir, records
+
+import rmt_dist  # noqa: F401
+from rmt_dist.config import derive, load_resolved
+from rmt_dist.engine.distributed import init_distributed, shutdown_distributed
+from rmt_dist.engine.trainer import Trainer
+from rmt_dist.train import main
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    return digits_dir(tmp_path_factory)
+
+
+def test_main_runs_and_writes_the_run_dir(digits, tmp_path):
+    run_dir = tmp_path / "run"
+    argv = ["recipes/smoke.yaml", f"run.dir={run_dir}", f"data.train={digits}/train.beton",
+            f"data.val={digits}/val.beton", "run.stop_after_steps=2", "run.log_every=1", "data.num_workers=1"]
+    assert main(argv) == 0
+    cfg = load_resolved(run_dir / "config.yaml")
+    assert cfg.derived.world_size == 1 and cfg.derived.global_batch == 32
+    assert [r["step"] for r in records(run_dir)] == [1, 2]
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_00000002"
+    assert not torch.distributed.is_initialized(), "main destroys the process group it made"
+    assert main([*argv, "run.stop_after_steps=3"]) == 0, "a second call in the same process resumes"
+    assert [r["step"] for r in records(run_dir)] == [1, 2, 3]
+
+
+def test_main_rejects_bad_input_with_exit_code_2(capsys):
+    assert main(["recipes/smoke.yaml", "optim.lrr=1"]) == 2
+    assert "optim.lr" in capsys.readouterr().err
+    assert main([]) == 2
+
+
+@pytest.fixture
+def single_rank():
+    info = init_distributed()
+    yield info
+    shutdown_distributed(info)
+
+
+def _trainer(digits, tmp_path, info, *overrides):
+    cfg = config(tmp_path / "run", "ddp", "checkpoint.resume=false", *overrides, data=digits)
+    return Trainer(derive(cfg, 1), info)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_bf16_autocast_trains(digits, tmp_path, single_rank, strategy):
+    t = _trainer(digits, tmp_path, single_rank, "precision=bf16", f"strategy.name={strategy}")
+    batches = t.train_loader.epoch(0)
+    losses = [t.train_step([next(batches)]).loss for _ in range(3)]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    # FSDP2's policy computes in bf16 but keeps fp32 master weights (and an fp32 EMA).
+    assert all(p.dtype == torch.float32 for p in t.strategy.module.parameters())
+    assert all(v.dtype == torch.float32 for v in t.ema.state.values() if v.is_floating_point())
+    t.close()
+
+
+def test_fp16_overflow_is_skipped_and_counted(digits, tmp_path, single_rank):
+    t = _trainer(digits, tmp_path, single_rank, "precision=fp16")
+    assert t.strategy.scaler is not None
+    t.strategy.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**100)  # guaranteed overflow
+    before = t.strategy.full_state_dict()
+    batches = t.train_loader.epoch(0)
+    stats = t.train_step([next(batches)])
+    assert stats.overflow and not stats.applied and not stats.bad
+    assert t.state.overflow_steps == 1 and t.state.bad_streak == 0
+    after = t.strategy.full_state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "an overflow step must not change the weights"
+    assert t.strategy.scaler.get_scale() < 2.0**100
+    t.strategy.scaler.update(new_scale=2.0**8)
+    stats = t.train_step([next(batches)])
+    assert stats.applied and not stats.overflow
+    t.close()
+
+
+def test_gradient_accumulation_counts_optimizer_steps(digits, tmp_path, single_rank):
+    t = _trainer(digits, tmp_path, single_rank, "optim.accum_steps=2", "data.batch_size=16")
+    assert t.steps_per_epoch == t.train_loader.steps_per_epoch // 2
+    assert t.cfg.derived.global_batch == 32
+    batches = t.train_loader.epoch(0)
+    stats = t.train_step([next(batches), next(batches)])
+    assert stats.applied and t.state.step == 1
+    t.close()
