@@ -503,7 +503,7 @@ def _check_relpos(key: str, value: torch.Tensor, model: RMT) -> None:
 # -- timm registration ----------------------------------------------------------------
 
 
-def _cfg(crop_pct: float = 0.9, **kwargs: Any) -> dict[str, Any]:
+def _cfg(crop_pct: float = 0.875, **kwargs: Any) -> dict[str, Any]:
     return {
         "url": "",
         "num_classes": 1000,
@@ -525,7 +525,7 @@ def _cfg(crop_pct: float = 0.9, **kwargs: Any) -> dict[str, Any]:
 _RELEASED = "released weights are on Baidu Pan (github.com/qhfan/RMT); load the .pth via checkpoint_filter_fn"
 default_cfgs = generate_default_cfgs(
     {
-        # Plain runs evaluate at crop 0.9, token-label runs at 0.96 (the released eval crop).
+        # The released evaluation crops: plain resize 256 -> crop 224 (0.875), token-label 0.96.
         "rmt_t.in1k": _cfg(notes=_RELEASED),
         "rmt_s.in1k": _cfg(notes=_RELEASED),
         "rmt_s.tl_in1k": _cfg(crop_pct=0.96, notes=_RELEASED),
