@@ -4,6 +4,7 @@
     python bench/model.py --variants rmt_t,rmt_s --batch 32 --steps 10 --rounds 5
     python bench/model.py --device cuda                      # CUDA: bf16 autocast + torch.compile, + flex
     python bench/model.py --kernels --impls reference,sdpa   # the attention kernels alone, per stage
+    python bench/model.py --attentions masa,vanilla,gmm,vicinity --impls auto   # the spatial-prior ablation
 
 One subprocess per variant builds the model once and switches `attn_impl` between
 timed blocks of `--steps` steps, alternating the order each round, so every kernel sees
@@ -11,6 +12,9 @@ the same machine state; the table gives each kernel's median block (shared machi
 noisy; ratios within one table are what to read). A step = forward + cross-entropy +
 backward + AdamW. Memory: CUDA peak allocated per kernel; on CPU, where the allocator
 keeps no peak, the bytes autograd saves for backward in one step (activations).
+`--attentions` runs each variant once per token mixer (model.attention; one subprocess
+each); `vs masa` compares a mixer with MaSA at the same variant and kernel. gmm and
+vicinity have one kernel each, so `--impls auto` is enough for them.
 """
 
 from __future__ import annotations
@@ -35,7 +39,12 @@ def _worker(args: argparse.Namespace, impls: list[str]) -> list[dict]:
     torch.manual_seed(0)
     device = torch.device(args.device)
     model = timm.create_model(
-        args.variant, num_classes=1000, attn_impl=impls[0], token_label=args.token_label, drop_path_rate=0.1
+        args.variant,
+        num_classes=1000,
+        attn_impl=impls[0],
+        attention=args.attention,
+        token_label=args.token_label,
+        drop_path_rate=0.1,
     ).to(device)
     model.train()
     stepped = torch.compile(model) if args.compile else model
@@ -97,6 +106,7 @@ def _worker(args: argparse.Namespace, impls: list[str]) -> list[dict]:
     return [
         {
             "variant": args.variant,
+            "attention": args.attention,
             "impl": impl,
             "ms_per_step": 1000 * statistics.median(blocks[impl]),
             "img_per_s": args.batch / statistics.median(blocks[impl]),
@@ -186,8 +196,11 @@ def _kernels(args: argparse.Namespace, impls: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _run_variant(args: argparse.Namespace, variant: str, impls: list[str]) -> list[dict]:
+def _run_variant(
+    args: argparse.Namespace, variant: str, impls: list[str], attention: str = "masa"
+) -> list[dict]:
     cmd = [sys.executable, __file__, "--worker", "--variant", variant, "--impls", ",".join(impls)]
+    cmd += ["--attention", attention]
     for name in ("device", "precision", "batch", "img", "steps", "warmup", "rounds"):
         cmd += [f"--{name}", str(getattr(args, name))]
     cmd.append("--compile" if args.compile else "--no-compile")
@@ -196,7 +209,9 @@ def _run_variant(args: argparse.Namespace, variant: str, impls: list[str]) -> li
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:] or ["(no stderr)"]
-        return [{"variant": variant, "impl": impl, "error": tail[0]} for impl in impls]
+        return [
+            {"variant": variant, "attention": attention, "impl": impl, "error": tail[0]} for impl in impls
+        ]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -232,19 +247,25 @@ def _table(args: argparse.Namespace, results: list[dict]) -> str:
     lines = [
         _header(args, "training step: forward + cross-entropy + backward + AdamW"),
         "",
-        f"| variant | attn_impl | img/s | ms/step (median) | vs reference | {memory} |",
-        "|---|---|---:|---:|---:|---:|",
+        f"| variant | attention | attn_impl | img/s | ms/step (median) | vs reference | vs masa | {memory} |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
-    reference = {r["variant"]: r for r in results if r["impl"] == "reference" and "error" not in r}
+    ok = [r for r in results if "error" not in r]
+    reference = {(r["variant"], r["attention"]): r for r in ok if r["impl"] == "reference"}
+    masa = {(r["variant"], r["impl"]): r for r in ok if r["attention"] == "masa"}
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['variant']} | {r['impl']} | error: {r['error'][:80]} | | | |")
+            lines.append(
+                f"| {r['variant']} | {r['attention']} | {r['impl']} | error: {r['error'][:80]} | | | | |"
+            )
             continue
-        ref = reference.get(r["variant"])
+        ref = reference.get((r["variant"], r["attention"]))
         ratio = f"{r['img_per_s'] / ref['img_per_s']:.2f}x" if ref else "-"
+        base = masa.get((r["variant"], r["impl"]))
+        vs_masa = f"{r['img_per_s'] / base['img_per_s']:.2f}x" if base else "-"
         lines.append(
-            f"| {r['variant']} | {r['impl']} | {r['img_per_s']:.1f} | {r['ms_per_step']:.0f} | {ratio} | "
-            f"{r['memory_mib']:.0f} |"
+            f"| {r['variant']} | {r['attention']} | {r['impl']} | {r['img_per_s']:.1f} | {r['ms_per_step']:.0f} | "
+            f"{ratio} | {vs_masa} | {r['memory_mib']:.0f} |"
         )
     return "\n".join(lines)
 
@@ -263,6 +284,9 @@ def main() -> None:
         "--compile", action=argparse.BooleanOptionalAction, default=None, help="default: on for cuda"
     )
     parser.add_argument("--token-label", action="store_true")
+    parser.add_argument(
+        "--attentions", default="masa", help="token mixers (model.attention), e.g. masa,vanilla,gmm,vicinity"
+    )
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--img", type=int, default=224)
     parser.add_argument("--steps", type=int, default=2)
@@ -271,6 +295,7 @@ def main() -> None:
     parser.add_argument("--kernels", action="store_true", help="time the attention kernels alone (fwd+bwd)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--attention", default="masa", help=argparse.SUPPRESS)
     args = parser.parse_args()
     cuda = args.device == "cuda"
     args.precision = args.precision or ("bf16" if cuda else "fp32")
@@ -288,9 +313,10 @@ def main() -> None:
         return
     results = []
     for variant in args.variants.split(","):
-        rows = _run_variant(args, variant, impls)
-        print(json.dumps(rows), file=sys.stderr, flush=True)
-        results += rows
+        for attention in args.attentions.split(","):
+            rows = _run_variant(args, variant, impls, attention)
+            print(json.dumps(rows), file=sys.stderr, flush=True)
+            results += rows
     print(_table(args, results))
 
 

@@ -208,18 +208,3 @@ class MaSA(nn.Module):
         out = self._attend(along_h(q), along_h(k), along_h(out_w), tables.bias, tables.decay, impl, None)
         out = out.unflatten(0, (batch, width)).permute(0, 3, 1, 2, 4)  # (B, H, W, n, d)
         return out.reshape(batch, height, width, heads * head_dim)
-
-
-# Token mixers selectable with `attention=`; issue 10 adds the others (same constructor
-# signature: dim, num_heads, decomposed, attn_impl; forward(x_bhwc, tables)).
-ATTENTIONS: dict[str, type[nn.Module]] = {"masa": MaSA}
-PLANNED_ATTENTIONS = ("gmm", "vicinity", "vanilla")
-
-
-def attention_class(name: str) -> type[nn.Module]:
-    if name in ATTENTIONS:
-        return ATTENTIONS[name]
-    if name in PLANNED_ATTENTIONS:
-        raise ValueError(f"attention={name!r} is not implemented yet; use one of {', '.join(ATTENTIONS)}")
-    valid = ", ".join(ATTENTIONS)
-    raise ValueError(f"attention={name!r} is unknown; use one of {valid}")

@@ -6,7 +6,8 @@ for the starred forms RMT-S*/B*/L*), and `rmt_test`, a 4-stage miniature for CPU
 Parameter and state-dict names equal the released code's (qhfan/RMT), except that the
 per-stage `Relpos.angle/decay` buffers are recomputed, never stored (`checkpoint_filter_fn`
 drops them after checking they match). Extra create kwargs: `token_label`, `mix_token`,
-`attn_impl` (reference|sdpa|flex|auto), `attention` (masa), `drop_path_rate`.
+`attn_impl` (reference|sdpa|flex|auto), `attention` (masa|gmm|vicinity|vanilla, see mixers.py),
+`drop_path_rate`.
 
 Contracts other code relies on:
 
@@ -47,7 +48,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .layers import ConvStem, DWConv2d, FeedForward, PatchMerging
-from .masa import attention_class, resolve_attn_impl, table_kind, validate_attn_impl
+from .masa import resolve_attn_impl, table_kind, validate_attn_impl
+from .mixers import attention_class
 from .mixtoken import MixTokenBox, flip_box_region, sample_mixtoken_box
 from .tables import RetentionTables, TableCache, head_decays, rotary_angles
 
@@ -284,6 +286,8 @@ class RMT(nn.Module):
                 nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Conv2d | nn.BatchNorm2d):
                 module.reset_parameters()
+            elif hasattr(module, "reset_gmm"):  # the gmm ablation's mixture parameters
+                module.reset_gmm()
             elif isinstance(module, RMTBlock) and module.layerscale:
                 module.gamma_1.fill_(module.layer_init_value)
                 module.gamma_2.fill_(module.layer_init_value)
