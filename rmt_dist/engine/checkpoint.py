@@ -3,6 +3,7 @@
 Layout of one checkpoint:
     dcp/                  model, optimizer, EMA (torch.distributed.checkpoint; ddp/fsdp)
     ds/, ema*.pt          DeepSpeed's own checkpoint and the EMA (deepspeed)
+    ds_universal/         ds/ in DeepSpeed's universal format, made at a resume on another world size
     rank_XXXXX.pt         per-rank RNG states (python, numpy, torch, cuda) and grad scaler
     train_state.json      step, epoch, position in the epoch, counters, world size
     COMPLETE              written last: a manifest {file: size} of everything above

@@ -282,6 +282,19 @@ class FSDPStrategy(TorchStrategy):
         return contextlib.nullcontext()
 
 
+def _forget_stale_deepspeed_groups() -> None:
+    """DeepSpeed caches its clone of the world group for the life of the process; after the
+    process group was destroyed and created anew (a second run in one process, e.g. a resume
+    on another world size in the tests) that clone is dead and deepspeed.initialize fails."""
+    from deepspeed.utils import groups
+
+    if groups._WORLD_GROUP is not None:
+        try:
+            dist.get_global_rank(groups._WORLD_GROUP, 0)
+        except (ValueError, RuntimeError):  # "not registered": it belonged to the old group
+            groups._WORLD_GROUP = None
+
+
 class DeepSpeedStrategy:
     """DeepSpeed ZeRO 1-3 with the engine's AdamW; DeepSpeed's own precision and checkpoints."""
 
@@ -299,6 +312,7 @@ class DeepSpeedStrategy:
         self.cfg, self.info = cfg, info
         self.stage = cfg.strategy.zero_stage
         self.ds_config = deepspeed_config(cfg, info.world_size)
+        _forget_stale_deepspeed_groups()
         optimizer = build_optimizer(model, cfg)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                                                  config=self.ds_config, dist_init_required=False)
@@ -379,16 +393,90 @@ class DeepSpeedStrategy:
                 torch.save(ema, path / "ema.pt")
 
     def load(self, path: Path, ema: dict | None) -> None:
-        load_path, _ = self.engine.load_checkpoint(str(path), tag="ds", load_optimizer_states=True,
-                                                   load_lr_scheduler_states=False)
+        saved_world = len(list((path / "ds").glob("*zero_pp_rank_*_optim_states.pt")))
+        if saved_world in (0, self.info.world_size):
+            load_path, _ = self.engine.load_checkpoint(str(path), tag="ds", load_optimizer_states=True,
+                                                       load_lr_scheduler_states=False)
+        else:
+            # ZeRO partitions depend on the world size: go through DeepSpeed's universal format.
+            tag = self._to_universal(path)
+            self.engine._config.load_universal_checkpoint = True  # read by load_checkpoint only
+            try:
+                load_path, _ = self.engine.load_checkpoint(str(path), tag=tag, load_optimizer_states=True,
+                                                           load_lr_scheduler_states=False)
+            finally:
+                self.engine._config.load_universal_checkpoint = False
+            self._load_buffers(path)
         if load_path is None:
             raise RuntimeError(f"DeepSpeed found no checkpoint under {path}/ds")
         if ema is not None:
-            name = f"ema_rank_{self.info.rank:05d}.pt" if self.stage == 3 else "ema.pt"
-            saved = torch.load(path / name, map_location="cpu", weights_only=True)
+            saved = self._load_ema(path, ema)
             with torch.no_grad():
                 for key, t in ema.items():
                     t.copy_(saved[key])
+
+    def _to_universal(self, path: Path) -> str:
+        """Convert path/ds to path/ds_universal once (rank 0; written aside, then renamed)."""
+        import contextlib
+        import io
+        import shutil
+        from types import SimpleNamespace
+
+        from deepspeed.checkpoint import ds_to_universal
+
+        from .distributed import barrier, broadcast_object
+
+        out = path / "ds_universal"
+        error = None
+        if self.info.is_main and not out.is_dir():
+            tmp = path / ".ds_universal.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            args = SimpleNamespace(input_folder=str(path / "ds"), output_folder=str(tmp), num_extract_workers=1,
+                                   num_merge_workers=1, keep_temp_folder=False, strict=True,
+                                   inject_missing_state=True)
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):  # its progress prints
+                    ds_to_universal.main(args)
+                (path / "latest_universal").unlink(missing_ok=True)  # names the temporary folder
+                tmp.rename(out)
+            except Exception as e:  # noqa: BLE001  (every rank must learn of it, or they hang)
+                error = f"converting {path}/ds to DeepSpeed's universal checkpoint failed: {e}"
+        error = broadcast_object(error)
+        barrier()
+        if error:
+            raise RuntimeError(error)
+        return out.name
+
+    def _load_buffers(self, path: Path) -> None:
+        """A universal load restores parameters only: take the buffers (BatchNorm statistics,
+        the same on every rank) from the saved module state."""
+        saved = torch.load(sorted((path / "ds").glob("*model_states.pt"))[0], map_location="cpu",
+                           weights_only=False)["module"]
+        with torch.no_grad():
+            for name, b in self.module.named_buffers():
+                if name in saved:
+                    b.copy_(saved[name])
+
+    def _load_ema(self, path: Path, ema: dict) -> dict[str, torch.Tensor]:
+        """This rank's saved EMA. ZeRO-3 saved flat partitions per rank: from another world
+        size, join them into the full tensor and cut out this rank's new partition."""
+        if self.stage != 3:
+            return torch.load(path / "ema.pt", map_location="cpu", weights_only=True)
+        files = sorted(path.glob("ema_rank_*.pt"))
+        if len(files) == self.info.world_size:
+            return torch.load(path / f"ema_rank_{self.info.rank:05d}.pt", map_location="cpu", weights_only=True)
+        parts = [torch.load(f, map_location="cpu", weights_only=True) for f in files]
+        params = dict(self.module.named_parameters())
+        out = {}
+        for name, shard in ema.items():
+            p = params.get(name)
+            if p is None or not self._partitioned(p):  # buffers and whole parameters: the same on every rank
+                out[name] = parts[0][name]
+                continue
+            full = torch.cat([part[name] for part in parts])[: p.ds_numel]
+            piece = full[self.info.rank * shard.numel():][: shard.numel()]
+            out[name] = torch.cat([piece, piece.new_zeros(shard.numel() - piece.numel())])  # ZeRO pads the end
+        return out
 
     def extra_state(self) -> dict:
         return {}
