@@ -58,8 +58,14 @@ def prepare_model(model: nn.Module, cfg: Config, device: torch.device) -> nn.Mod
         model.set_grad_checkpointing(True)
     if cfg.model.compile:
         blocks, _ = shard_units(model)
+        # Every block's distinct drop-path rate specialises its graph: allow one compile per
+        # block, or blocks past dynamo's recompile limit silently run eager (seen with rmt_t).
+        limit = torch._dynamo.config.recompile_limit
+        torch._dynamo.config.recompile_limit = max(limit, len(blocks) + 8)
         for block in blocks:  # per block (as torchtitan): small graphs, sharding hooks stay outside
-            block.compile()
+            # Static shapes: a stage has one grid size, and inductor in torch 2.13 fails on the
+            # dynamic-shape recompile RMT blocks get when the next stage's size arrives.
+            block.compile(dynamic=False)
     return model
 
 
