@@ -45,6 +45,7 @@ EPOCH_END = 11  # 1438 digits / (64 per rank x 2 ranks)
 STRATEGIES = {
     "ddp": ["strategy.name=ddp"],
     "fsdp": ["strategy.name=fsdp"],
+    "zero1": ["strategy.name=deepspeed", "strategy.zero_stage=1"],
     "zero2": ["strategy.name=deepspeed", "strategy.zero_stage=2"],
     "zero3": ["strategy.name=deepspeed", "strategy.zero_stage=3"],
 }
