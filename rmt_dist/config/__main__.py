@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..launch_env import tasks_per_node
+from ..launch_env import world_size
 from . import ConfigError, derive, load_config, to_yaml
 
 
@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.recipe, args.overrides)
-        world = args.world_size or cfg.slurm.nodes * tasks_per_node(cfg.slurm)
+        world = args.world_size or world_size(cfg.slurm)
         cfg = derive(cfg, world)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Training losses. Plain soft-target cross-entropy now; token labeling (issue 6) plugs in here."""
+"""Training losses: soft-target cross-entropy, or the token-labeling loss (rmt_dist.tokenlabel)."""
 
 from __future__ import annotations
 
@@ -19,10 +19,7 @@ class SoftTargetCrossEntropy:
 
 def build_criterion(cfg: Config):
     if cfg.tokenlabel.enabled:
-        try:
-            from ..tokenlabel.loss import build_token_label_criterion  # issue 6
-        except ImportError:
-            raise NotImplementedError("tokenlabel.enabled=true needs the token-label loss (rmt_dist.tokenlabel.loss, "
-                                      "issue 6); set tokenlabel.enabled=false for now") from None
+        from ..tokenlabel.loss import build_token_label_criterion
+
         return build_token_label_criterion(cfg)
     return SoftTargetCrossEntropy()

@@ -120,8 +120,9 @@ def decay_score_mod_2d(decay: torch.Tensor, width: int) -> Callable:
     return score_mod
 
 
-class MaSA(nn.Module):
-    """Manhattan Self-Attention on (B, H, W, C) tokens; names match the released checkpoints."""
+class ProjectedMixer(nn.Module):
+    """The parts every softmax token mixer shares: q/k/v/out projections and the LCE
+    (5x5 depthwise conv on V). Attribute names are the released checkpoints'."""
 
     def __init__(self, dim: int, num_heads: int, decomposed: bool, attn_impl: str = "auto") -> None:
         super().__init__()
@@ -129,10 +130,6 @@ class MaSA(nn.Module):
             raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}; pick a divisor of dim")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        if self.head_dim % 2 != 0:
-            raise ValueError(
-                f"head_dim={self.head_dim} is odd; the rotary needs channel pairs, pick even dim/num_heads"
-            )
         self.scale = self.head_dim**-0.5
         self.decomposed = decomposed
         self.attn_impl = validate_attn_impl(attn_impl)
@@ -141,6 +138,17 @@ class MaSA(nn.Module):
         self.v_proj = nn.Linear(dim, dim)
         self.lepe = DWConv2d(dim, 5, 1, 2)
         self.out_proj = nn.Linear(dim, dim)
+
+
+class MaSA(ProjectedMixer):
+    """Manhattan Self-Attention on (B, H, W, C) tokens; names match the released checkpoints."""
+
+    def __init__(self, dim: int, num_heads: int, decomposed: bool, attn_impl: str = "auto") -> None:
+        super().__init__(dim, num_heads, decomposed, attn_impl)
+        if self.head_dim % 2 != 0:
+            raise ValueError(
+                f"head_dim={self.head_dim} is odd; the rotary needs channel pairs, pick even dim/num_heads"
+            )
         # Score mods for eager compiled flex, one per (grid width, device): reusing the same
         # function object keeps torch.compile from recompiling every call.
         self._score_mods: dict[tuple, Callable] = {}

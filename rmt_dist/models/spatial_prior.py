@@ -54,10 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import DWConv2d
-
-# masa.py imports this module at its end to register the variants; the package __init__
-# always imports masa first, so these names exist by the time this line runs.
-from .masa import resolve_attn_impl, validate_attn_impl
+from .masa import ProjectedMixer, resolve_attn_impl, validate_attn_impl
 from .tables import RetentionTables
 
 GMM_KERNELS = 5  # the released default (--num_kernals 5)
@@ -122,26 +119,12 @@ def squared_distance_2d(height: int, width: int, device: torch.device) -> torch.
     return ((grid[:, None, :] - grid[None, :, :]) ** 2).sum(dim=-1)
 
 
-class _SoftmaxMixer(nn.Module):
+class _SoftmaxMixer(ProjectedMixer):
     """Projections, LCE and the axis plumbing shared by the softmax variants.
 
     Subclasses supply `_attend(q, k, v, sq_dist, impl)` on (batch', heads, L, d) tensors,
     where sq_dist is the (L, L) squared distance between the sequence's positions.
     """
-
-    def __init__(self, dim: int, num_heads: int, decomposed: bool, attn_impl: str = "auto") -> None:
-        super().__init__()
-        _check_heads(dim, num_heads)
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim**-0.5
-        self.decomposed = decomposed
-        self.attn_impl = validate_attn_impl(attn_impl)
-        self.q_proj = nn.Linear(dim, dim)
-        self.k_proj = nn.Linear(dim, dim)
-        self.v_proj = nn.Linear(dim, dim)
-        self.lepe = DWConv2d(dim, 5, 1, 2)
-        self.out_proj = nn.Linear(dim, dim)
 
     def _attend(self, q, k, v, sq_dist: torch.Tensor, impl: str) -> torch.Tensor:
         raise NotImplementedError

@@ -14,7 +14,6 @@ complete.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -28,14 +27,18 @@ from .store import StoreMeta, TokenLabelStoreError, generation_key
 from .teacher import build_teacher, per_location_logits
 
 
-def _beton_info(beton: Path) -> tuple[int, int, dict]:
-    meta_path = Path(f"{beton}.meta.json")
+def _beton_info(beton: Path) -> tuple[int, int]:
+    """(num_samples, num_classes) from the beton's meta file."""
+    from ..data import read_meta
+    from ..data.errors import DataError
+
     if not beton.is_file():
         raise TokenLabelStoreError(f"beton {str(beton)!r} does not exist")
-    if not meta_path.is_file():
-        raise TokenLabelStoreError(f"{str(meta_path)!r} is missing; convert with python -m rmt_dist.data.convert")
-    meta = json.loads(meta_path.read_text())
-    return int(meta["num_samples"]), len(meta["classes"]), meta
+    try:
+        meta = read_meta(beton)
+    except DataError as e:
+        raise TokenLabelStoreError(str(e)) from None
+    return int(meta["num_samples"]), len(meta["classes"])
 
 
 def _dist() -> tuple[int, int]:
@@ -119,7 +122,7 @@ def _consolidate(store: Path, meta: StoreMeta, num_chunks: int, chunk_size: int)
 
 def generate(args: argparse.Namespace) -> StoreMeta:
     beton, store = Path(args.beton), Path(args.store)
-    num_samples, num_classes, _ = _beton_info(beton)
+    num_samples, num_classes = _beton_info(beton)
     rank, world = _dist()
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
