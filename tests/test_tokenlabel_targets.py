@@ -107,3 +107,19 @@ def test_per_location_logits_pool_to_the_models_own_logits(name, token_label):
         else:  # RMT: Swish between the projection and the pool, so compare one location
             feats = model.forward_features(x)
             assert torch.allclose(dense[:, 1, 2], model.forward_head(feats[:, 1:2, 2:3]), atol=1e-5)
+
+
+def test_teacher_accepts_a_released_rmt_checkpoint(tmp_path):
+    """Released RMT .pth files (DDP prefix, Relpos buffers, nested under "model") load as teachers."""
+    import timm
+    from test_models_official import _release_style_checkpoint
+
+    from rmt_dist.tokenlabel.teacher import build_teacher
+
+    torch.manual_seed(0)
+    source = timm.create_model("rmt_test", num_classes=10).eval()
+    path = tmp_path / "release.pth"
+    torch.save(_release_style_checkpoint(source), path)
+    teacher = build_teacher("rmt_test", str(path), num_classes=10)
+    for key, value in source.state_dict().items():
+        assert torch.equal(teacher.state_dict()[key], value), key

@@ -10,8 +10,6 @@ from torch import nn
 
 from .store import TokenLabelStoreError
 
-_NESTED = ("state_dict_ema", "model_ema", "ema", "state_dict", "model")
-
 
 def load_weights(path: str | os.PathLike, ema: bool = False) -> dict[str, torch.Tensor]:
     """A plain state dict from a .safetensors/.pth file, or a run/checkpoint dir of this project."""
@@ -22,16 +20,9 @@ def load_weights(path: str | os.PathLike, ema: bool = False) -> dict[str, torch.
         return load_consolidated(path, ema=ema)
     if not path.is_file():
         raise TokenLabelStoreError(f"teacher checkpoint {str(path)!r} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from timm.models import load_state_dict  # .safetensors/.pth, nested model/state_dict/EMA keys, module.
 
-        return load_file(str(path))
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    keys = [k for k in _NESTED if isinstance(sd, dict) and k in sd]
-    if keys:
-        preferred = [k for k in keys if ("ema" in k) == ema] or keys
-        sd = sd[preferred[0]]
-    return {k.removeprefix("module."): v for k, v in sd.items()}
+    return load_state_dict(str(path), use_ema=ema)
 
 
 def build_teacher(name: str, checkpoint: str | None, num_classes: int, *, ema: bool = False,
@@ -51,6 +42,10 @@ def build_teacher(name: str, checkpoint: str | None, num_classes: int, *, ema: b
         raise TokenLabelStoreError(f"teacher {name!r}: {e}") from None
     if checkpoint is not None:
         sd = load_weights(checkpoint, ema=ema)
+        from ..models.rmt import RMT, checkpoint_filter_fn
+
+        if isinstance(model, RMT):  # released RMT checkpoints carry buffers this model recomputes
+            sd = checkpoint_filter_fn(sd, model)
         head = model.get_classifier()
         head_key = next((k for k, p in model.named_parameters() if p is getattr(head, "weight", None)), None)
         if head_key is not None and head_key in sd and sd[head_key].shape[0] != num_classes:
