@@ -8,9 +8,9 @@ the ImageNet defaults. Every pipeline reads the same images with the same number
 worker processes/threads (default: the CPUs this process may use), 224 px output:
 
 - decode-only ceiling: libjpeg-turbo decode of the beton's JPEGs (libffcv, numba threads);
-- ours, crop+flip: decode + RandomResizedCrop + flip + normalise;
+- ours, crop+flip: decode + RandomResizedCrop (Pillow-exact bicubic) + flip + normalise;
 - ours, full recipe: + RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25, mixup/cutmix;
-- torchvision, crop+flip: ImageFolder + RandomResizedCrop + flip + ToTensor + Normalize;
+- torchvision, crop+flip: ImageFolder + RandomResizedCrop (bicubic) + flip + ToTensor + Normalize;
 - torchvision, full recipe: timm create_transform (same RandAugment/erasing) + timm Mixup.
 
 Runs interleave (A B A B ...) and report the best epoch of each, so machine noise hits
@@ -117,7 +117,8 @@ def torchvision_epoch(folder: Path, batch: int, workers: int, full: bool):
                               re_mode="pixel", interpolation="bicubic")
         mix = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=10)
     else:
-        tf = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
+        tf = transforms.Compose([transforms.RandomResizedCrop(224, interpolation=transforms.InterpolationMode.BICUBIC),
+                                 transforms.RandomHorizontalFlip(),
                                  transforms.ToTensor(),
                                  transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
         mix = None

@@ -13,15 +13,19 @@ from timm.data import auto_augment as A
 from timm.data.mixup import Mixup
 from timm.data.random_erasing import RandomErasing
 
+from rmt_dist.data import pil_ops
 from rmt_dist.data import randaugment as R
 from rmt_dist.data.device_augment import (
     ErasingSpec,
+    MixParams,
     MixSpec,
     apply_erasing,
     apply_mix,
     sample_erasing,
     sample_mix,
+    soft_targets,
 )
+from rmt_dist.data.host_finish import erasing_table, finish_on_host
 from rmt_dist.data.sampling import random_resized_crop_boxes
 
 FILL = R.fill_color([0.485, 0.456, 0.406])
@@ -112,8 +116,36 @@ def test_mixup_cutmix_matches_timm(seed):
     ref_x, ref_y = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, label_smoothing=0.1,
                          num_classes=5)(x.clone(), y)
     params = sample_mix(np.random.RandomState(seed), MixSpec(), 16, 12)
-    ours_x, ours_y = apply_mix(x.clone(), y, 5, 0.1, params)
-    assert torch.allclose(ours_x, ref_x) and torch.allclose(ours_y, ref_y)
+    ours_x, ours_y = apply_mix(x.clone(), params), soft_targets(y, 5, 0.1, params.lam)
+    assert torch.equal(ours_x, ref_x) and torch.allclose(ours_y, ref_y)
+
+
+@pytest.mark.parametrize("mode", ["pixel", "rand", "const"])
+@pytest.mark.parametrize("mix", ["none", "mixup", "cutmix"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_host_finish_equals_the_torch_path(mode, mix, channels_last):
+    # The CPU device's fused pass (normalise + erasing + mix in the loader's workers) must give
+    # the very batch the torch ops give on a device.
+    rng = np.random.default_rng(7)
+    images = rng.integers(0, 256, (6, 20, 18, 3), dtype=np.uint8)
+    mean = np.array([123.7, 116.3, 103.5], np.float32)
+    inv_std = np.array([1 / 58.4, 1 / 57.1, 1 / 57.4], np.float32)
+    boxes = sample_erasing(random.Random(3), 6, 20, 18, ErasingSpec(probability=0.6, mode=mode))
+    assert any(b is not None for b in boxes) and any(b is None for b in boxes)
+    params = {"none": MixParams(), "mixup": MixParams(lam=0.6180339),
+              "cutmix": MixParams(lam=0.7, use_cutmix=True, box=(3, 11, 5, 16))}[mix]
+
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    x = (x - torch.from_numpy(mean).view(1, 3, 1, 1)) * torch.from_numpy(inv_std).view(1, 3, 1, 1)
+    apply_erasing(x, boxes, mode, torch.Generator().manual_seed(11))
+    expected = apply_mix(x.contiguous(), params)
+
+    table, noise = erasing_table(boxes, mode, 6, torch.Generator().manual_seed(11))
+    out = np.empty((6, 20, 18, 3) if channels_last else (6, 3, 20, 18), np.float32)
+    finish_on_host(images, out, mean, inv_std, channels_last, table, noise, params)
+    got = torch.from_numpy(out)
+    got = got.permute(0, 3, 1, 2) if channels_last else got
+    assert torch.equal(got, expected)
 
 
 def test_mixup_modes_both_occur():
@@ -140,3 +172,24 @@ def test_random_resized_crop_boxes_respect_scale_ratio():
                     for hh, ww in zip(h.tolist(), w.tolist())])
     ref_frac = ref[:, 2] * ref[:, 3] / (h * w)
     assert abs(frac.mean() - ref_frac.mean()) < 0.015 and abs(np.median(frac) - np.median(ref_frac)) < 0.03
+
+
+def test_shear_and_translate_fast_path_equals_pillow():
+    # ShearX/Y and TranslateX/Y take a vectorised row path (one fractional shift per row);
+    # it must stay identical to Pillow's per-pixel affine, fill and borders included.
+    rng = np.random.default_rng(5)
+    fill = tuple(FILL.tolist())
+    for trial in range(48):
+        h, w = int(rng.integers(20, 225)), int(rng.integers(150, 225))
+        img = rng.integers(0, 256, (h, w, 3)).astype(np.uint8)
+        m, t = rng.uniform(-0.3, 0.3), rng.uniform(-0.45, 0.45)
+        if trial % 2 == 0:
+            # Decimal magnitudes, as RandAugment without mstd gives (m9: shift 0.405 * w): sums
+            # then land within rounding of integers, where per-row and per-pixel dx disagree.
+            m, t = round(m, 2), round(t, 2)
+        args = [(1.0, m, 0.0, 0.0, 1.0, 0.0), (1.0, 0.0, 0.0, m, 1.0, 0.0),
+                (1.0, 0.0, t * w, 0.0, 1.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, t * h)][trial % 4]
+        ref = Image.fromarray(img).transform((w, h), Image.AFFINE, args, Image.BICUBIC, fillcolor=fill)
+        ours = img.copy()
+        pil_ops.affine(ours, *args, FILL, True)
+        np.testing.assert_array_equal(ours, np.asarray(ref), err_msg=f"affine {args} on {h}x{w}")

@@ -42,6 +42,7 @@ class DataConfig:
     num_workers: int = 10  # per process; capped by the CPUs the process may use
     img_size: int = 224
     crop_pct: float = 0.9  # eval: resize to img_size / crop_pct, center crop img_size
+    interpolation: Literal["bicubic", "bilinear"] = "bicubic"  # crops, eval resize, RandAugment (Pillow's)
     scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333333333333333])
     hflip: float = 0.5

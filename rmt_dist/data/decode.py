@@ -3,21 +3,24 @@
 FFCV's own decoders draw crop boxes from numba's per-thread RNG, which cannot be
 replayed; here the boxes come from the caller (sampled from the batch's seed), and one
 parallel numba kernel decodes (libffcv's libjpeg-turbo `imdecode`, or raw pixels),
-crops, resizes (libffcv's OpenCV INTER_AREA `resize`) and flips each sample, without
-the GIL. Sample bytes are read from a memory map of the beton (the OS page cache).
+crops, resizes (Pillow's bicubic/bilinear, bit-exact: `resample.py`), flips and
+RandAugments (`randaugment.py`) each sample, without the GIL. One parallel loop for all of
+it balances the threads better than one per stage (RandAugment ops differ 50x in cost). Sample bytes are read from a memory map of the beton (the OS
+page cache).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from ffcv.libffcv import imdecode, resize_crop
+from ffcv.libffcv import imdecode
 from ffcv.reader import Reader
 from numba import get_thread_id, njit, prange
 
 from .errors import DataError
+from .randaugment import NO_OP, apply_op
+from .resample import BICUBIC, FILTERS, resize_window
 
 _imdecode = njit(nogil=True)(imdecode)
-_resize_crop = njit(nogil=True)(resize_crop)
 
 JPEG, RAW = 0, 1  # ffcv.fields.rgb_image.IMAGE_MODES
 
@@ -51,7 +54,8 @@ class BetonImages:
 
 
 @njit(nogil=True, parallel=True)
-def _decode_batch(data, ptrs, sizes, modes, heights, widths, indices, boxes, flips, out, scratch):
+def _decode_batch(data, ptrs, sizes, modes, heights, widths, indices, boxes, resize, flips, out, scratch, kind,
+                  ra_ops, ra_args, fill):
     for k in prange(indices.shape[0]):
         s = indices[k]
         h = heights[s]
@@ -62,48 +66,45 @@ def _decode_batch(data, ptrs, sizes, modes, heights, widths, indices, boxes, fli
             _imdecode(raw, buf, h, w, h, w, 0, 0, 1, 1, False, False)
         else:
             buf = raw.reshape((h, w, 3))
-        top, left, bh, bw = boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3]
-        dst = out[k]
-        _resize_crop(buf, top, top + bh, left, left + bw, dst)
-        if flips[k]:
-            ow = dst.shape[1]
-            for y in range(dst.shape[0]):
-                for x in range(ow // 2):
-                    for c in range(3):
-                        t = dst[y, x, c]
-                        dst[y, x, c] = dst[y, ow - 1 - x, c]
-                        dst[y, ow - 1 - x, c] = t
+        resize_window(buf, boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3],
+                      resize[k, 0], resize[k, 1], resize[k, 2], resize[k, 3], out[k], flips[k], kind)
+        for layer in range(ra_ops.shape[1]):
+            if ra_ops[k, layer] != NO_OP:
+                apply_op(out[k], ra_ops[k, layer], ra_args[k, layer], fill, kind == BICUBIC)
 
 
 class BatchDecoder:
-    """Decodes batches of one beton into caller-provided (B, H, W, 3) uint8 arrays."""
+    """Decodes batches of one beton into caller-provided (B, H, W, 3) uint8 arrays.
 
-    def __init__(self, images: BetonImages, num_threads: int) -> None:
+    `decode(indices, boxes, flips, out)`: crop each box (top, left, h, w) and resize it to
+    the output size (timm's RandomResizedCrop). `resize` (B, 4) instead resizes the box to
+    (full_h, full_w) and keeps the window at (win_top, win_left) (timm's eval Resize +
+    CenterCrop, see `resample.eval_geometry`).
+    """
+
+    def __init__(self, images: BetonImages, num_threads: int, interpolation: str = "bicubic") -> None:
         from numba import config
 
+        if interpolation not in FILTERS:
+            raise DataError(f"interpolation {interpolation!r}: expected one of {sorted(FILTERS)}")
+        self.kind = FILTERS[interpolation]
         self.images = images
         # get_thread_id() ranges over numba's whole pool, whatever set_num_threads says.
         self.scratch = np.empty((config.NUMBA_NUM_THREADS, max(images.max_pixels, 1) * 3), np.uint8)
         self.num_threads = num_threads
 
-    def decode(self, indices: np.ndarray, boxes: np.ndarray, flips: np.ndarray, out: np.ndarray) -> None:
+    def decode(self, indices: np.ndarray, boxes: np.ndarray, flips: np.ndarray, out: np.ndarray,
+               resize: np.ndarray | None = None, rand_augment: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
+        """`rand_augment`: (ops, args) from `randaugment.sample_ops` and the fill colour."""
         im = self.images
+        if rand_augment is None:
+            rand_augment = (np.zeros((len(indices), 0), np.int64), np.zeros((len(indices), 0)), np.zeros(3, np.uint8))
+        ops, args, fill = rand_augment
+        if resize is None:
+            resize = np.zeros((len(indices), 4), np.int64)
+            resize[:, 0], resize[:, 1] = out.shape[1], out.shape[2]
         _decode_batch(im.data, im.ptrs, im.sizes, im.modes, im.heights, im.widths,
                       np.ascontiguousarray(indices, np.int64), np.ascontiguousarray(boxes, np.int64),
-                      np.ascontiguousarray(flips, np.bool_), out, self.scratch)
-
-
-@njit(nogil=True, parallel=True, cache=True)
-def normalize_batch(images, out, mean, inv_std, channels_last):
-    """uint8 (B, H, W, 3) -> float32 (x - mean) * inv_std into `out`: (B, 3, H, W), or
-    (B, H, W, 3) memory (the channels_last layout) when `channels_last`."""
-    b, h, w, _ = images.shape
-    for k in prange(b):
-        for y in range(h):
-            for x in range(w):
-                for c in range(3):
-                    v = (np.float32(images[k, y, x, c]) - mean[c]) * inv_std[c]
-                    if channels_last:
-                        out[k, y, x, c] = v
-                    else:
-                        out[k, c, y, x] = v
+                      np.ascontiguousarray(resize, np.int64), np.ascontiguousarray(flips, np.bool_), out,
+                      self.scratch, self.kind, np.ascontiguousarray(ops, np.int64),
+                      np.ascontiguousarray(args, np.float64), np.ascontiguousarray(fill, np.uint8))

@@ -121,14 +121,15 @@ def soft_targets(labels: torch.Tensor, num_classes: int, smoothing: float, lam: 
     return y1 * lam + y1.flip(0) * (1.0 - lam)
 
 
-def apply_mix(images: torch.Tensor, labels: torch.Tensor, num_classes: int, smoothing: float,
-              params: MixParams) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mix `images` in place with the reversed batch; return (images, soft targets)."""
+def apply_mix(images: torch.Tensor, params: MixParams) -> torch.Tensor:
+    """Mix `images` in place with the reversed batch (timm's Mixup on the images; the targets
+    are `soft_targets(labels, ..., params.lam)`)."""
     if params.lam != 1.0:
         if params.use_cutmix and params.box is not None:
             yl, yh, xl, xh = params.box
-            images[:, :, yl:yh, xl:xh] = images.flip(0)[:, :, yl:yh, xl:xh]
+            # Flip only the pasted region (timm flips the whole batch, then slices).
+            images[:, :, yl:yh, xl:xh] = images[:, :, yl:yh, xl:xh].flip(0)
         else:
             flipped = images.flip(0).mul_(1.0 - params.lam)
             images.mul_(params.lam).add_(flipped)
-    return images, soft_targets(labels, num_classes, smoothing, params.lam)
+    return images

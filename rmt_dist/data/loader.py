@@ -13,10 +13,12 @@ format if cfg.model.channels_last); `targets` float32 (B, num_classes) soft targ
 Eval batches: `labels` int64 (B,); across ranks every val sample exactly once (contiguous
 blocks, no padding), the last batch may be short.
 
-Pipeline per batch: decode + RandomResizedCrop + flip (numba kernel over libffcv's
-libjpeg-turbo/OpenCV calls, `decode.py`) -> RandAugment on uint8 (numba, `randaugment.py`)
--> copy uint8 NHWC to the device -> normalise -> random erasing -> mixup/cutmix
-(`device_augment.py`). A background thread prepares `batches_ahead` batches while the
+Pipeline per batch: decode (libffcv's libjpeg-turbo) + RandomResizedCrop with Pillow's
+bicubic resize, bit-exact (`resample.py`) + flip (one numba kernel, `decode.py`) ->
+RandAugment on uint8 (numba, `randaugment.py`) -> copy uint8 NHWC to the device ->
+normalise -> random erasing -> mixup/cutmix (`device_augment.py`; on a CPU device the
+workers do these last three in one pass, `host_finish.py`). Eval: timm's Resize(img_size /
+crop_pct) + CenterCrop, bit-exact. A background thread prepares `batches_ahead` batches while the
 caller trains; numba's threads (cfg.data.num_workers, capped by the CPUs this process may
 use) do the per-sample work without the GIL.
 
@@ -59,7 +61,7 @@ import numpy as np
 import torch
 
 from ..config import Config
-from .decode import BatchDecoder, BetonImages, normalize_batch
+from .decode import BatchDecoder, BetonImages
 from .device_augment import (
     ErasingSpec,
     MixParams,
@@ -71,8 +73,9 @@ from .device_augment import (
     soft_targets,
 )
 from .errors import DataError
+from .host_finish import erasing_table, finish_on_host
 from .meta import meta_path, read_meta
-from .randaugment import RandAugmentSpec, fill_color, rand_augment_batch, sample_ops
+from .randaugment import RandAugmentSpec, fill_color, sample_ops
 from .sampling import center_crop_boxes, eval_indices, random_resized_crop_boxes, train_indices
 
 BATCHES_AHEAD = 3
@@ -147,8 +150,13 @@ class _Batch:
     indices: np.ndarray
     boxes: np.ndarray
     flips: np.ndarray
+    resize: np.ndarray | None = None  # eval: (full_h, full_w, win_top, win_left) per sample
     ra_ops: np.ndarray | None = None  # (B, layers) RandAugment op codes, NO_OP when skipped
     ra_args: np.ndarray | None = None
+    erase_boxes: list | None = None  # random erasing: per image None or (top, left, h, w)
+    erase_table: np.ndarray | None = None  # CPU device: boxes + drawn noise for host_finish
+    erase_noise: np.ndarray | None = None
+    mix: MixParams = MixParams()
     normalized: torch.Tensor | None = None  # CPU device: float32 batch made by the workers
 
     @property
@@ -214,14 +222,15 @@ class _Prefetcher:
 
 class _Base:
     def __init__(self, images: BetonImages, *, batch_size: int, img_size: int, workers: int,
-                 device: torch.device, mean: list[float], std: list[float], channels_last: bool) -> None:
+                 device: torch.device, mean: list[float], std: list[float], channels_last: bool,
+                 interpolation: str) -> None:
         self.images = images
         self.batch_size = batch_size
         self.img_size = img_size
         self.device = device
         self.workers = workers
         self.channels_last = channels_last
-        self.decoder = BatchDecoder(images, workers)
+        self.decoder = BatchDecoder(images, workers, interpolation)
         pin = device.type == "cuda"
         self.buffers = [torch.empty((batch_size, img_size, img_size, 3), dtype=torch.uint8, pin_memory=pin)
                         for _ in range(BATCHES_AHEAD + 2)]
@@ -237,16 +246,16 @@ class _Base:
         out = self.buffers[slot].numpy()[: batch.size]
         with _KERNEL_LOCK:
             numba.set_num_threads(self.workers)  # thread-local in numba: set on the launching thread
-            self.decoder.decode(batch.indices, batch.boxes, batch.flips, out)
-            if batch.ra_ops is not None:
-                rand_augment_batch(out, batch.ra_ops, batch.ra_args, self.fill, True)
+            ra = None if batch.ra_ops is None else (batch.ra_ops, batch.ra_args, self.fill)
+            self.decoder.decode(batch.indices, batch.boxes, batch.flips, out, batch.resize, ra)
             if self.device.type == "cpu":
-                # On a CPU "device" the caller's thread would normalise with torch, competing
-                # for the same cores; the worker threads do it in the same pass instead.
+                # On a CPU "device" the caller's thread would normalise, erase and mix with
+                # torch, competing for the same cores; the worker threads do it in one pass.
                 n = batch.size
                 shape = (n, self.img_size, self.img_size, 3) if self.channels_last else (n, 3, self.img_size, self.img_size)
                 batch.normalized = self.float_pool.get(shape)
-                normalize_batch(out, batch.normalized.numpy(), self.mean_np, self.inv_std_np, self.channels_last)
+                finish_on_host(out, batch.normalized.numpy(), self.mean_np, self.inv_std_np, self.channels_last,
+                               batch.erase_table, batch.erase_noise, batch.mix)
         return batch
 
     def _to_device(self, buffer: torch.Tensor, batch: _Batch) -> torch.Tensor:
@@ -266,7 +275,8 @@ class TrainLoader(_Base):
     def __init__(self, images: BetonImages, cfg: Config, rank: int, world_size: int, device: torch.device) -> None:
         d = cfg.data
         super().__init__(images, batch_size=d.batch_size, img_size=d.img_size, workers=worker_threads(d.num_workers),
-                         device=device, mean=d.mean, std=d.std, channels_last=cfg.model.channels_last)
+                         device=device, mean=d.mean, std=d.std, channels_last=cfg.model.channels_last,
+                         interpolation=d.interpolation)
         self.seed, self.rank, self.world_size = cfg.run.seed, rank, world_size
         self.num_classes = cfg.model.num_classes
         self.scale = (float(d.scale[0]), float(d.scale[1]))
@@ -310,7 +320,21 @@ class TrainLoader(_Base):
         batch = _Batch(step=step, indices=idx, boxes=boxes, flips=flips)
         if self.rand_augment is not None:
             batch.ra_ops, batch.ra_args = sample_ops(rng, len(idx), self.rand_augment)
+        seeds = self._seeds(epoch, step)
+        if self.erasing is not None:
+            batch.erase_boxes = sample_erasing(random.Random(int(seeds[1].generate_state(1, np.uint64)[0])), len(idx),
+                                               self.img_size, self.img_size, self.erasing)
+            if self.device.type == "cpu":
+                batch.erase_table, batch.erase_noise = erasing_table(
+                    batch.erase_boxes, self.erasing.mode, len(idx), self._noise_generator(seeds))
+        if self.mix.active:
+            batch.mix = sample_mix(np.random.RandomState(seeds[2].generate_state(4)), self.mix, self.img_size, self.img_size)
         return batch
+
+    def _noise_generator(self, seeds: list[np.random.SeedSequence]) -> torch.Generator:
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(int(seeds[3].generate_state(1, np.uint64)[0] >> np.uint64(1)))
+        return gen
 
     def epoch(self, epoch: int, start_step: int = 0, with_meta: bool = False) -> Iterator[tuple[Any, ...]]:
         if not 0 <= start_step <= self.steps_per_epoch:
@@ -322,20 +346,14 @@ class TrainLoader(_Base):
 
         for batch, buffer in self.prefetcher.run(range(start_step, self.steps_per_epoch), fill):
             images = self._to_device(buffer, batch)
-            seeds = self._seeds(epoch, batch.step)
             labels = torch.from_numpy(self.images.labels[batch.indices]).to(self.device, non_blocking=True)
-            if self.erasing is not None:
-                boxes = sample_erasing(random.Random(int(seeds[1].generate_state(1, np.uint64)[0])), batch.size,
-                                       self.img_size, self.img_size, self.erasing)
-                gen = torch.Generator(device=self.device)
-                gen.manual_seed(int(seeds[3].generate_state(1, np.uint64)[0] >> np.uint64(1)))
-                apply_erasing(images, boxes, self.erasing.mode, gen)
-            mix = MixParams()
-            if self.mix.active:
-                mix = sample_mix(np.random.RandomState(seeds[2].generate_state(4)), self.mix, self.img_size, self.img_size)
-                images, targets = apply_mix(images, labels, self.num_classes, self.label_smoothing, mix)
-            else:
-                targets = soft_targets(labels, self.num_classes, self.label_smoothing)
+            mix = batch.mix
+            if batch.normalized is None:  # on the device; on CPU the workers did it (host_finish)
+                if batch.erase_boxes is not None:
+                    apply_erasing(images, batch.erase_boxes, self.erasing.mode,
+                                  self._noise_generator(self._seeds(epoch, batch.step)))
+                images = apply_mix(images, mix)
+            targets = soft_targets(labels, self.num_classes, self.label_smoothing, mix.lam)
             if not with_meta:
                 yield images, targets
                 continue
@@ -359,10 +377,10 @@ class EvalLoader(_Base):
         d = cfg.data
         super().__init__(images, batch_size=d.eval_batch_size or 2 * d.batch_size, img_size=d.img_size,
                          workers=worker_threads(d.num_workers), device=device, mean=d.mean, std=d.std,
-                         channels_last=cfg.model.channels_last)
+                         channels_last=cfg.model.channels_last, interpolation=d.interpolation)
         self.crop_pct = d.crop_pct
         self.order = eval_indices(images.num_samples, rank, world_size)
-        center_crop_boxes(images.heights[:1], images.widths[:1], self.crop_pct)  # validates crop_pct now
+        center_crop_boxes(images.heights[:1], images.widths[:1], self.img_size, self.crop_pct)  # validates crop_pct now
 
     def __len__(self) -> int:
         return -(-len(self.order) // self.batch_size)
@@ -377,8 +395,8 @@ class EvalLoader(_Base):
         plans = []
         for step in range(len(self)):
             idx = self.order[step * self.batch_size:(step + 1) * self.batch_size]
-            boxes = center_crop_boxes(im.heights[idx], im.widths[idx], self.crop_pct)
-            plans.append(_Batch(step, idx, boxes, np.zeros(len(idx), np.bool_)))
+            boxes, resize = center_crop_boxes(im.heights[idx], im.widths[idx], self.img_size, self.crop_pct)
+            plans.append(_Batch(step, idx, boxes, np.zeros(len(idx), np.bool_), resize=resize))
         for batch, buffer in self.prefetcher.run(plans, self._decode):
             images = self._to_device(buffer, batch)
             yield images, torch.from_numpy(im.labels[batch.indices]).to(self.device, non_blocking=True)

@@ -184,13 +184,51 @@ def _cubic(v1, v2, v3, v4, d):
 
 
 @njit(**_JIT)
+def _clip8(v):
+    return 0 if v <= 0.0 else (255 if v >= 255.0 else int(v))
+
+
+@njit(**_JIT)
+def _row(src, r, xs, ch, dx):
+    """Pillow's horizontal bicubic pass over row r; at dx = 0 it returns the centre tap
+    exactly (p1 + 0 * ...), so the arithmetic is skipped (shear/translate along y)."""
+    if dx == 0.0:
+        return float(src[r, xs[1], ch])
+    return _cubic(float(src[r, xs[0], ch]), float(src[r, xs[1], ch]), float(src[r, xs[2], ch]),
+                  float(src[r, xs[3], ch]), dx)
+
+
+@njit(**_JIT)
 def affine(img, a, b, c, d, e, f, fill, bicubic):
     """Pillow's Image.transform(AFFINE, (a..f), resample, fillcolor): output pixel (x, y)
     samples the input at (a(x+.5)+b(y+.5)+c, d(x+.5)+e(y+.5)+f); outside -> fill."""
     h, w, _ = img.shape
     src = img.copy()
-    for y in range(h):
+    if bicubic and a == 1.0 and d == 0.0 and e == 1.0 and f == 0.0:  # ShearX, TranslateX
+        for y in range(h):
+            _shift_row(img, src, y, b, c, fill)
+        return
+    if bicubic and a == 1.0 and b == 0.0 and c == 0.0 and e == 1.0:  # ShearY, TranslateY
+        # The same as ShearX/TranslateX on the transposed image (Pillow's vertical taps clamp
+        # at the border like its horizontal ones, and the sums are the same).
+        t_src = _transposed(src)
+        t_img = t_src.copy()
         for x in range(w):
+            _shift_row(t_img, t_src, x, d, f, fill)
+        for y in range(h):
+            for x in range(w):
+                for ch in range(3):
+                    img[y, x, ch] = t_img[x, y, ch]
+        return
+    _general(img, src, a, b, c, d, e, f, fill, bicubic, 0, h, 0, w)
+
+
+@njit(**_JIT)
+def _general(img, src, a, b, c, d, e, f, fill, bicubic, y_lo, y_hi, x_lo, x_hi):
+    """The per-pixel transform over rows [y_lo, y_hi) and columns [x_lo, x_hi)."""
+    h, w, _ = img.shape
+    for y in range(y_lo, y_hi):
+        for x in range(x_lo, x_hi):
             xin = a * (x + 0.5) + b * (y + 0.5) + c
             yin = d * (x + 0.5) + e * (y + 0.5) + f
             if xin < 0.0 or xin >= w or yin < 0.0 or yin >= h:
@@ -208,27 +246,19 @@ def affine(img, a, b, c, d, e, f, fill, bicubic):
                 y0 -= 1
                 xs = (min(max(x0, 0), w - 1), min(max(x0 + 1, 0), w - 1),
                       min(max(x0 + 2, 0), w - 1), min(max(x0 + 3, 0), w - 1))
+                if dy == 0.0:
+                    # Pillow's vertical pass returns v2 exactly at d = 0 (p1 + 0 * ...), and
+                    # row y0 + 1 is in range here: skip the other three rows.
+                    for ch in range(3):
+                        img[y, x, ch] = _clip8(_row(src, y0 + 1, xs, ch, dx))
+                    continue
+                r = min(max(y0, 0), h - 1)
                 for ch in range(3):
-                    r = min(max(y0, 0), h - 1)
-                    v1 = _cubic(float(src[r, xs[0], ch]), float(src[r, xs[1], ch]), float(src[r, xs[2], ch]),
-                                float(src[r, xs[3], ch]), dx)
-                    v2 = v1
-                    if 0 <= y0 + 1 < h:
-                        r = y0 + 1
-                        v2 = _cubic(float(src[r, xs[0], ch]), float(src[r, xs[1], ch]), float(src[r, xs[2], ch]),
-                                    float(src[r, xs[3], ch]), dx)
-                    v3 = v2
-                    if 0 <= y0 + 2 < h:
-                        r = y0 + 2
-                        v3 = _cubic(float(src[r, xs[0], ch]), float(src[r, xs[1], ch]), float(src[r, xs[2], ch]),
-                                    float(src[r, xs[3], ch]), dx)
-                    v4 = v3
-                    if 0 <= y0 + 3 < h:
-                        r = y0 + 3
-                        v4 = _cubic(float(src[r, xs[0], ch]), float(src[r, xs[1], ch]), float(src[r, xs[2], ch]),
-                                    float(src[r, xs[3], ch]), dx)
-                    v = _cubic(v1, v2, v3, v4, dy)
-                    img[y, x, ch] = 0 if v <= 0.0 else (255 if v >= 255.0 else int(v))
+                    v1 = _row(src, r, xs, ch, dx)
+                    v2 = _row(src, y0 + 1, xs, ch, dx) if 0 <= y0 + 1 < h else v1
+                    v3 = _row(src, y0 + 2, xs, ch, dx) if 0 <= y0 + 2 < h else v2
+                    v4 = _row(src, y0 + 3, xs, ch, dx) if 0 <= y0 + 3 < h else v3
+                    img[y, x, ch] = _clip8(_cubic(v1, v2, v3, v4, dy))
             else:
                 xa = min(max(x0, 0), w - 1)
                 xb = min(max(x0 + 1, 0), w - 1)
@@ -241,6 +271,59 @@ def affine(img, a, b, c, d, e, f, fill, bicubic):
                         v2 = src[rb, xa, ch] + (float(src[rb, xb, ch]) - src[rb, xa, ch]) * dx
                     v = v1 + (v2 - v1) * dy
                     img[y, x, ch] = 0 if v <= 0.0 else (255 if v >= 255.0 else int(v))
+
+
+@njit(**_JIT)
+def _transposed(img):
+    h, w, _ = img.shape
+    t = np.empty((w, h, 3), np.uint8)
+    for y in range(h):
+        for x in range(w):
+            for ch in range(3):
+                t[x, y, ch] = img[y, x, ch]
+    return t
+
+
+@njit(**_JIT)
+def _shift_row(img, src, y, b, c, fill):
+    """Bicubic row y of an x-shift: output x samples the row at (x + 0.5) + b(y + 0.5) + c.
+
+    The fractional shift is the same for the whole row, so the interior runs as one vector
+    loop with one dx. The general path computes dx per pixel, which can differ from the
+    row's in the last bits. Where it does, a result changes only if it lies within ~1e-10 of
+    an integer (its truncation may flip): those are recomputed the general way, so the row
+    stays identical to the general path (and to Pillow)."""
+    w = img.shape[1]
+    by = b * (y + 0.5)
+    t = by + c
+    k = math.floor(t)
+    dx = t - k
+    k = int(k)
+    lo = min(max(2 - k, 0), w)  # interior: taps x+k-1 .. x+k+2 inside, with one pixel to spare
+    hi = max(min(w - 3 - k, w), lo)
+    exact = True  # does every interior pixel's own dx equal the row's?
+    for x in range(lo, hi):
+        xm = ((x + 0.5) + by + c) - 0.5
+        fx = math.floor(xm)
+        exact &= (xm - fx == dx) & (fx == x + k)
+    if not exact and (dx < 1e-6 or dx > 1.0 - 1e-6):  # the tap choice itself may vary
+        lo = hi = 0
+    _general(img, src, 1.0, b, c, 0.0, 1.0, 0.0, fill, True, y, y + 1, 0, lo)  # the borders
+    _general(img, src, 1.0, b, c, 0.0, 1.0, 0.0, fill, True, y, y + 1, hi, w)
+    row = src[y].reshape(w * 3)
+    out = img[y].reshape(w * 3)
+    s = (k - 1) * 3
+    for i in range(lo * 3, hi * 3):  # branch-free, so LLVM vectorises it
+        v = _cubic(float(row[i + s]), float(row[i + s + 3]), float(row[i + s + 6]), float(row[i + s + 9]), dx)
+        out[i] = np.uint8(min(max(v, 0.0), 255.0))  # = Pillow's clip, then truncation
+    if not exact:
+        for x in range(lo, hi):
+            for ch in range(3):
+                i = x * 3 + ch
+                v = _cubic(float(row[i + s]), float(row[i + s + 3]), float(row[i + s + 6]), float(row[i + s + 9]), dx)
+                if abs(v - math.floor(v + 0.5)) < 1e-8:
+                    _general(img, src, 1.0, b, c, 0.0, 1.0, 0.0, fill, True, y, y + 1, x, x + 1)
+                    break
 
 
 @njit(**_JIT)

@@ -4,8 +4,8 @@
 - `sample_ops` draws every sample's ops, application and magnitudes for a batch from the
   batch's own numpy Generator (timm draws the same distributions from the global
   `random`/`np.random`, which cannot be replayed on resume);
-- `rand_augment_batch` applies them with the numba kernels of `pil_ops` in parallel, on
-  the uint8 images right after decode.
+- `apply_op` applies one with the numba kernels of `pil_ops`; the decode kernel calls it
+  on each uint8 image right after its crop (`decode.py`).
 
 Ops, order and level functions are timm's `_RAND_INCREASING_TRANSFORMS` (inc1) or
 `_RAND_TRANSFORMS` (inc0). Affine ops use bicubic resampling (the RMT/DeiT recipe's
@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from . import pil_ops
 from .errors import DataError
@@ -141,15 +141,6 @@ def apply_op(img, op, arg, fill, bicubic):
         pil_ops.affine(img, 1.0, 0.0, arg * w, 0.0, 1.0, 0.0, fill, bicubic)
     elif op == TRANSLATE_Y:
         pil_ops.affine(img, 1.0, 0.0, 0.0, 0.0, 1.0, arg * h, fill, bicubic)
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def rand_augment_batch(images, ops, args, fill, bicubic):
-    """images (B, H, W, 3) uint8 in place; ops/args (B, layers) from `sample_ops`."""
-    for i in prange(images.shape[0]):
-        for layer in range(ops.shape[1]):
-            if ops[i, layer] != NO_OP:
-                apply_op(images[i], ops[i, layer], args[i, layer], fill, bicubic)
 
 
 def fill_color(mean: list[float]) -> np.ndarray:

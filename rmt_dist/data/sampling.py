@@ -76,10 +76,18 @@ def random_resized_crop_boxes(rng: np.random.Generator, heights: np.ndarray, wid
     return np.stack([top, left, bh, bw], axis=1).astype(np.int64)
 
 
-def center_crop_boxes(heights: np.ndarray, widths: np.ndarray, crop_pct: float) -> np.ndarray:
-    """Resize the short side to img_size / crop_pct, then centre-crop img_size (timm eval),
-    expressed as one square box in source pixels: side = crop_pct x short side."""
+def center_crop_boxes(heights: np.ndarray, widths: np.ndarray, size: int, crop_pct: float) -> tuple[np.ndarray, np.ndarray]:
+    """timm's eval transform, Resize(floor(size / crop_pct)) on the short side then
+    CenterCrop(size), with torchvision's rounding, as arguments for `BatchDecoder.decode`:
+    (boxes: the whole image, resize: (full_h, full_w, win_top, win_left))."""
     if not 0.0 < crop_pct <= 1.0:
         raise DataError(f"data.crop_pct {crop_pct}: must be in (0, 1]")
-    side = np.maximum((crop_pct * np.minimum(heights, widths)).astype(np.int64), 1)
-    return np.stack([(heights - side) // 2, (widths - side) // 2, side, side], axis=1).astype(np.int64)
+    short = math.floor(size / crop_pct)
+    h, w = heights.astype(np.int64), widths.astype(np.int64)
+    # torchvision: the long side is int(short * long / short_side); a square stays square.
+    full_h = np.where(h <= w, short, (short * h / w).astype(np.int64))
+    full_w = np.where(h <= w, (short * w / h).astype(np.int64), short)
+    win_top = np.round((full_h - size) / 2.0).astype(np.int64)
+    win_left = np.round((full_w - size) / 2.0).astype(np.int64)
+    boxes = np.stack([np.zeros_like(h), np.zeros_like(h), h, w], axis=1)
+    return boxes, np.stack([full_h, full_w, win_top, win_left], axis=1)
