@@ -5,8 +5,8 @@ replayed; here the boxes come from the caller (sampled from the batch's seed), a
 parallel numba kernel decodes (libffcv's libjpeg-turbo `imdecode`, or raw pixels),
 crops, resizes (Pillow's bicubic/bilinear, bit-exact: `resample.py`), flips and
 RandAugments (`randaugment.py`) each sample, without the GIL. One parallel loop for all of
-it balances the threads better than one per stage (RandAugment ops differ 50x in cost). Sample bytes are read from a memory map of the beton (the OS
-page cache).
+it balances the threads better than one per stage (RandAugment ops differ 50x in cost).
+Sample bytes are read from a memory map of the beton (the OS page cache).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class BatchDecoder:
     `decode(indices, boxes, flips, out)`: crop each box (top, left, h, w) and resize it to
     the output size (timm's RandomResizedCrop). `resize` (B, 4) instead resizes the box to
     (full_h, full_w) and keeps the window at (win_top, win_left) (timm's eval Resize +
-    CenterCrop, see `resample.eval_geometry`).
+    CenterCrop, see `sampling.center_crop_boxes`).
     """
 
     def __init__(self, images: BetonImages, num_threads: int, interpolation: str = "bicubic") -> None:
