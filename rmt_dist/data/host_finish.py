@@ -109,16 +109,42 @@ def finish_batch(images, out, mean, inv_std, channels_last, erase, noise, mode, 
                 _store(out, j, y, rj, rk, lam, one_minus_lam, mode == 1, channels_last)
 
 
+@njit(nogil=True, parallel=True, cache=True)
+def normalize_erase(images, out, mean, inv_std, channels_last, erase, noise):
+    """`finish_batch` without mixing, in a single write pass per image (the common eval and
+    crop+flip case): normalise, then overwrite the erased box with its noise."""
+    b, h, w, _ = images.shape
+    for k in prange(b):
+        for y in range(h):
+            for x in range(w):
+                for c in range(3):
+                    v = (np.float32(images[k, y, x, c]) - mean[c]) * inv_std[c]
+                    if channels_last:
+                        out[k, y, x, c] = v
+                    else:
+                        out[k, c, y, x] = v
+        e = erase[k]
+        for y in range(e[HEIGHT]):
+            base = e[OFFSET] + y * e[STRIDE_Y]
+            for x in range(e[WIDTH]):
+                for c in range(3):
+                    v = noise[base + c * e[STRIDE_C] + x * e[STRIDE_X]]
+                    if channels_last:
+                        out[k, e[TOP] + y, e[LEFT] + x, c] = v
+                    else:
+                        out[k, c, e[TOP] + y, e[LEFT] + x] = v
+
+
 def finish_on_host(images: np.ndarray, out: np.ndarray, mean: np.ndarray, inv_std: np.ndarray, channels_last: bool,
                    erase: np.ndarray | None, noise: np.ndarray | None, mix: MixParams) -> None:
     """`finish_batch` with defaults for "no erasing" / "no mixing"."""
     if erase is None:
         erase, noise = np.zeros((images.shape[0], 8), np.int64), np.zeros(1, np.float32)
-    mode, box = 0, np.zeros(4, np.int64)
-    if mix.lam != 1.0:
-        if mix.use_cutmix and mix.box is not None:
-            mode, box = 2, np.asarray(mix.box, np.int64)
-        else:
-            mode = 1
+    if mix.lam == 1.0:
+        normalize_erase(images, out, mean, inv_std, channels_last, erase, noise)
+        return
+    mode, box = 1, np.zeros(4, np.int64)
+    if mix.use_cutmix and mix.box is not None:
+        mode, box = 2, np.asarray(mix.box, np.int64)
     finish_batch(images, out, mean, inv_std, channels_last, erase, noise, mode,
                  np.float32(mix.lam), np.float32(1.0 - mix.lam), box)
