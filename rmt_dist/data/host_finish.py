@@ -88,9 +88,9 @@ def _store(out, k, y, row, other, lam, one_minus_lam, mix, channels_last):
 
 
 @njit(nogil=True, parallel=True, cache=True)
-def finish_batch(images, out, mean, inv_std, channels_last, erase, noise, mode, lam, one_minus_lam, box):
+def finish_batch(images, out, mean, inv_std, channels_last, erase, noise, cutmix, lam, one_minus_lam, box):
     """uint8 (B, H, W, 3) -> float32 `out` (B, 3, H, W), or (B, H, W, 3) memory when
-    `channels_last`. mode 0: no mixing, 1: mixup, 2: cutmix inside box (y_lo, y_hi, x_lo, x_hi).
+    `channels_last`, mixed: mixup, or cutmix inside box (y_lo, y_hi, x_lo, x_hi) when `cutmix`.
     Works on the pairs (k, B-1-k) the mixing couples, a row of both at a time."""
     b, h, w, _ = images.shape
     for k in prange((b + 1) // 2):
@@ -100,13 +100,13 @@ def finish_batch(images, out, mean, inv_std, channels_last, erase, noise, mode, 
         for y in range(h):
             _row(images, k, y, mean, inv_std, erase, noise, rk)
             _row(images, j, y, mean, inv_std, erase, noise, rj)
-            if mode == 2 and box[0] <= y < box[1]:  # cutmix: swap the pasted segment
+            if cutmix and box[0] <= y < box[1]:  # swap the pasted segment
                 seg = rk[:, box[2]:box[3]].copy()
                 rk[:, box[2]:box[3]] = rj[:, box[2]:box[3]]
                 rj[:, box[2]:box[3]] = seg
-            _store(out, k, y, rk, rj, lam, one_minus_lam, mode == 1, channels_last)
+            _store(out, k, y, rk, rj, lam, one_minus_lam, not cutmix, channels_last)
             if j != k:
-                _store(out, j, y, rj, rk, lam, one_minus_lam, mode == 1, channels_last)
+                _store(out, j, y, rj, rk, lam, one_minus_lam, not cutmix, channels_last)
 
 
 @njit(nogil=True, parallel=True, cache=True)
@@ -143,8 +143,7 @@ def finish_on_host(images: np.ndarray, out: np.ndarray, mean: np.ndarray, inv_st
     if mix.lam == 1.0:
         normalize_erase(images, out, mean, inv_std, channels_last, erase, noise)
         return
-    mode, box = 1, np.zeros(4, np.int64)
-    if mix.use_cutmix and mix.box is not None:
-        mode, box = 2, np.asarray(mix.box, np.int64)
-    finish_batch(images, out, mean, inv_std, channels_last, erase, noise, mode,
+    cutmix = mix.use_cutmix and mix.box is not None
+    box = np.asarray(mix.box if cutmix else (0, 0, 0, 0), np.int64)
+    finish_batch(images, out, mean, inv_std, channels_last, erase, noise, cutmix,
                  np.float32(mix.lam), np.float32(1.0 - mix.lam), box)

@@ -313,14 +313,14 @@ class TrainLoader(_Base):
 
     def _plan(self, epoch: int, step: int, order: np.ndarray) -> _Batch:
         idx = order[step * self.batch_size:(step + 1) * self.batch_size]
-        rng = np.random.default_rng(self._seeds(epoch, step)[0])
+        seeds = self._seeds(epoch, step)
+        rng = np.random.default_rng(seeds[0])
         im = self.images
         boxes = random_resized_crop_boxes(rng, im.heights[idx], im.widths[idx], self.scale, self.ratio)
         flips = rng.random(len(idx)) < self.hflip
         batch = _Batch(step=step, indices=idx, boxes=boxes, flips=flips)
         if self.rand_augment is not None:
             batch.ra_ops, batch.ra_args = sample_ops(rng, len(idx), self.rand_augment)
-        seeds = self._seeds(epoch, step)
         if self.erasing is not None:
             batch.erase_boxes = sample_erasing(random.Random(int(seeds[1].generate_state(1, np.uint64)[0])), len(idx),
                                                self.img_size, self.img_size, self.erasing)

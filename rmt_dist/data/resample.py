@@ -104,7 +104,9 @@ def resize_window(src, top, left, height, width, full_h, full_w, win_top, win_le
     if (height - full_h) > 0 and (height - full_h) > (width - full_w) * 2:
         rows = np.empty((oh, width * 3), np.uint8)
         _pass(crop, 0, vb, vk, rows, acc)
-        _horizontal(rows, hb, hk, dst, flip, acc)
+        out = np.empty((oh, ow * 3), np.uint8)
+        _horizontal_rows(rows, hb, hk, out, acc)
+        _store(out, dst, flip)
     else:
         first = vb[0, 0]
         last = vb[oh - 1, 0] + vb[oh - 1, 1]
@@ -116,32 +118,23 @@ def resize_window(src, top, left, height, width, full_h, full_w, win_top, win_le
 
 
 @njit(**_JIT)
-def _transpose_pixels(rows):
-    """(R, W*3) -> (W, R*3): columns become rows, so the horizontal pass runs over rows."""
+def _transpose_pixels(rows, t):
+    """t (W, R*3) <- rows (R, W*3): columns become rows, so a horizontal pass runs over rows."""
     r, w3 = rows.shape
-    w = w3 // 3
-    t = np.empty((w, r * 3), np.uint8)
     for y in range(r):
-        for x in range(w):
+        for x in range(w3 // 3):
             for c in range(3):
                 t[x, y * 3 + c] = rows[y, x * 3 + c]
-    return t
 
 
 @njit(**_JIT)
 def _horizontal_rows(rows, hb, hk, out, acc):
     """out (R, ow*3) <- horizontal pass over rows (R, W*3)."""
+    t = np.empty((rows.shape[1] // 3, rows.shape[0] * 3), np.uint8)
+    _transpose_pixels(rows, t)
     ht = np.empty((hb.shape[0], rows.shape[0] * 3), np.uint8)
-    _pass(_transpose_pixels(rows), 0, hb, hk, ht, acc)
-    back = _transpose_pixels(ht)
-    out[:] = back
-
-
-@njit(**_JIT)
-def _horizontal(rows, hb, hk, dst, flip, acc):
-    out = np.empty((rows.shape[0], hb.shape[0] * 3), np.uint8)
-    _horizontal_rows(rows, hb, hk, out, acc)
-    _store(out, dst, flip)
+    _pass(t, 0, hb, hk, ht, acc)
+    _transpose_pixels(ht, out)
 
 
 @njit(**_JIT)
