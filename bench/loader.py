@@ -9,7 +9,13 @@ worker processes/threads (default: the CPUs this process may use), 224 px output
 
 - decode-only ceiling: libjpeg-turbo decode of the beton's JPEGs (libffcv, numba threads);
 - ours, crop+flip: decode + RandomResizedCrop (Pillow-exact bicubic) + flip + normalise;
-- ours, full recipe: + RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25, mixup/cutmix;
+- ours, full recipe: + RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25, mixup/cutmix,
+  all on these CPUs (RandAugment in the decode workers: what a CPU-only run does);
+- ours, full recipe, host side of a GPU run: `data.randaugment_on: device` (the default
+  on CUDA), timing the loader's host stage alone (decode, crop, flip, and the batch plan
+  with its RandAugment/erasing/mixup draws): the rate the CPUs of a GPU node sustain, while
+  the device applies RandAugment, normalisation, erasing and mixup. The device stage is
+  timed separately per batch (on CUDA when present, else on this CPU, for reference);
 - torchvision, crop+flip: ImageFolder + RandomResizedCrop (bicubic) + flip + ToTensor + Normalize;
 - torchvision, full recipe: timm create_transform (same RandAugment/erasing) + timm Mixup.
 
@@ -77,7 +83,7 @@ def bench_decode_only(beton: Path, workers: int) -> float:
     return im.num_samples / (time.perf_counter() - t)
 
 
-def ours_epoch(beton: Path, batch: int, workers: int, full: bool):
+def ours_loader(beton: Path, batch: int, workers: int, full: bool, randaugment_on: str = "host", device: str = "cpu"):
     from rmt_dist.config import Config
     from rmt_dist.data import build_train_loader
 
@@ -85,21 +91,49 @@ def ours_epoch(beton: Path, batch: int, workers: int, full: bool):
     cfg.model.num_classes = 10
     d = cfg.data
     d.train, d.batch_size, d.num_workers, d.img_size = str(beton), batch, workers, 224
-    d.repeated_aug = False
+    d.repeated_aug, d.randaugment_on = False, randaugment_on
     if not full:
         d.auto_augment, d.reprob, d.mixup, d.cutmix = None, 0.0, 0.0, 0.0
-    loader = build_train_loader(cfg)
+    return build_train_loader(cfg, device=device)
+
+
+def ours_epoch(beton: Path, batch: int, workers: int, full: bool, host_side_only: bool = False):
+    loader = ours_loader(beton, batch, workers, full, "device" if host_side_only else "host")
     state = {"epoch": 0}
 
     def run() -> float:
         t = time.perf_counter()
         n = 0
-        for x, _ in loader.epoch(state["epoch"]):
-            n += x.shape[0]
+        if host_side_only:
+            for plan, _ in loader.host_stage(state["epoch"]):
+                n += plan.size
+        else:
+            for x, _ in loader.epoch(state["epoch"]):
+                n += x.shape[0]
         state["epoch"] += 1
         return n / (time.perf_counter() - t)
 
     return run
+
+
+def device_stage_ms(beton: Path, batch: int, workers: int, device: str, repeats: int = 5) -> float:
+    """Median ms per batch of the device stage of a GPU run (uint8 copy, RandAugment,
+    normalise, erasing, mixup/cutmix), from the host stage's real batches."""
+    import torch
+
+    loader = ours_loader(beton, batch, workers, True, "device", device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    times = []
+    stage = loader.host_stage(0)
+    for k, (plan, buffer) in zip(range(repeats + 1), stage):
+        sync()
+        t = time.perf_counter()
+        loader.device_stage(0, plan, buffer)
+        sync()
+        if k:  # the first batch pays for allocator warm-up
+            times.append(1000 * (time.perf_counter() - t))
+    stage.close()  # stops the producer thread
+    return float(np.median(times))
 
 
 def torchvision_epoch(folder: Path, batch: int, workers: int, full: bool):
@@ -165,6 +199,7 @@ def main() -> None:
         "ours crop+flip": ours_epoch(beton, a.batch, a.workers, full=False),
         "torchvision crop+flip": torchvision_epoch(folder, a.batch, a.workers, full=False),
         "ours full recipe": ours_epoch(beton, a.batch, a.workers, full=True),
+        "ours full, GPU-run host side": ours_epoch(beton, a.batch, a.workers, full=True, host_side_only=True),
         "torchvision full recipe": torchvision_epoch(folder, a.batch, a.workers, full=True),
     }
     for run in pipelines.values():
@@ -178,9 +213,14 @@ def main() -> None:
     print(f"{'decode-only ceiling':26s} {ceiling:8.0f} img/s")
     for name, v in best.items():
         print(f"{name:26s} {v:8.0f} img/s")
-    for kind in ("crop+flip", "full recipe"):
-        ours, tv = best[f"ours {kind}"], best[f"torchvision {kind}"]
-        print(f"{kind:12s}: ours / torchvision = {ours / tv:.2f}x, ours / decode-only = {ours / ceiling:.2f}")
+    for kind, name in (("crop+flip", "ours crop+flip"), ("full recipe", "ours full recipe"),
+                       ("full recipe", "ours full, GPU-run host side")):
+        ours, tv = best[name], best[f"torchvision {kind}"]
+        print(f"{name:30s}: / torchvision {kind} = {ours / tv:.2f}x, / decode-only = {ours / ceiling:.2f}")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    ms = device_stage_ms(beton, a.batch, a.workers, device)
+    print(f"device stage of a GPU run (RandAugment + normalise + erasing + mix) on {device}: "
+          f"{ms:.1f} ms per batch of {a.batch}")
 
 
 if __name__ == "__main__":

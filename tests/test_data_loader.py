@@ -124,6 +124,25 @@ def test_channels_last_and_device_placement(digits):
     assert x.is_contiguous()
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_randaugment_on_the_device_gives_the_workers_batches(digits, channels_last):
+    """data.randaugment_on=device (what `auto` picks on CUDA: torch ops after the copy,
+    then torch normalise/erase/mix) yields bit-identical batches to the worker path."""
+    loaders = {}
+    for where in ("host", "device", "auto"):
+        cfg = data_config(*digits, randaugment_on=where, **FULL_AUG)
+        cfg.model.channels_last = channels_last
+        loaders[where] = build_train_loader(cfg, rank=1, world_size=2)
+    assert loaders["device"].ra_on_device and not loaders["auto"].ra_on_device  # auto on CPU: the workers
+    steps = 0
+    for (x1, y1), (x2, y2) in zip(loaders["host"].epoch(2, start_step=30), loaders["device"].epoch(2, start_step=30)):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+        assert x1.is_contiguous(memory_format=torch.channels_last) == channels_last == x2.is_contiguous(
+            memory_format=torch.channels_last)
+        steps += 1
+    assert steps == loaders["host"].steps_per_epoch - 30 > 0
+
+
 def test_eval_covers_every_sample_once_across_ranks(digits):
     cfg = data_config(*digits, eval_batch_size=50)
     im = BetonImages(str(digits[1]))

@@ -49,6 +49,10 @@ class DataConfig:
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     auto_augment: str | None = "rand-m9-mstd0.5-inc1"
+    # Where RandAugment runs: batched torch ops on the device (auto on CUDA: the host CPUs
+    # then only decode, crop and flip), or in the host decode workers (auto on CPU).
+    # Both give bit-identical batches from the same seed.
+    randaugment_on: Literal["auto", "host", "device"] = "auto"
     reprob: float = 0.25
     remode: Literal["pixel", "rand", "const"] = "pixel"
     mixup: float = 0.8

@@ -4,6 +4,7 @@
     train.steps_per_epoch                     # optimizer-step batches per epoch per rank
     for images, targets in train.epoch(epoch, start_step=0): ...
     for images, targets, meta in train.epoch(epoch, with_meta=True): ...
+    for plan, buffer in train.host_stage(epoch): train.device_stage(epoch, plan, buffer)  # = epoch()
     ev = build_eval_loader(cfg, rank=r, world_size=w, device=device)
     for images, labels in ev: ...
 
@@ -15,12 +16,16 @@ blocks, no padding), the last batch may be short.
 
 Pipeline per batch: decode (libffcv's libjpeg-turbo) + RandomResizedCrop with Pillow's
 bicubic resize, bit-exact (`resample.py`) + flip (one numba kernel, `decode.py`) ->
-RandAugment on uint8 (numba, `randaugment.py`) -> copy uint8 NHWC to the device ->
-normalise -> random erasing -> mixup/cutmix (`device_augment.py`; on a CPU device the
-workers do these last three in one pass, `host_finish.py`). Eval: timm's Resize(img_size /
-crop_pct) + CenterCrop, bit-exact. A background thread prepares `batches_ahead` batches while the
-caller trains; numba's threads (cfg.data.num_workers, capped by the CPUs this process may
-use) do the per-sample work without the GIL.
+copy uint8 NHWC to the device -> normalise -> random erasing -> mixup/cutmix
+(`device_augment.py`). RandAugment acts on the uint8 crops, either in the decode kernel
+(numba, `randaugment.py`) or batched on the device right after the copy
+(`device_randaugment.py`), bit-identically; `data.randaugment_on: auto` picks the device
+on CUDA (it costs the host about one more decode per image) and the workers on CPU. On a
+CPU device the workers also normalise, erase and mix, in one pass (`host_finish.py`).
+Eval: timm's Resize(img_size / crop_pct) + CenterCrop, bit-exact. A background thread
+prepares `batches_ahead` batches while the caller trains; numba's threads
+(cfg.data.num_workers, capped by the CPUs this process may use) do the per-sample work
+without the GIL.
 
 Reproducibility: the sample order depends only on (seed, epoch) (`sampling.py`); every
 random choice for a batch (crop boxes, flips, RandAugment ops and magnitudes, erasing
@@ -72,6 +77,7 @@ from .device_augment import (
     sample_mix,
     soft_targets,
 )
+from .device_randaugment import rand_augment_on_device
 from .errors import DataError
 from .host_finish import erasing_table, finish_on_host
 from .meta import meta_path, read_meta
@@ -231,6 +237,12 @@ class _Base:
         self.workers = workers
         self.channels_last = channels_last
         self.decoder = BatchDecoder(images, workers, interpolation)
+        self.bicubic = interpolation == "bicubic"
+        self.ra_on_device = False  # TrainLoader: RandAugment after the device copy, not in the workers
+        # On a CPU "device" the caller's thread would normalise, erase and mix with torch,
+        # competing for the same cores: the worker threads do it in one pass instead, unless
+        # RandAugment (which must come first) is left to the device stage.
+        self.finish_on_workers = device.type == "cpu"
         pin = device.type == "cuda"
         self.buffers = [torch.empty((batch_size, img_size, img_size, 3), dtype=torch.uint8, pin_memory=pin)
                         for _ in range(BATCHES_AHEAD + 2)]
@@ -246,11 +258,9 @@ class _Base:
         out = self.buffers[slot].numpy()[: batch.size]
         with _KERNEL_LOCK:
             numba.set_num_threads(self.workers)  # thread-local in numba: set on the launching thread
-            ra = None if batch.ra_ops is None else (batch.ra_ops, batch.ra_args, self.fill)
+            ra = None if batch.ra_ops is None or self.ra_on_device else (batch.ra_ops, batch.ra_args, self.fill)
             self.decoder.decode(batch.indices, batch.boxes, batch.flips, out, batch.resize, ra)
-            if self.device.type == "cpu":
-                # On a CPU "device" the caller's thread would normalise, erase and mix with
-                # torch, competing for the same cores; the worker threads do it in one pass.
+            if self.finish_on_workers:
                 n = batch.size
                 shape = (n, self.img_size, self.img_size, 3) if self.channels_last else (n, 3, self.img_size, self.img_size)
                 batch.normalized = self.float_pool.get(shape)
@@ -264,8 +274,10 @@ class _Base:
         if batch.normalized is not None:  # CPU device: done by the workers
             x = batch.normalized
             return x.permute(0, 3, 1, 2) if self.channels_last else x
-        x = buffer[:batch.size].to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-        x = (x.float() - self.mean) * self.inv_std
+        x = buffer[:batch.size].to(self.device, non_blocking=True)
+        if self.ra_on_device and batch.ra_ops is not None:
+            x = rand_augment_on_device(x, batch.ra_ops, batch.ra_args, self.fill, self.bicubic)
+        x = (x.permute(0, 3, 1, 2).float() - self.mean) * self.inv_std
         return x if self.channels_last else x.contiguous()
 
 
@@ -285,6 +297,9 @@ class TrainLoader(_Base):
         self.repeated_aug, self.num_repeats = d.repeated_aug, d.num_repeats
         self.drop_last = d.drop_last
         self.rand_augment = RandAugmentSpec.parse(d.auto_augment) if d.auto_augment else None
+        if self.rand_augment is not None:
+            self.ra_on_device = d.randaugment_on == "device" or (d.randaugment_on == "auto" and device.type == "cuda")
+            self.finish_on_workers = self.finish_on_workers and not self.ra_on_device
         self.erasing = ErasingSpec(probability=d.reprob, mode=d.remode) if d.reprob > 0 else None
         self.mix = MixSpec(mixup_alpha=d.mixup, cutmix_alpha=d.cutmix, prob=d.mixup_prob,
                            switch_prob=d.mixup_switch_prob, label_smoothing=d.label_smoothing)
@@ -324,7 +339,7 @@ class TrainLoader(_Base):
         if self.erasing is not None:
             batch.erase_boxes = sample_erasing(random.Random(int(seeds[1].generate_state(1, np.uint64)[0])), len(idx),
                                                self.img_size, self.img_size, self.erasing)
-            if self.device.type == "cpu":
+            if self.finish_on_workers:
                 batch.erase_table, batch.erase_noise = erasing_table(
                     batch.erase_boxes, self.erasing.mode, len(idx), self._noise_generator(seeds))
         if self.mix.active:
@@ -336,7 +351,11 @@ class TrainLoader(_Base):
         gen.manual_seed(int(seeds[3].generate_state(1, np.uint64)[0] >> np.uint64(1)))
         return gen
 
-    def epoch(self, epoch: int, start_step: int = 0, with_meta: bool = False) -> Iterator[tuple[Any, ...]]:
+    def host_stage(self, epoch: int, start_step: int = 0) -> Iterator[tuple[_Batch, torch.Tensor]]:
+        """The host's share of each batch, prepared ahead on the background thread: the plan
+        and the uint8 NHWC buffer (decoded, cropped, flipped, and RandAugmented unless that
+        is left to the device). `epoch` finishes each with `device_stage`; bench/loader.py
+        times the two apart, to show what the CPUs of a GPU node must sustain."""
         if not 0 <= start_step <= self.steps_per_epoch:
             raise DataError(f"start_step {start_step}: must be in [0, {self.steps_per_epoch}] (steps_per_epoch)")
         order = self.indices(epoch)
@@ -344,16 +363,23 @@ class TrainLoader(_Base):
         def fill(slot: int, step: int) -> _Batch:
             return self._decode(slot, self._plan(epoch, step, order))
 
-        for batch, buffer in self.prefetcher.run(range(start_step, self.steps_per_epoch), fill):
-            images = self._to_device(buffer, batch)
-            labels = torch.from_numpy(self.images.labels[batch.indices]).to(self.device, non_blocking=True)
+        return self.prefetcher.run(range(start_step, self.steps_per_epoch), fill)
+
+    def device_stage(self, epoch: int, batch: _Batch, buffer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Finish one `host_stage` batch on the device: (images, soft targets)."""
+        images = self._to_device(buffer, batch)
+        labels = torch.from_numpy(self.images.labels[batch.indices]).to(self.device, non_blocking=True)
+        if batch.normalized is None:  # on the device; on CPU the workers did it (host_finish)
+            if batch.erase_boxes is not None:
+                apply_erasing(images, batch.erase_boxes, self.erasing.mode,
+                              self._noise_generator(self._seeds(epoch, batch.step)))
+            images = apply_mix(images, batch.mix)
+        return images, soft_targets(labels, self.num_classes, self.label_smoothing, batch.mix.lam)
+
+    def epoch(self, epoch: int, start_step: int = 0, with_meta: bool = False) -> Iterator[tuple[Any, ...]]:
+        for batch, buffer in self.host_stage(epoch, start_step):
+            images, targets = self.device_stage(epoch, batch, buffer)
             mix = batch.mix
-            if batch.normalized is None:  # on the device; on CPU the workers did it (host_finish)
-                if batch.erase_boxes is not None:
-                    apply_erasing(images, batch.erase_boxes, self.erasing.mode,
-                                  self._noise_generator(self._seeds(epoch, batch.step)))
-                images = apply_mix(images, mix)
-            targets = soft_targets(labels, self.num_classes, self.label_smoothing, mix.lam)
             if not with_meta:
                 yield images, targets
                 continue
