@@ -68,19 +68,26 @@ def rand_augment_on_device(images: torch.Tensor, ops: np.ndarray, args: np.ndarr
             sel = np.flatnonzero(np.isin(op, group))
             if len(sel) == 0:
                 continue
-            idx = torch.from_numpy(sel).to(images.device)
+            idx = _upload(sel, images.device)
             images[idx] = apply(images[idx], op[sel], arg[sel], fill, bicubic)
     return images
 
 
+def _upload(values: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A small host array on the device without a stream sync (a blocking copy from pageable
+    memory waits for all queued GPU work, stalling the training loop once per call)."""
+    return torch.from_numpy(np.ascontiguousarray(values)).to(device, non_blocking=True)
+
+
 def _per_image(values: np.ndarray, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A per-image host array as a (n, 1, 1, 1) device tensor."""
-    return torch.from_numpy(np.ascontiguousarray(values)).to(device=x.device, dtype=dtype).view(-1, 1, 1, 1)
+    return _upload(values, x.device).to(dtype).view(-1, 1, 1, 1)
 
 
 def _const(value: float, like: torch.Tensor) -> torch.Tensor:
-    """A 0-dim device tensor: dividing by it is a true IEEE division on every backend."""
-    return torch.tensor(value, dtype=like.dtype, device=like.device)
+    """A 0-dim device tensor (filled on the device, no copy): dividing by it is a true IEEE
+    division on every backend."""
+    return torch.full((), value, dtype=like.dtype, device=like.device)
 
 
 # --- LUT ops ---------------------------------------------------------------------------
@@ -88,8 +95,8 @@ def _const(value: float, like: torch.Tensor) -> torch.Tensor:
 def _lut_ops(x: torch.Tensor, op: np.ndarray, arg: np.ndarray, fill: np.ndarray, bicubic: bool) -> torch.Tensor:
     n = x.shape[0]
     i = torch.arange(256, device=x.device, dtype=torch.int64).view(1, 1, 256)
-    a = torch.from_numpy(np.trunc(arg).astype(np.int64)).to(x.device).view(n, 1, 1)  # pil_ops: int(arg)
-    code = torch.from_numpy(op.astype(np.int64)).to(x.device).view(n, 1, 1)
+    a = _upload(np.trunc(arg).astype(np.int64), x.device).view(n, 1, 1)  # pil_ops: int(arg)
+    code = _upload(op.astype(np.int64), x.device).view(n, 1, 1)
     lut = i.expand(n, 3, 256)
     lut = torch.where(code == INVERT, 255 - i, lut)
     mask = ~((1 << (8 - a).clamp(min=0)) - 1) & 0xFF
@@ -99,8 +106,7 @@ def _lut_ops(x: torch.Tensor, op: np.ndarray, arg: np.ndarray, fill: np.ndarray,
     for want, table in ((AUTO_CONTRAST, _auto_contrast_luts), (EQUALIZE, _equalize_luts)):
         sel = np.flatnonzero(op == want)
         if len(sel):
-            idx = torch.from_numpy(sel).to(x.device)
-            lut = lut.clone() if lut.stride(0) == 0 else lut  # expanded view: materialise before writing
+            idx = _upload(sel, x.device)
             lut[idx] = table(x[idx])
     # out[b, y, x, c] = lut[b, c, x[b, y, x, c]]: one gather over a flat (n * 3 * 256) table.
     base = (torch.arange(n, device=x.device).view(n, 1, 1, 1) * 768
@@ -174,7 +180,7 @@ def _blend_ops(x: torch.Tensor, op: np.ndarray, arg: np.ndarray, fill: np.ndarra
         degenerate = torch.where(code == CONTRAST, mean.expand_as(degenerate), degenerate)
     if (op == SHARPNESS).any():
         sel = np.flatnonzero(op == SHARPNESS)
-        idx = torch.from_numpy(sel).to(x.device)
+        idx = _upload(sel, x.device)
         degenerate[idx] = _smooth(x[idx])
     factor = _per_image(arg, x, torch.float64).float()
     v = degenerate.float() + factor * (x.int() - degenerate).float()
@@ -229,7 +235,7 @@ def affine(x: torch.Tensor, coef: np.ndarray, fill: np.ndarray, bicubic: bool) -
     output (x, y) samples the input at (a(x+.5)+b(y+.5)+c, d(x+.5)+e(y+.5)+f)."""
     n, h, w, _ = x.shape
     dev = x.device
-    a, b, c, d, e, f = (torch.from_numpy(np.ascontiguousarray(coef[:, k])).to(dev).view(n, 1, 1) for k in range(6))
+    a, b, c, d, e, f = (_upload(coef[:, k], dev).view(n, 1, 1) for k in range(6))
     xs = (torch.arange(w, device=dev, dtype=torch.float64) + 0.5).view(1, 1, w)
     ys = (torch.arange(h, device=dev, dtype=torch.float64) + 0.5).view(1, h, 1)
     xin = a * xs + b * ys + c
@@ -257,5 +263,5 @@ def affine(x: torch.Tensor, coef: np.ndarray, fill: np.ndarray, bicubic: bool) -
         v2 = bottom + (tap(y0 + 1, x0 + 1) - bottom) * dx
         v = v1 + (v2 - v1) * dy
     out = v.clamp(0, 255).trunc().to(torch.uint8)
-    fill_px = torch.from_numpy(np.ascontiguousarray(fill, np.uint8)).to(dev).view(1, 1, 1, 3)
+    fill_px = _upload(np.asarray(fill, np.uint8), dev).view(1, 1, 1, 3)
     return torch.where(outside.unsqueeze(-1), fill_px, out)
