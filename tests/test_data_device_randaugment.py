@@ -9,6 +9,7 @@ from PIL import Image
 from sklearn.datasets import load_sample_images
 from timm.data import auto_augment as A
 
+from rmt_dist.data import device_randaugment
 from rmt_dist.data import randaugment as R
 from rmt_dist.data.device_randaugment import rand_augment_on_device
 
@@ -71,9 +72,10 @@ def test_bilinear_affine_on_device_equals_pillow(photos, name, monkeypatch):
 
 @pytest.mark.parametrize("bicubic", [True, False])
 @pytest.mark.parametrize("seed", range(4))
-def test_mixed_batches_equal_the_worker_kernels(photos, seed, bicubic):
+def test_mixed_batches_equal_the_worker_kernels(photos, seed, bicubic, monkeypatch):
     """Random rand-m9-mstd0.5-inc1 draws (every op, two layers, mixed in one batch): the
     device result equals the numba kernels the decode workers run, bit for bit."""
+    monkeypatch.setattr(device_randaugment, "AFFINE_CHUNK_PIXELS", 2 * 56 * 48)  # affine ops in chunks of 2 images
     x = np.concatenate([photos, photos[:, ::-1]])  # 16 images
     ops, args = R.sample_ops(np.random.default_rng(seed), len(x), R.RandAugmentSpec.parse("rand-m9-mstd0.5-inc1"))
     ref = x.copy()
@@ -92,12 +94,28 @@ def test_wrong_input_is_refused():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_equals_cpu(photos):
-    x = np.concatenate([photos] * 4)
+@pytest.mark.parametrize("bicubic", [True, False])
+def test_cuda_equals_the_worker_kernels_without_syncs(bicubic):
+    """On the GPU: the same bits as the numba kernels, at 224 px, and no host-device sync
+    while the batch is augmented (one would stall the training loop every step)."""
+    src = load_sample_images().images
+    rng = np.random.default_rng(3)
+    x = np.ascontiguousarray(np.stack([src[k % 2][t:t + 224, s:s + 224] for k, (t, s) in
+                                       enumerate(zip(rng.integers(0, 200, 48), rng.integers(0, 400, 48)))]))
     ops, args = R.sample_ops(np.random.default_rng(7), len(x), R.RandAugmentSpec.parse("rand-m9-mstd0.5-inc1"))
-    cpu = rand_augment_on_device(torch.from_numpy(x.copy()), ops, args, FILL)
-    gpu = rand_augment_on_device(torch.from_numpy(x.copy()).cuda(), ops, args, FILL)
-    assert torch.equal(gpu.cpu(), cpu)
+    ref = x.copy()
+    for k in range(len(x)):
+        for layer in range(ops.shape[1]):
+            if ops[k, layer] != R.NO_OP:
+                R.apply_op(ref[k], ops[k, layer], args[k, layer], FILL, bicubic)
+    gpu = torch.from_numpy(x).cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = rand_augment_on_device(gpu, ops, args, FILL, bicubic)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert np.array_equal(out.cpu().numpy(), ref)
 
 
 @pytest.mark.parametrize("degrees", [27.31, -13.7, 0.4])

@@ -53,7 +53,9 @@ from .randaugment import (
 LUT_OPS = (AUTO_CONTRAST, EQUALIZE, INVERT, POSTERIZE, SOLARIZE, SOLARIZE_ADD)
 BLEND_OPS = (COLOR, CONTRAST, BRIGHTNESS, SHARPNESS)
 AFFINE_OPS = (ROTATE, SHEAR_X, SHEAR_Y, TRANSLATE_X, TRANSLATE_Y)
-AFFINE_CHUNK = 16  # images per affine pass: bounds the float64 temporaries (~25 MB each at 224 px)
+# Pixels per affine pass (16 images at 224 px): bounds the float64 temporaries, ~20 MB
+# each and ~16 alive at the peak, whatever the image size.
+AFFINE_CHUNK_PIXELS = 16 * 224 * 224
 
 
 def rand_augment_on_device(images: torch.Tensor, ops: np.ndarray, args: np.ndarray, fill: np.ndarray,
@@ -74,9 +76,14 @@ def rand_augment_on_device(images: torch.Tensor, ops: np.ndarray, args: np.ndarr
 
 
 def _upload(values: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A small host array on the device without a stream sync (a blocking copy from pageable
-    memory waits for all queued GPU work, stalling the training loop once per call)."""
-    return torch.from_numpy(np.ascontiguousarray(values)).to(device, non_blocking=True)
+    """A small host array on the device without a stream sync: a blocking copy waits for all
+    queued GPU work (stalling the training loop once per call), and CUDA may do the same
+    for an async copy from pageable memory, so it goes through pinned memory (torch's
+    caching host allocator keeps the block until the copy is done)."""
+    t = torch.from_numpy(np.ascontiguousarray(values))
+    if device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
 
 
 def _per_image(values: np.ndarray, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -111,7 +118,7 @@ def _lut_ops(x: torch.Tensor, op: np.ndarray, arg: np.ndarray, fill: np.ndarray,
     # out[b, y, x, c] = lut[b, c, x[b, y, x, c]]: one gather over a flat (n * 3 * 256) table.
     base = (torch.arange(n, device=x.device).view(n, 1, 1, 1) * 768
             + torch.arange(3, device=x.device).view(1, 1, 1, 3) * 256)
-    return lut.reshape(-1)[base + x.long()].to(torch.uint8)
+    return lut.to(torch.uint8).reshape(-1)[base + x.long()]
 
 
 def _auto_contrast_luts(x: torch.Tensor) -> torch.Tensor:
@@ -131,7 +138,9 @@ def _equalize_luts(x: torch.Tensor) -> torch.Tensor:
     n = x.shape[0]
     flat = (x.long() + torch.arange(3, device=x.device).view(1, 1, 1, 3) * 256
             + torch.arange(n, device=x.device).view(n, 1, 1, 1) * 768)
-    hist = torch.bincount(flat.reshape(-1), minlength=n * 768).view(n, 3, 256)
+    # scatter_add_, not bincount: CUDA's bincount reads min/max back to the host (two syncs).
+    hist = torch.zeros(n * 768, dtype=torch.int64, device=x.device)
+    hist = hist.scatter_add_(0, flat.reshape(-1), torch.ones_like(flat).reshape(-1)).view(n, 3, 256)
     nonzero = hist > 0
     last_bin = 255 - nonzero.flip(-1).long().argmax(-1, keepdim=True)  # the last non-empty bin
     last = hist.gather(-1, last_bin)
@@ -218,8 +227,8 @@ def affine_coefficients(op: np.ndarray, arg: np.ndarray, h: int, w: int) -> np.n
 
 def _affine_ops(x: torch.Tensor, op: np.ndarray, arg: np.ndarray, fill: np.ndarray, bicubic: bool) -> torch.Tensor:
     coef = affine_coefficients(op, arg, x.shape[1], x.shape[2])
-    return torch.cat([affine(x[k:k + AFFINE_CHUNK], coef[k:k + AFFINE_CHUNK], fill, bicubic)
-                      for k in range(0, x.shape[0], AFFINE_CHUNK)])
+    chunk = max(1, AFFINE_CHUNK_PIXELS // (x.shape[1] * x.shape[2]))
+    return torch.cat([affine(x[k:k + chunk], coef[k:k + chunk], fill, bicubic) for k in range(0, x.shape[0], chunk)])
 
 
 def _cubic(v1: torch.Tensor, v2: torch.Tensor, v3: torch.Tensor, v4: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
