@@ -133,7 +133,8 @@ def test_randaugment_on_the_device_gives_the_workers_batches(digits, channels_la
         cfg = data_config(*digits, randaugment_on=where, **FULL_AUG)
         cfg.model.channels_last = channels_last
         loaders[where] = build_train_loader(cfg, rank=1, world_size=2)
-    assert loaders["device"].ra_on_device and not loaders["auto"].ra_on_device  # auto on CPU: the workers
+    assert "RandAugment on the device (cpu)" in loaders["device"].describe()
+    assert "RandAugment in the workers (cpu)" in loaders["auto"].describe()  # auto on CPU: the workers
     steps = 0
     for (x1, y1), (x2, y2) in zip(loaders["host"].epoch(2, start_step=30), loaders["device"].epoch(2, start_step=30)):
         assert torch.equal(x1, x2) and torch.equal(y1, y2)

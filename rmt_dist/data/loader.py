@@ -317,6 +317,16 @@ class TrainLoader(_Base):
     def __len__(self) -> int:
         return self.steps_per_epoch
 
+    def describe(self) -> str:
+        """One line for the run log: sizes, threads, and where the augmentations run."""
+        if self.rand_augment is None:
+            ra = "off"
+        else:
+            ra = f"{'on the device' if self.ra_on_device else 'in the workers'} ({self.device.type})"
+        return (f"{self.images.path}: {self.images.num_samples} samples, batch {self.batch_size} per rank, "
+                f"{self.steps_per_epoch} steps/epoch, decode threads {self.workers} "
+                f"(data.num_workers capped by the {usable_cpus()} CPUs this process may use), RandAugment {ra}")
+
     def indices(self, epoch: int) -> np.ndarray:
         """This rank's sample order for `epoch` (before cutting into batches)."""
         return train_indices(self.images.num_samples, seed=self.seed, epoch=epoch, rank=self.rank,

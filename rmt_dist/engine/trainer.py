@@ -131,6 +131,7 @@ class Trainer:
 
         loader = build_train_loader(self.cfg, rank=self.info.rank, world_size=self.info.world_size,
                                     device=self.info.device)
+        log.info("train data %s", loader.describe())
         if self.cfg.tokenlabel.enabled:  # batches become (images, (cls_target, dense_target))
             from rmt_dist.tokenlabel.loader import TokenLabelTrainLoader
 
