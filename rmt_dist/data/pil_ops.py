@@ -2,7 +2,7 @@
 
 Each function reproduces the Pillow operation timm calls (Pillow's C code: LUT ops,
 ImageEnhance blends, the SMOOTH filter, affine transforms with bilinear/bicubic filters and
-a fill colour), so results equal timm's within a grey level or two. They run inside the
+a fill colour); the tests find them equal to timm's bit for bit. They run inside the
 loader's numba worker threads, without the GIL, on images already cropped to the
 training size. All functions modify `img` in place.
 """

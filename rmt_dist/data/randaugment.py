@@ -5,7 +5,8 @@
   batch's own numpy Generator (timm draws the same distributions from the global
   `random`/`np.random`, which cannot be replayed on resume);
 - `apply_op` applies one with the numba kernels of `pil_ops`; the decode kernel calls it
-  on each uint8 image right after its crop (`decode.py`).
+  on each uint8 image right after its crop (`decode.py`). On a GPU run the same draws
+  are applied batched on the device instead (`device_randaugment.py`), bit-identically.
 
 Ops, order and level functions are timm's `_RAND_INCREASING_TRANSFORMS` (inc1) or
 `_RAND_TRANSFORMS` (inc0). Affine ops use bicubic resampling (the RMT/DeiT recipe's
