@@ -27,11 +27,10 @@ same augmentation from the same seed (the loader's `data.randaugment_on`).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
+from . import pil_ops
 from .randaugment import (
     AUTO_CONTRAST,
     BRIGHTNESS,
@@ -180,11 +179,12 @@ def _blend_ops(x: torch.Tensor, op: np.ndarray, arg: np.ndarray, fill: np.ndarra
     degenerate + factor * (image - degenerate), clipped, truncated."""
     code = _per_image(op.astype(np.int64), x, torch.int64)
     degenerate = torch.zeros_like(x, dtype=torch.int32)  # Brightness: black
+    grey = _grey(x) if np.isin(op, (COLOR, CONTRAST)).any() else None
     if (op == COLOR).any():
-        degenerate = torch.where(code == COLOR, _grey(x).expand_as(degenerate), degenerate)
+        degenerate = torch.where(code == COLOR, grey.expand_as(degenerate), degenerate)
     if (op == CONTRAST).any():
         h, w = x.shape[1:3]
-        total = _grey(x).sum(dim=(1, 2, 3), keepdim=True, dtype=torch.int64).double()
+        total = grey.sum(dim=(1, 2, 3), keepdim=True, dtype=torch.int64).double()
         mean = torch.trunc(torch.div(total, _const(float(h * w), total)) + 0.5).int()  # int(mean + 0.5)
         degenerate = torch.where(code == CONTRAST, mean.expand_as(degenerate), degenerate)
     if (op == SHARPNESS).any():
@@ -198,22 +198,13 @@ def _blend_ops(x: torch.Tensor, op: np.ndarray, arg: np.ndarray, fill: np.ndarra
 
 # --- affine ops (Image.transform AFFINE / Image.rotate) --------------------------------
 
-def _rotation(degrees: float, w: int, h: int) -> tuple[float, ...]:
-    """Image.rotate's matrix (no expand, about the centre), in Pillow's own arithmetic."""
-    angle = -math.radians(degrees % 360.0)
-    a, b = round(math.cos(angle), 15), round(math.sin(angle), 15)
-    d, e = round(-math.sin(angle), 15), round(math.cos(angle), 15)
-    cx, cy = w / 2.0, h / 2.0
-    return a, b, a * -cx + b * -cy + cx, d, e, d * -cx + e * -cy + cy
-
-
 def affine_coefficients(op: np.ndarray, arg: np.ndarray, h: int, w: int) -> np.ndarray:
     """(n, 6) inverse-map coefficients (a, b, c, d, e, f) of timm's affine ops."""
     m = np.zeros((len(op), 6))
     m[:, 0] = m[:, 4] = 1.0
     for k, (o, v) in enumerate(zip(op.tolist(), arg.tolist())):
         if o == ROTATE:
-            m[k] = _rotation(v, w, h)
+            m[k] = pil_ops.rotation_matrix(v, w, h)
         elif o == SHEAR_X:
             m[k, 1] = v
         elif o == SHEAR_Y:

@@ -349,13 +349,19 @@ def round15(x):
 
 
 @njit(**_JIT)
-def rotate(img, degrees, fill, bicubic):
-    """Pillow's Image.rotate(degrees, resample, fillcolor) about the centre, same size."""
-    h, w, _ = img.shape
+def rotation_matrix(degrees, w, h):
+    """Image.rotate's inverse map (a, b, c, d, e, f), no expand, about the centre, in
+    Pillow's own arithmetic (also used by the device path)."""
     angle = -math.radians(degrees % 360.0)
     a, b = round15(math.cos(angle)), round15(math.sin(angle))
     d, e = round15(-math.sin(angle)), round15(math.cos(angle))
     cx, cy = w / 2.0, h / 2.0
-    c = a * -cx + b * -cy + cx
-    f = d * -cx + e * -cy + cy
+    return a, b, a * -cx + b * -cy + cx, d, e, d * -cx + e * -cy + cy
+
+
+@njit(**_JIT)
+def rotate(img, degrees, fill, bicubic):
+    """Pillow's Image.rotate(degrees, resample, fillcolor) about the centre, same size."""
+    h, w, _ = img.shape
+    a, b, c, d, e, f = rotation_matrix(degrees, w, h)
     affine(img, a, b, c, d, e, f, fill, bicubic)
