@@ -17,6 +17,7 @@ import torch
 from ..config import Config
 from .store import TokenLabelStore, TokenLabelStoreError
 from .targets import crop_aligned_targets, mix_ground_truth
+from .view import TeacherView, to_map_coords
 
 MODEL_STRIDE = 32
 
@@ -39,6 +40,7 @@ class TokenLabelTrainLoader:
         self.smoothing = tl.label_smoothing
         self.ground_truth = tl.ground_truth
         self.device = torch.device(device)
+        self.view = TeacherView.from_dict(self.store.meta.view)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -53,6 +55,9 @@ class TokenLabelTrainLoader:
         hw = meta["image_size"].double()  # (height, width)
         frac = torch.stack([boxes[:, 1] / hw[:, 1], boxes[:, 0] / hw[:, 0],
                             (boxes[:, 1] + boxes[:, 3]) / hw[:, 1], (boxes[:, 0] + boxes[:, 2]) / hw[:, 0]], 1)
+        # Source-image fractions -> fractions of the region the teacher saw (identity for squash).
+        rects = self.view.rect(hw[:, 0].numpy(), hw[:, 1].numpy())
+        frac = torch.from_numpy(to_map_coords(frac.numpy(), rects))
         cls, dense = crop_aligned_targets(
             torch.from_numpy(scores).to(self.device), torch.from_numpy(indices).to(self.device), frac.float(),
             meta["flipped"], self.num_classes, self.size, self.smoothing,

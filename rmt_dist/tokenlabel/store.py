@@ -41,6 +41,9 @@ class StoreMeta:
     beton_fingerprint: str
     num_samples: int
     complete: bool = False
+    # Region of each source image the maps cover (view.py); None = written before views
+    # were recorded, which can only be the squashed whole image.
+    view: dict | None = None
 
     @classmethod
     def read(cls, store: Path) -> StoreMeta:
