@@ -39,7 +39,7 @@ def test_tokenlabel_recipe_inherits_size_recipe():
     assert star.model.token_label and not big.model.token_label
     assert star.tokenlabel.enabled and star.tokenlabel.size == 7 and star.tokenlabel.dense_weight == 0.5
     assert (star.data.mixup, star.data.cutmix) == (0.0, 0.0) and big.data.mixup == 0.8
-    assert star.optim.cooldown_epochs == 10 and big.optim.cooldown_epochs == 0
+    assert (star.optim.epochs, star.optim.cooldown_epochs) == (310, 0) and big.optim.cooldown_epochs == 0
     # untouched keys come from the bases
     assert star.optim.weight_decay == big.optim.weight_decay == 0.05
     assert star.data.auto_augment == "rand-m9-mstd0.5-inc1"
