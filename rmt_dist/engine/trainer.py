@@ -31,6 +31,7 @@ from .metrics import MetricsWriter
 from .optim import build_schedule
 from .perf import PerfMeter
 from .strategy import parallelize
+from .summary import summary_line
 
 log = logging.getLogger("rmt_dist.train")
 
@@ -414,12 +415,10 @@ class Trainer:
         if not self.info.is_main:
             return
         s = self.state
-        best = max((r.get("eval/top1", 0.0) for r in self.eval_results), default=None)
-        best_ema = max((r.get("eval_ema/top1", 0.0) for r in self.eval_results), default=None)
         parts = [f"{s.step - start_step} steps (to step {s.step}/{self.total_steps}) in {seconds:.1f} s",
                  f"skipped {s.bad_steps} non-finite + {s.overflow_steps} fp16-overflow steps"]
-        if best is not None:
-            parts.append(f"best eval/top1 {best:.2f}" + (f", eval_ema/top1 {best_ema:.2f}" if self.ema else ""))
+        if accuracy := summary_line(getattr(self.metrics, "path", None), self.eval_results):
+            parts.append(accuracy)
         if self.last_saved_step >= 0:
             parts.append(f"last checkpoint at step {self.last_saved_step}")
         log.info("summary: %s", "; ".join(parts))
