@@ -1,4 +1,7 @@
-"""The typed recipe: one dataclass per section, defaults = the paper's RMT-S recipe.
+"""The typed recipe: one dataclass per section, defaults close to the official RMT-S recipe.
+
+Not equal to it: drop_path_rate 0.1 (RMT-S: 0.15), crop_pct 0.9 (0.875) and precision bf16
+(fp16); the shipped recipes set the official values (docs/recipes.md gives each source).
 
 Every field a recipe may set lives here. `load.py` turns YAML + overrides into these
 objects and rejects anything not declared; `derive.py` fills `Config.derived`.
