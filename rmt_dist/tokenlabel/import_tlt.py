@@ -34,10 +34,11 @@ scores.npy / indices.npy are written once every sample has labels, and only then
 store marked complete.
 
 Cost: ImageNet-1k train is 1,281,167 files of [2, 5, 18, 18] float16 (3,240 data bytes;
-~4 KB each as saved by torch>=1.6, ~5.5 GB in all, more on disk with 4 KB blocks); the store
-is 8.3 GB (and as much again for parts/ while importing). Reading is file-open bound:
-measured 1,050 files/s on 2 shared cores from the page cache (docs/perf.md), i.e. ~20 min
-for ImageNet with 2 workers; on a network file system plan for 1-2 h with 16 workers.
+8,069 bytes each as torch 2.x saves them, ~10 GB in all); the store is 8.3 GB, and as much
+again for parts/ while importing. Reading is file-open bound: measured 990-1,360 files/s
+on this project's 2-core dev machine (shared; page cache; bench/tlt_import.py), i.e.
+16-22 min for ImageNet. On a network file system each open costs a round trip: more
+--workers hide it (default: up to 16); not measured there, plan on up to an hour.
 """
 
 from __future__ import annotations
