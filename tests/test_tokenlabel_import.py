@@ -83,6 +83,15 @@ def test_store_equals_the_published_maps_sample_by_sample(data, full_store):
         assert np.array_equal(st.scores[i], t[0].permute(1, 2, 0).numpy()), p
         assert np.array_equal(st.indices[i], t[1].permute(1, 2, 0).numpy().astype(np.int16)), p
         assert st.scores.dtype == np.float16 and st.indices.dtype == np.int16
+    # what tlt trains on (tlt/data/mixup.py get_featuremaps): the k logits scattered into a dense
+    # [C, H, W] map, 0 elsewhere; targets.py builds the same map from the store
+    from rmt_dist.tokenlabel.targets import dense_score_maps
+
+    raw = torch.stack([tree[p] for p in rel]).float()
+    tlt_maps = torch.zeros(len(rel), len(CLASSES), H, W).scatter_(1, raw[:, 1].long(), raw[:, 0])
+    ours = dense_score_maps(torch.from_numpy(np.array(st.scores)), torch.from_numpy(np.array(st.indices)),
+                            len(CLASSES))
+    assert torch.equal(ours, tlt_maps)
 
 
 def test_interrupted_import_resumes_to_the_same_store(data, full_store, tmp_path, monkeypatch):
