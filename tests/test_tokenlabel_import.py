@@ -166,7 +166,7 @@ def StoreMetaComplete(store: Path) -> bool:
     return json.loads((store / "meta.json").read_text())["complete"]
 
 
-def test_allow_missing_trains_those_samples_on_their_ground_truth(data, tmp_path):
+def test_allow_missing_trains_those_samples_on_their_ground_truth(data, tmp_path, caplog):
     from rmt_dist.tokenlabel.targets import crop_aligned_targets
 
     _, beton, rel, _ = data
@@ -175,6 +175,7 @@ def test_allow_missing_trains_those_samples_on_their_ground_truth(data, tmp_path
     run(labels, beton, store, "--allow-missing")
     st = TokenLabelStore(store)
     assert st.meta.complete and st.meta.fallback_samples == 1
+    assert "1 samples had no usable label file" in caplog.text  # the training log says so
     lines = (store / "fallback.tsv").read_text().splitlines()
     assert lines[1] == f"6\t{path}\tmissing"
     label = CLASSES.index(rel[6].split("/")[0])

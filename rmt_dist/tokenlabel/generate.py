@@ -12,6 +12,13 @@ store's meta so the loader maps crops into it, view.py):
                   --teacher dm_nfnet_f6 --pretrained --img-size 576 --view center-crop
                   --crop-pct 1.0, 18x18 maps)
 
+Cost of the paper's teacher: NFNet-F6 at 576 px is 377 GMACs per image (timm dm_nfnet_f6,
+torch FlopCounterMode), 9.7e20 FLOP for ImageNet's 1.28 M images: ~900 H100 GPU-hours at
+30% of the bf16 peak (an estimate). Importing the published maps instead takes ~20 min
+(python -m rmt_dist.tokenlabel.import_tlt). Teacher pixels come from this project's
+decoder (one resize of the view box), not PIL's bicubic resize as in tlt: regenerated
+maps are close to, not bit-equal with, the published ones.
+
 Distributed: launch with torchrun (or under SLURM with RANK/WORLD_SIZE set); ranks split
 the chunks. Resumable: each finished chunk is a file under OUT_STORE/parts/, and a re-run
 with the same arguments skips finished chunks. Once all chunks exist, rank 0 writes

@@ -114,6 +114,13 @@ class TokenLabelStore:
                 f"token-label store {str(self.path)!r} has {self.meta.num_classes} classes but the model "
                 f"has model.num_classes={num_classes}; use a teacher trained on the same classes"
             )
+        if self.meta.fallback_samples:
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "token-label store %s: %d samples had no usable label file (imported with --allow-missing) "
+                "and train on their ground-truth class; listed in %s", self.path, self.meta.fallback_samples,
+                self.path / "fallback.tsv")
         self.scores = np.load(self.path / "scores.npy", mmap_mode="r")
         self.indices = np.load(self.path / "indices.npy", mmap_mode="r")
         expected = (self.meta.num_samples, self.meta.map_h, self.meta.map_w, self.meta.topk)
