@@ -117,3 +117,38 @@ def test_cli_one_line_error_and_fingerprint(odd, tmp_path):
     other = tmp_path / "o.beton"
     convert(root / "train", other, workers=1, jpeg_quality=80)
     assert beton_fingerprint(other) != fp
+
+
+def test_each_sample_source_path_is_recorded_in_order(odd):
+    root, beton, info = odd
+    from rmt_dist.data.sources import paths_file, read_source_paths
+
+    meta = read_meta(beton)
+    rel = read_source_paths(beton, meta)
+    expected = [Path(p).relative_to(root / "train").as_posix() for p in sorted(info["good"])]
+    assert rel == expected and rel[0] == "cat/cat_0.JPEG"
+    assert meta["paths"]["file"] == paths_file(beton).name and meta["paths"]["count"] == len(rel)
+    labels = BetonImages(str(beton)).labels
+    assert [meta["classes"][r.split("/")[0]] for r in rel] == labels.tolist()
+
+
+def test_record_paths_for_an_older_beton_and_stale_lists_are_refused(odd, tmp_path):
+    import shutil
+
+    from rmt_dist.data.convert import main as convert_main
+    from rmt_dist.data.sources import paths_file, read_source_paths
+
+    root, beton, _ = odd
+    old = tmp_path / "old.beton"
+    shutil.copy(beton, old)
+    meta = read_meta(beton)
+    want = read_source_paths(beton, meta)
+    meta.pop("paths")
+    Path(f"{old}.meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="--record-paths"):
+        read_source_paths(old, read_meta(old))
+    assert convert_main([str(root / "train"), str(old), "--record-paths"]) == 0
+    assert read_source_paths(old, read_meta(old)) == want
+    paths_file(old).write_text("".join(f"{p}\n" for p in reversed(want)))  # edited after conversion
+    with pytest.raises(DataError, match="sha256"):
+        read_source_paths(old, read_meta(old))

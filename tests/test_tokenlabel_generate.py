@@ -114,3 +114,21 @@ def test_settings_change_needs_overwrite(full_store, betons, teacher_ckpt, capsy
     assert gen.main([*map(str, [betons[0], full_store]), "--teacher", TEACHER, "--checkpoint", str(teacher_ckpt),
                      "--img-size", "96", "--device", "cpu"]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_view_is_recorded_and_older_stores_count_as_squash(full_store, betons, teacher_ckpt, tmp_path, capsys):
+    import json
+    import shutil
+
+    assert TokenLabelStore(full_store).meta.view == {"kind": "squash"}
+    old = tmp_path / "old.tokenlabel"
+    shutil.copytree(full_store, old)
+    meta = json.loads((old / "meta.json").read_text())
+    meta["view"] = None  # written before views were recorded
+    (old / "meta.json").write_text(json.dumps(meta))
+    gen.generate(args(betons[0], old, teacher_ckpt))  # same settings: nothing to redo, no --overwrite
+    assert "already complete" in capsys.readouterr().out
+    assert gen.main([*map(str, [betons[0], old]), "--teacher", TEACHER, "--checkpoint", str(teacher_ckpt),
+                     "--img-size", "64", "--topk", "3", "--chunk-size", "256", "--device", "cpu",
+                     "--view", "center-crop"]) == 2
+    assert "view whole image" in capsys.readouterr().err

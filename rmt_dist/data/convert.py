@@ -11,7 +11,13 @@ Two passes over the sources, both parallel with a progress bar (rate and ETA):
 The beton is written to a hidden temporary file beside OUT and renamed into place
 last, so an interrupted run never leaves an OUT.beton that looks complete. The sidecar
 OUT.beton.meta.json holds num_samples, classes {name: index}, skipped [{path, reason}],
-fields, the settings and `fingerprint` (see meta.py).
+fields, the settings, `fingerprint` (see meta.py) and `paths`: OUT.beton.paths.txt lists
+each sample's source, `<class dir>/<file>` relative to SRC, one per line in sample order
+(~45 MB for ImageNet train), so a label file, a bad sample or a question can be traced to
+the image (the token-label importer matches TokenLabeling's maps through it).
+`--record-paths` writes that list for a beton converted before paths were recorded, from
+its unchanged SRC (no re-conversion: SRC's listing minus the meta's skipped files, checked
+against the beton's count and labels).
 
 ImageNet defaults: longest side <= 512 px, every image JPEG at quality 90. On the bench
 photos (bench/loader.py: sklearn's sample photos cut to ~350x500) that stores 0.27 bytes
@@ -39,7 +45,18 @@ from tqdm import tqdm
 from .errors import DataError
 from .images import BadImage, load_rgb
 from .meta import beton_fingerprint, meta_path, write_json_atomic
-from .sources import Sample, check_labels, class_map_from_labels, list_samples, load_class_map
+from .sources import (
+    Sample,
+    bad_path_reason,
+    check_labels,
+    class_map_from_labels,
+    encode_paths,
+    list_samples,
+    load_class_map,
+    paths_file,
+    relative_source_path,
+    source_root,
+)
 
 DEFAULT_MAX_RESOLUTION = 512
 DEFAULT_JPEG_QUALITY = 90
@@ -151,8 +168,12 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, classes: str | os
     else:
         class_map = class_map_from_labels([s.label for s in samples])
 
+    root = source_root(src)
+    rel_paths = [relative_source_path(s.path, root) for s in samples]
     reasons = check_images(samples, workers)
+    reasons = [bad_path_reason(rel) or r for r, rel in zip(reasons, rel_paths)]
     good = [s for s, r in zip(samples, reasons) if r is None]
+    good_rel = [rel for rel, r in zip(rel_paths, reasons) if r is None]
     skipped = [{"path": s.path, "reason": r} for s, r in zip(samples, reasons) if r is not None]
     if not good:
         raise DataError(f"{src}: none of the {len(samples)} files decodes to an image (first: {skipped[0]})")
@@ -174,6 +195,7 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, classes: str | os
             "settings": {"max_resolution": max_resolution, "jpeg_quality": jpeg_quality,
                          "compress_probability": compress_probability},
             "fingerprint": beton_fingerprint(tmp),
+            "paths": _write_paths(out, good_rel),
         }
         write_json_atomic(meta_path(out), meta)
         os.replace(tmp, out)  # last: OUT exists only once complete
@@ -182,10 +204,56 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, classes: str | os
     return ConvertResult(out, len(good), skipped, time.perf_counter() - start)
 
 
+def _write_paths(beton: Path, rel_paths: list[str]) -> dict[str, object]:
+    """Write OUT.beton.paths.txt atomically; returns its meta.json record."""
+    import hashlib
+
+    data = encode_paths(rel_paths)
+    path = paths_file(beton)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return {"file": path.name, "count": len(rel_paths), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def record_paths(src: str | os.PathLike, beton: str | os.PathLike) -> int:
+    """Write the paths list of a beton converted before paths were recorded (see module docstring)."""
+    from .decode import BetonImages
+    from .meta import read_meta
+
+    src, beton = Path(src), Path(beton)
+    meta = read_meta(beton)
+    if meta.get("paths") and paths_file(beton).is_file():
+        raise DataError(f"{beton} already has its source paths ({paths_file(beton)}); nothing to do")
+    samples = list_samples(src)
+    root = source_root(src)
+    skipped_tails = set()
+    for s in meta.get("skipped", []):
+        parts = Path(s["path"]).parts
+        skipped_tails.update(Path(*parts[i:]).as_posix() for i in range(len(parts)))
+    kept = [(s, relative_source_path(s.path, root)) for s in samples]
+    kept = [(s, rel) for s, rel in kept if rel not in skipped_tails and bad_path_reason(rel) is None]
+    n = int(meta["num_samples"])
+    if len(kept) != n:
+        raise DataError(f"{src} now lists {len(kept)} usable images but {beton} has {n} samples (the folder "
+                        f"changed since conversion); re-convert with python -m rmt_dist.data.convert {src} {beton} --overwrite")
+    classes = meta["classes"]
+    labels = BetonImages(str(beton)).labels
+    wrong = [i for i, (s, _) in enumerate(kept) if classes.get(s.label) != int(labels[i])]
+    if wrong:
+        i = wrong[0]
+        raise DataError(f"{kept[i][0].path} is class {kept[i][0].label!r} but sample {i} of {beton} has label "
+                        f"{int(labels[i])} ({len(wrong)} such samples: the folder changed since conversion); "
+                        f"re-convert with python -m rmt_dist.data.convert {src} {beton} --overwrite")
+    meta["paths"] = _write_paths(beton, [rel for _, rel in kept])
+    write_json_atomic(meta_path(beton), meta)
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m rmt_dist.data.convert", description=__doc__.split("\n\n")[0])
     p.add_argument("src", help="ImageFolder root (SRC/<class>/<image>) or a `path<TAB>label` list file")
-    p.add_argument("out", help="output .beton (its meta file is OUT.meta.json)")
+    p.add_argument("out", help="output .beton (its meta file is OUT.meta.json, its source paths OUT.paths.txt)")
     p.add_argument("--classes", help="class map to reuse: a {name: index} JSON or the train split's .beton.meta.json")
     p.add_argument("--max-resolution", type=int, default=DEFAULT_MAX_RESOLUTION,
                    help=f"resize so the longest side is at most N px; 0 = keep (default {DEFAULT_MAX_RESOLUTION})")
@@ -194,7 +262,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="fraction stored as JPEG, the rest raw pixels (default 1.0: all JPEG)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: the CPUs this process may use)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.add_argument("--record-paths", action="store_true",
+                   help="do not convert: write OUT.paths.txt (each sample's source path) for an existing OUT "
+                        "converted before paths were recorded, from its unchanged SRC")
     a = p.parse_args(argv)
+    if a.record_paths:
+        try:
+            n = record_paths(a.src, a.out)
+        except DataError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"wrote {paths_file(a.out)}: {n} source paths")
+        return 0
     try:
         r = convert(a.src, a.out, classes=a.classes, max_resolution=a.max_resolution or None,
                     jpeg_quality=a.jpeg_quality, compress_probability=a.compress_probability,

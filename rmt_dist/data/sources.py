@@ -88,3 +88,79 @@ def check_labels(samples: list[Sample], classes: dict[str, int], classes_file: P
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise DataError(f"class {missing[0]!r}{more} is not in the class map {classes_file}; "
                         "convert with the matching train split's meta file or fix the folder names")
+
+
+# --- Each sample's source, recorded beside the beton -----------------------------------
+# One relative path per line, in sample order (`OUT.beton.paths.txt`). A separate file, not a
+# meta.json list: ImageNet's 1.28 M paths are ~45 MB, and meta.json is parsed by every loader
+# and check, which need none of them. meta.json["paths"] records the file's name, line count
+# and sha256, so a stale or edited list is refused.
+
+PATHS_SUFFIX = ".paths.txt"
+
+
+def paths_file(beton: str | Path) -> Path:
+    return Path(f"{beton}{PATHS_SUFFIX}")
+
+
+def relative_source_path(path: str, root: Path) -> str:
+    """`<class dir>/<file>` for an ImageFolder root; for a list file, relative to its folder when
+    the image lies under it, else the absolute path."""
+    p = Path(path)
+    try:
+        return p.relative_to(root).as_posix()
+    except ValueError:
+        try:
+            return p.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            return p.resolve().as_posix()
+
+
+def source_root(src: Path) -> Path:
+    return src if src.is_dir() else src.parent
+
+
+def encode_paths(rel_paths: list[str]) -> bytes:
+    return "".join(f"{p}\n" for p in rel_paths).encode("utf-8", "surrogateescape")
+
+
+def bad_path_reason(rel: str) -> str | None:
+    """Names the one-path-per-line list cannot hold (the converter skips them with this reason)."""
+    if "\n" in rel or "\r" in rel:
+        return "file name contains a line break (cannot be recorded in the paths list)"
+    return None
+
+
+def read_source_paths(beton: str | Path, meta: dict, paths: str | Path | None = None) -> list[str]:
+    """The beton's per-sample source paths, checked against meta.json.
+
+    `paths` overrides the recorded file (a list the user supplies for an older beton): one
+    path per line, as many lines as the beton has samples.
+    """
+    import hashlib
+
+    n = int(meta["num_samples"])
+    fix = (f"re-run python -m rmt_dist.data.convert SRC {beton} --record-paths (writes the list for this "
+           f"beton from its unchanged source folder), or pass --paths FILE (one `<class dir>/<file>` per "
+           f"sample, in beton order)")
+    if paths is None:
+        rec = meta.get("paths")
+        if not rec:
+            raise DataError(f"{beton} has no recorded source paths (converted before they were recorded); {fix}")
+        path = Path(beton).with_name(rec["file"])
+        if not path.is_file():
+            raise DataError(f"{path}: source paths list of {beton} is missing; {fix}")
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != rec["sha256"]:
+            raise DataError(f"{path} does not match the sha256 in {beton}.meta.json (changed after conversion); {fix}")
+    else:
+        path = Path(paths)
+        if not path.is_file():
+            raise DataError(f"--paths {path}: no such file")
+        data = path.read_bytes()
+    lines = data.decode("utf-8", "surrogateescape").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if len(lines) != n:
+        raise DataError(f"{path} lists {len(lines)} paths but {beton} has {n} samples; {fix}")
+    return lines

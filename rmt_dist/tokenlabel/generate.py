@@ -1,8 +1,23 @@
 """python -m rmt_dist.tokenlabel.generate TRAIN.beton OUT_STORE --teacher NAME [--checkpoint PATH] ...
 
-Runs a teacher over every image of a training beton (whole image resized to --img-size)
-and stores, per sample, the top-k class logits and indices at every location of the
-teacher's final feature map (see store.py for the layout and disk cost).
+Runs a teacher over every image of a training beton and stores, per sample, the top-k
+class logits and indices at every location of the teacher's final feature map (see
+store.py for the layout and disk cost). What the teacher sees (--view, recorded in the
+store's meta so the loader maps crops into it, view.py):
+
+    squash        the whole image resized to --img-size x --img-size (aspect not kept)
+    center-crop   timm's eval transform with tlt's --crop-pct: short side resized to
+                  int(img_size / crop_pct), centre img_size x img_size crop, i.e. the
+                  centred square of crop_pct x short side (TokenLabeling's published maps:
+                  --teacher dm_nfnet_f6 --pretrained --img-size 576 --view center-crop
+                  --crop-pct 1.0, 18x18 maps)
+
+Cost of the paper's teacher: NFNet-F6 at 576 px is 377 GMACs per image (timm dm_nfnet_f6,
+torch FlopCounterMode), 9.7e20 FLOP for ImageNet's 1.28 M images: ~900 H100 GPU-hours at
+30% of the bf16 peak (an estimate). Importing the published maps instead takes ~20 min
+(python -m rmt_dist.tokenlabel.import_tlt). Teacher pixels come from this project's
+decoder (one resize of the view box), not PIL's bicubic resize as in tlt: regenerated
+maps are close to, not bit-equal with, the published ones.
 
 Distributed: launch with torchrun (or under SLURM with RANK/WORLD_SIZE set); ranks split
 the chunks. Resumable: each finished chunk is a file under OUT_STORE/parts/, and a re-run
@@ -25,6 +40,15 @@ import torch
 
 from .store import StoreMeta, TokenLabelStoreError, generation_key
 from .teacher import build_teacher, per_location_logits
+from .view import TeacherView, TeacherViewError
+
+
+def teacher_view(args: argparse.Namespace) -> TeacherView:
+    try:
+        return TeacherView("squash" if args.view == "squash" else "center_crop",
+                           args.crop_pct if args.view == "center-crop" else 1.0)
+    except TeacherViewError as e:
+        raise TokenLabelStoreError(f"--crop-pct: {e}") from None
 
 
 def _beton_info(beton: Path) -> tuple[int, int]:
@@ -58,15 +82,24 @@ def _part(store: Path, chunk: int) -> Path:
     return store / "parts" / f"chunk_{chunk:06d}.npz"
 
 
-def _batches(images, decoder, rows: np.ndarray, img_size: int, batch_size: int):
-    """(uint8 NHWC batch, labels) of whole images resized to img_size, in `rows` order.
+def view_boxes(view: TeacherView, heights: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """[B, 4] int64 (top, left, height, width) stored-image pixels of the teacher's view.
 
-    The teacher sees the whole image (box = full image) because the student's crops are
-    later expressed as fractions of the full image.
+    One resize of this box to img_size equals timm's eval transform (short side to
+    img_size / crop_pct, centre crop img_size) up to pixel rounding.
     """
+    r = view.rect(heights, widths)
+    h, w = np.asarray(heights, np.float64), np.asarray(widths, np.float64)
+    top, left = np.round(r[:, 1] * h), np.round(r[:, 0] * w)
+    bottom, right = np.round(r[:, 3] * h), np.round(r[:, 2] * w)
+    return np.stack([top, left, np.maximum(bottom - top, 1), np.maximum(right - left, 1)], 1).astype(np.int64)
+
+
+def _batches(images, decoder, rows: np.ndarray, img_size: int, batch_size: int, view: TeacherView):
+    """(uint8 NHWC batch, labels) of each image's view resized to img_size, in `rows` order."""
     for start in range(0, len(rows), batch_size):
         idx = rows[start:start + batch_size]
-        boxes = np.stack([np.zeros_like(idx), np.zeros_like(idx), images.heights[idx], images.widths[idx]], 1)
+        boxes = view_boxes(view, images.heights[idx], images.widths[idx])
         out = np.empty((len(idx), img_size, img_size, 3), np.uint8)
         decoder.decode(idx, boxes, np.zeros(len(idx), bool), out)
         yield torch.from_numpy(out), torch.from_numpy(images.labels[idx])
@@ -77,7 +110,8 @@ def _label_chunk(model, images, decoder, rows, args, device, mean, std, bar) -> 
     scores, idx = [], []
     correct = 0
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    for batch, labels in _batches(images, decoder, rows, args.img_size, args.batch_size):
+    view = teacher_view(args)
+    for batch, labels in _batches(images, decoder, rows, args.img_size, args.batch_size, view):
         x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255).sub_(mean).div_(std)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             logits = per_location_logits(model, x).float()
@@ -123,6 +157,7 @@ def _consolidate(store: Path, meta: StoreMeta, num_chunks: int, chunk_size: int)
 def generate(args: argparse.Namespace) -> StoreMeta:
     beton, store = Path(args.beton), Path(args.store)
     num_samples, num_classes = _beton_info(beton)
+    view = teacher_view(args)
     rank, world = _dist()
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
@@ -141,7 +176,7 @@ def generate(args: argparse.Namespace) -> StoreMeta:
         teacher=args.teacher, teacher_checkpoint=str(args.checkpoint) if args.checkpoint else None,
         img_size=args.img_size, topk=args.topk, map_h=probe.shape[1], map_w=probe.shape[2],
         num_classes=num_classes, beton=str(beton), beton_fingerprint=beton_fingerprint(beton),
-        num_samples=num_samples,
+        num_samples=num_samples, view=view.to_dict(),
     )
     if args.topk > num_classes:
         raise TokenLabelStoreError(f"--topk {args.topk} exceeds the dataset's {num_classes} classes")
@@ -152,7 +187,8 @@ def generate(args: argparse.Namespace) -> StoreMeta:
                 if not args.overwrite:
                     raise TokenLabelStoreError(
                         f"{str(store)!r} holds a store made with other settings (teacher {old.teacher}, "
-                        f"img_size {old.img_size}, topk {old.topk}, beton {old.beton}); pass --overwrite to replace it"
+                        f"img_size {old.img_size}, topk {old.topk}, view {TeacherView.from_dict(old.view).describe()}, "
+                        f"beton {old.beton}); pass --overwrite to replace it"
                     )
                 shutil.rmtree(store)
             elif old.complete:
@@ -209,8 +245,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--checkpoint", default=None,
                    help="teacher weights: .safetensors/.pth file, or a run/checkpoint dir of this project")
     p.add_argument("--ema", action="store_true", help="use the EMA weights of the checkpoint")
-    p.add_argument("--pretrained", action="store_true", help="use timm's pretrained weights (needs the hub)")
+    p.add_argument("--pretrained", action="store_true",
+                   help="use timm's pretrained weights: downloaded from the Hugging Face hub, so the node needs "
+                        "internet (or run once where it has, with HF_HOME on a shared file system)")
     p.add_argument("--img-size", type=int, default=224, help="teacher input side (TokenLabeling: 576 for NFNet-F6)")
+    p.add_argument("--view", choices=("squash", "center-crop"), default="squash",
+                   help="what the teacher sees: the whole image squashed to img_size, or timm's eval centre crop "
+                        "(TokenLabeling: center-crop)")
+    p.add_argument("--crop-pct", type=float, default=1.0,
+                   help="center-crop only, tlt/timm meaning: short side resized to img_size / crop_pct, centre "
+                        "img_size crop (TokenLabeling: 1.0)")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=min(8, len(os.sched_getaffinity(0))))

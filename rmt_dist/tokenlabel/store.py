@@ -5,8 +5,14 @@ Layout of a store directory (e.g. `train.tokenlabel/`):
     meta.json      what it was made from: teacher, checkpoint, img_size, topk, map size,
                    num_classes, source beton path + fingerprint + num_samples; `complete`
     scores.npy     float16 [N, H, W, k]  teacher logits of the top-k classes per location
+                                         (raw, before softmax; targets.py softmaxes a dense
+                                         map that is 0 outside the top-k, as TokenLabeling)
     indices.npy    int16   [N, H, W, k]  their class indices
     parts/         per-chunk results while generating (removed once consolidated)
+    fallback.tsv   imported stores only, if --allow-missing was used: the samples without a
+                   usable label file (sample index, file, reason)
+
+`meta.json`'s `view` says which region of each image the maps cover (view.py).
 
 Rows are aligned to the beton's sample indices, so the loader gathers labels by the index
 FFCV gives each sample; no image bytes are copied. Disk: N x H x W x k x 4 bytes, e.g.
@@ -44,6 +50,13 @@ class StoreMeta:
     # Region of each source image the maps cover (view.py); None = written before views
     # were recorded, which can only be the squashed whole image.
     view: dict | None = None
+    # Where the maps came from when not generated here, e.g. "tlt:/data/label_top5_train_nfnet"
+    # (import_tlt.py); None = made by generate.py.
+    source: str | None = None
+    # Samples whose label file was missing or unusable and that were imported with
+    # --allow-missing: their maps say "the ground-truth class" at every location (listed with
+    # reasons in fallback.tsv). 0 for generated stores.
+    fallback_samples: int = 0
 
     @classmethod
     def read(cls, store: Path) -> StoreMeta:
@@ -66,6 +79,10 @@ def generation_key(meta: StoreMeta) -> dict:
     """What must match for a half-finished store to be resumed instead of rebuilt."""
     d = asdict(meta)
     d.pop("complete")
+    d.pop("fallback_samples")
+    from .view import TeacherView
+
+    d["view"] = TeacherView.from_dict(d["view"]).to_dict()  # None (older stores) is squash
     return d
 
 
@@ -77,9 +94,10 @@ class TokenLabelStore:
         self.path = Path(path)
         self.meta = StoreMeta.read(self.path)
         if not self.meta.complete:
+            tool = "import_tlt" if (self.meta.source or "").startswith("tlt:") else "generate"
             raise TokenLabelStoreError(
-                f"token-label store {str(self.path)!r} is incomplete (generation was interrupted); "
-                f"re-run python -m rmt_dist.tokenlabel.generate with the same arguments to finish it"
+                f"token-label store {str(self.path)!r} is incomplete (its {tool} run was interrupted or failed); "
+                f"re-run python -m rmt_dist.tokenlabel.{tool} with the same arguments to finish it"
             )
         if beton is not None:
             from ..data import beton_fingerprint
@@ -96,6 +114,13 @@ class TokenLabelStore:
                 f"token-label store {str(self.path)!r} has {self.meta.num_classes} classes but the model "
                 f"has model.num_classes={num_classes}; use a teacher trained on the same classes"
             )
+        if self.meta.fallback_samples:
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "token-label store %s: %d samples had no usable label file (imported with --allow-missing) "
+                "and train on their ground-truth class; listed in %s", self.path, self.meta.fallback_samples,
+                self.path / "fallback.tsv")
         self.scores = np.load(self.path / "scores.npy", mmap_mode="r")
         self.indices = np.load(self.path / "indices.npy", mmap_mode="r")
         expected = (self.meta.num_samples, self.meta.map_h, self.meta.map_w, self.meta.topk)
