@@ -211,8 +211,18 @@ def run_cuda_tests(out: Path, parts: Path, budget: float, per_test_s: int = 150)
     result = tests_json(junit, rc, "".join(lines), timed_out)
     write_json(out, result)
     print(f"CUDA tests: {result['summary']} (pytest rc {rc}{', stopped at the budget' if timed_out else ''})")
-    # pytest exits 5 when every test was deselected/skipped (a CPU dry run): not a failure here.
-    return 0 if rc in (0, 5) else rc
+    return stage_status(result)
+
+
+def stage_status(result: dict) -> int:
+    """The stage's exit status: 0 when nothing failed. pytest's own 1 also covers a module
+    skipped for a package this machine lacks, and 5 a run where every test was skipped."""
+    summary, rc = result["summary"], result["pytest_rc"]
+    if result["timed_out"]:
+        return 124
+    if summary["failed"] or summary["error"]:
+        return rc or 1
+    return 0 if rc in (0, 1, 5) else rc
 
 
 # ---- device RandAugment ---------------------------------------------------------------------
@@ -310,6 +320,7 @@ def read_stages(parts: Path) -> list[dict]:
         rc_i = int(rc) if rc.lstrip("-").isdigit() else None
         stages.append({"stage": name, "budget_s": int(budget), "rc": rc_i, "wall_s": int(wall),
                        "status": "skipped: out of time" if rc == "skipped" else
+                       "not selected (GPU_CHECK_ONLY)" if rc == "not-selected" else
                        "timed out" if rc_i in (124, 137) else "ok" if rc_i == 0 else f"failed (rc {rc})"})
     return stages
 
@@ -357,24 +368,23 @@ def collect(out: Path, parts: Path, models: list[str]) -> dict:
     return train
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
+    # A stage's default time: its budget in gpu_check.sh (exported) less a margin for the JSON.
+    budget = float(os.environ.get("GPU_CHECK_STAGE_BUDGET", 170)) - 10
     e = sub.add_parser("env", help="GPU, driver, versions and the measured bf16 matmul peak")
     e.add_argument("out", type=Path)
     e.add_argument("--device", default="cuda")
-    budget = float(os.environ.get("GPU_CHECK_STAGE_BUDGET", 170))
     t = sub.add_parser("tests", help="the CUDA tests, as JSON (modules needing ffcv & co. count as skipped)")
     t.add_argument("out", type=Path)
     t.add_argument("parts", type=Path, help="scratch folder (junit XML)")
-    t.add_argument("--budget", type=float, default=budget - 10, help="stop pytest after this many s")
-    pc = sub.add_parser("precompile", help="one fast step per model in parallel (fills the inductor cache)")
+    t.add_argument("--budget", type=float, default=budget, help="stop pytest after this many s")
+    pc = sub.add_parser("precompile", help="one fast step per model in parallel (fills the inductor cache); "
+                        "bench/train_step.py's arguments follow a --")
     pc.add_argument("parts", type=Path)
     pc.add_argument("--models", required=True)
-    pc.add_argument("--budget", type=float, default=budget - 10)
-    argv = sys.argv[1:] if argv is None else argv
-    train_args = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
+    pc.add_argument("--budget", type=float, default=budget)
     r = sub.add_parser("randaugment", help="ms per batch of the device RandAugment stage")
     r.add_argument("out", type=Path)
     r.add_argument("--device", default="cuda")
@@ -386,7 +396,19 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("out", type=Path)
     c.add_argument("parts", type=Path)
     c.add_argument("--models", default="rmt_t,rmt_s,rmt_b,rmt_l")
-    a = p.parse_args(argv)
+    return p
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """(this command's arguments, bench/train_step.py's arguments after a `--`)."""
+    if "--" in argv:
+        cut = argv.index("--")
+        return build_parser().parse_args(argv[:cut]), argv[cut + 1:]
+    return build_parser().parse_args(argv), []
+
+
+def main(argv: list[str] | None = None) -> int:
+    a, train_args = parse(sys.argv[1:] if argv is None else argv)
     if a.cmd == "env":
         info = env_info(a.device)
         write_json(a.out, info)
@@ -401,6 +423,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(result, indent=1))
     else:
         collect(a.out, a.parts, a.models.split(","))
+    return 0
 
 
 if __name__ == "__main__":

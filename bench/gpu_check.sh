@@ -38,6 +38,9 @@
 # the measured peak), profile_rmt_l_fast.json, randaugment_device.json, stages.json (each
 # stage's budget, wall time and exit status). They are rewritten after every stage, so a run
 # cut short still leaves what it measured.
+#
+# GPU_CHECK_ONLY=train_rmt_l,cuda_tests runs only the stages named (a rerun after a fix;
+# the inductor cache of the first run is reused on the same machine).
 
 set -uo pipefail
 
@@ -61,7 +64,10 @@ PY=${PYTHON:-python3}
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 # Kept between runs on one machine: a rerun compiles from cache.
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-${TMPDIR:-/tmp}/rmt_gpu_check_inductor}
-PARTS=$(mktemp -d "${TMPDIR:-/tmp}/rmt_gpu_check.XXXXXX")
+# Per-stage outputs, merged into OUT_DIR by `collect`; kept for a GPU_CHECK_ONLY rerun.
+PARTS=${TMPDIR:-/tmp}/rmt_gpu_check_parts_$(printf '%s' "$OUT" | cksum | cut -d' ' -f1)
+[[ -n "${GPU_CHECK_ONLY:-}" ]] || rm -rf "$PARTS"
+mkdir -p "$PARTS" || exit 1
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1
 
 TOTAL=${GPU_CHECK_TOTAL_S:-520}
@@ -89,6 +95,10 @@ collect() {
 stage() {
   local name=$1; shift
   local budget=${BUDGET[$name]} left=$((TOTAL - (SECONDS - START) - 5)) t0=$SECONDS rc
+  if [[ -n "${GPU_CHECK_ONLY:-}" && ",$GPU_CHECK_ONLY," != *",$name,"* ]]; then
+    printf '%s\t%s\tnot-selected\t0\n' "$name" "$budget" >> "$PARTS/stages.tsv"
+    return
+  fi
   if (( left < 15 )); then
     echo "=== $name: skipped, ${left}s left of ${TOTAL}s ==="
     printf '%s\t%s\tskipped\t0\n' "$name" "$budget" >> "$PARTS/stages.tsv"
@@ -128,4 +138,3 @@ done
 collect
 echo "gpu_check.sh: done in $((SECONDS - START))s; results in $OUT"
 "$PY" -c "import json, sys; print(json.dumps(json.load(open(sys.argv[1])), indent=1))" "$OUT/stages.json"
-rm -rf "$PARTS"

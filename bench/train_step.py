@@ -423,13 +423,14 @@ def write_rows(out: Path, rows: list[Row]) -> None:
     tmp.replace(out)
 
 
-def count_graphs(args: argparse.Namespace) -> list[dict]:
-    """Graphs (and recompiles) each compile mode makes over 3 training steps of the fast path,
+def count_graphs(args: argparse.Namespace, modes: tuple[str, ...] = ("blocks", "shared-blocks", "model"),
+                 steps: int = 3) -> list[dict]:
+    """Graphs (and recompiles) each compile mode makes over `steps` training steps of the fast path,
     with a backend that only counts: what inductor would have to compile, at no codegen cost."""
     device = torch.device(args.device)
     results = []
     for name in args.models:
-        for mode in ("blocks", "shared-blocks", "model"):
+        for mode in modes:
             torch._dynamo.reset()
             per_step = []
 
@@ -443,7 +444,7 @@ def count_graphs(args: argparse.Namespace) -> list[dict]:
             y = torch.randint(0, 1000, (2,), device=device)
             if args.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            for _ in range(3):
+            for _ in range(steps):
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
                     loss = F.cross_entropy(run(x), y)
                 loss.backward()
