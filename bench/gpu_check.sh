@@ -26,11 +26,16 @@
 #   total       505 s  + ~10 s of collecting; the stages' sum stays under the 520 s cap
 #
 # Compile mode: --compile shared-blocks (bench/train_step.py): per-block regional compile
-# with the blocks of a stage sharing one graph, 4 graphs per model. Measured on CPU with a
-# counting backend (`bench/train_step.py --count-graphs`, docs/perf.md): the engine's
-# per-block `blocks` compile makes one graph per block (rmt_t 14, rmt_s 29, rmt_b 45,
-# rmt_l 45), since dynamo guards on each block's DropPath float; `model` makes 1 graph and
-# recompiles it once (2 compiles of the whole network). 4 x 4 graphs fit the precompile stage.
+# with the blocks of a stage sharing one graph. Measured on CPU with a counting backend
+# (`bench/train_step.py --count-graphs --precision bf16`, torch 2.13 and 2.11, docs/perf.md):
+#   graphs       rmt_t  rmt_s  rmt_b  rmt_l
+#   blocks         14     29     45     45   the engine's per-block compile: dynamo guards on
+#                                            each block's DropPath float, one graph per block
+#   shared-blocks   4      4      6      6   one per stage (+1 in each layer-scale stage: its
+#                                            first block takes bf16 in, the others fp32)
+#   model           2      2      2      2   the whole network, compiled twice (the stage
+#                                            tables are cached after step 1)
+# so the GPU compiles 20 block graphs in all (each forward + backward), 4 processes at once.
 #
 # OUT_DIR gets (7 files): gpu_check.log (everything printed), env.json, cuda_tests.json,
 # h200_train_step.json ({"gpu", "driver", "torch", "rows": [{"model", "path", "img_per_s",

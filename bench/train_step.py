@@ -19,8 +19,9 @@ device (the loader is not measured). Two paths per model, each built fresh:
                    so every block is its own graph: RMT-L 45 graphs, each an inductor compile.
     shared-blocks  as blocks, but drop path keeps its probability in a tensor (same
                    distribution, see StochasticDepth), so the blocks of a stage share one
-                   graph: 4 graphs for every size. The default on CUDA: RMT-L's compile fits
-                   a short GPU session.
+                   graph: 4 graphs for RMT-T/S, 6 for RMT-B/L (in a layer-scale stage the first
+                   block takes bf16 in, the others fp32). The default on CUDA: RMT-L's compile
+                   fits a short GPU session.
     model          torch.compile of the whole model: 1 graph, recompiled once on the second
                    step (the stage tables are cached on the first), each a compile of all blocks.
 

@@ -256,7 +256,7 @@ SyntaxError: invalid syntax</error></testcase>
 </testsuite></testsuites>"""
 
 
-def test_cuda_test_results_count_a_module_needing_ffcv_as_skipped(gpu_check, tmp_path):
+def test_gpu_test_results_count_a_module_needing_ffcv_as_skipped(gpu_check, tmp_path):
     junit = tmp_path / "j.xml"
     junit.write_text(JUNIT)
     result = gpu_check.tests_json(junit, rc=1)
@@ -268,7 +268,7 @@ def test_cuda_test_results_count_a_module_needing_ffcv_as_skipped(gpu_check, tmp
     only_ffcv = {**result, "summary": {"passed": 1, "failed": 0, "error": 0, "skipped": 2}}
     assert gpu_check.stage_status(only_ffcv) == 0  # pytest said 1 for the module it could not import
     # pytest stopped before writing its XML: the -v lines are what is left
-    output = "tests/test_m.py::test_cuda_x[a] PASSED [ 50%]\ntests/test_m.py::test_cuda_x[b] FAILED [100%]\n"
+    output = "tests/test_m.py::test_x[a] PASSED [ 50%]\ntests/test_m.py::test_x[b] FAILED [100%]\n"
     result = gpu_check.tests_json(tmp_path / "missing.xml", rc=124, output=output, timed_out=True)
     assert result["summary"]["passed"] == 1 and result["summary"]["failed"] == 1 and result["timed_out"]
 
