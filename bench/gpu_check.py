@@ -40,6 +40,19 @@ def write_json(path: Path, data) -> None:
     tmp.replace(path)
 
 
+def end_groups_on_sigterm(procs: list[subprocess.Popen]) -> None:
+    """The stage's `timeout` signals this process only; the children run in their own sessions
+    (so a deadline can end their whole trees), so end those trees too."""
+
+    def handler(signum, frame):
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        raise SystemExit(124)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def read_json(path: Path, default=None):
     try:
         return json.loads(path.read_text())
@@ -189,6 +202,7 @@ def run_cuda_tests(out: Path, parts: Path, budget: float, per_test_s: int = 150)
         cmd.insert(5, f"--timeout={per_test_s}")
     print("CUDA tests:", " ".join(cmd[1:]), flush=True)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    end_groups_on_sigterm([proc])
     lines: list[str] = []
     deadline = time.monotonic() + budget
     timed_out = False
@@ -294,6 +308,7 @@ def precompile(parts: Path, models: list[str], budget: float, train_args: list[s
                "--steps", "1", "--warmup", "1", "--json", str(parts / f"precompile_{model}.json")]
         procs[model] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                          start_new_session=True), log)
+    end_groups_on_sigterm([proc for proc, _ in procs.values()])
     deadline = time.monotonic() + budget
     rc = 0
     for model, (proc, log) in procs.items():
