@@ -150,7 +150,10 @@ class RMTStage(nn.Module):
         impl = resolve_attn_impl(self.attn_impl, x.device.type)
         # Under autocast q/k come out of the projections in the autocast dtype.
         device_type = x.device.type
-        autocast = torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+        # Not torch.amp.is_autocast_available: torch 2.11's dynamo breaks the graph on it (10
+        # breaks in a whole-model compile). Of the devices the model meets, only meta (the
+        # flop counter's) has no autocast state.
+        autocast = device_type != "meta" and torch.is_autocast_enabled(device_type)
         dtype = torch.get_autocast_dtype(device_type) if autocast else x.dtype
         return self.tables.get(height, width, x.device, dtype, table_kind(impl, self.decomposed))
 
