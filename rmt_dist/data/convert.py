@@ -39,6 +39,7 @@ from tqdm import tqdm
 from .errors import DataError
 from .images import BadImage, load_rgb
 from .meta import beton_fingerprint, meta_path, write_json_atomic
+from .verify import full_checksum
 from .sources import Sample, check_labels, class_map_from_labels, list_samples, load_class_map
 
 DEFAULT_MAX_RESOLUTION = 512
@@ -174,6 +175,7 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, classes: str | os
             "settings": {"max_resolution": max_resolution, "jpeg_quality": jpeg_quality,
                          "compress_probability": compress_probability},
             "fingerprint": beton_fingerprint(tmp),
+            "checksum": full_checksum(tmp),  # every byte: python -m rmt_dist.data.verify checks it
         }
         write_json_atomic(meta_path(out), meta)
         os.replace(tmp, out)  # last: OUT exists only once complete
