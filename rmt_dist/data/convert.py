@@ -39,8 +39,8 @@ from tqdm import tqdm
 from .errors import DataError
 from .images import BadImage, load_rgb
 from .meta import beton_fingerprint, meta_path, write_json_atomic
-from .verify import full_checksum
 from .sources import Sample, check_labels, class_map_from_labels, list_samples, load_class_map
+from .verify import full_checksum
 
 DEFAULT_MAX_RESOLUTION = 512
 DEFAULT_JPEG_QUALITY = 90

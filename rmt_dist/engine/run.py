@@ -10,6 +10,7 @@ resumed), 1 for a failure (divergence, a save that failed, e.g. on a full disk).
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from pathlib import Path
@@ -26,6 +27,10 @@ from .trainer import Trainer, TrainingDiverged
 log = logging.getLogger("rmt_dist.train")
 
 BAD_INPUT = (ConfigError, DataError, TokenLabelStoreError, ResumeError, LaunchError)
+
+
+class RunDirFailure(RuntimeError):
+    """The run dir could not be written (a full disk): a failure (exit 1), not bad input."""
 
 
 class _StartFailed(Exception):
@@ -69,8 +74,10 @@ def _prepare_run_dir(cfg: Config, check_betons: bool):
     try:
         lock = RunDirLock(run_dir).acquire()
     except OSError as e:
-        raise LaunchError(f"run.dir={cfg.run.dir} cannot be used: {describe_error(e)}; "
-                          f"{_disk_hint(e, run_dir)}") from None
+        line = f"run.dir={cfg.run.dir} cannot be used: {describe_error(e)}; {_disk_hint(e, run_dir)}"
+        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST):
+            raise LaunchError(line) from None  # bad input: choose another run.dir
+        raise RunDirFailure(line) from None
     try:
         check_not_finished(run_dir)
         if check_betons:
@@ -78,7 +85,7 @@ def _prepare_run_dir(cfg: Config, check_betons: bool):
         try:
             atomic_write(run_dir / "config.yaml", to_yaml(cfg))
         except OSError as e:
-            raise CheckpointSaveError(f"writing {run_dir / 'config.yaml'} failed: {describe_error(e)}; "
+            raise RunDirFailure(f"writing {run_dir / 'config.yaml'} failed: {describe_error(e)}; "
                                       f"{_disk_hint(e, run_dir)}") from None
     except BaseException:
         lock.release()
@@ -95,7 +102,7 @@ def _start(cfg: Config, info: DistInfo, check_betons: bool):
         except BAD_INPUT as e:
             log.error("error: %s", e)
             code = preempt.EXIT_BAD_INPUT
-        except CheckpointSaveError as e:
+        except RunDirFailure as e:
             log.error("error: %s", e)
             code = preempt.EXIT_FAILED
     code = broadcast_object(code)

@@ -129,9 +129,10 @@ class RunDirLock:
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
-        except OSError:
-            os.close(fd)
-            raise
+        except OSError as e:
+            if e.errno != errno.ENOSPC:  # a full disk: the flock holds; the next write says why
+                os.close(fd)
+                raise
         self._fd = fd
         return self
 
