@@ -23,8 +23,10 @@ from test_engine_support import digits_dir, records, train_losses
 
 import rmt_dist  # noqa: F401
 from rmt_dist.engine.checkpoint import MARKER, TRAIN_STATE, list_step_dirs
-from rmt_dist.launching.rundir import LOCK, RunDirLock, mark_finished
+from rmt_dist.launching.rundir import mark_finished
 from rmt_dist.train import main
+
+LOCK = "run.lock"  # rmt_dist.launching.rundir.LOCK
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -287,6 +289,12 @@ def test_stale_lock_of_a_requeued_job_is_taken_over(tmp_path, monkeypatch):
 
 
 # -- case 2 (and 1 with real runs): ranks die with their launcher -----------------------------
+def RunDirLock(run_dir):  # noqa: N802  (imported late: the tests must run, and fail, on code without it)
+    from rmt_dist.launching.rundir import RunDirLock as lock
+
+    return lock(run_dir)
+
+
 def _rank_pids(marker: str) -> list[int]:
     pids = []
     for d in Path("/proc").iterdir():

@@ -336,6 +336,9 @@ class CheckpointManager:
         got = broadcast_object(([str(p) for p in found], {str(k): v for k, v in skipped.items()})
                                if found is not None else None)
         self.skipped.update({Path(k): v for k, v in got[1].items()})
+        # Sealed but damaged: not ours to delete (the user may restore them); only a save
+        # of the same step replaces one.
+        self.unreadable.update(p for p in self.skipped if (p / MARKER).is_file())
         return [Path(p) for p in got[0]]
 
     def verify(self, path: Path) -> str | None:

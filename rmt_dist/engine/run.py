@@ -135,10 +135,12 @@ def run(cfg: Config, info: DistInfo | None = None, train_loader=None, eval_loade
     except _StartFailed as e:
         return e.code
     except (TrainingDiverged, CheckpointSaveError) as e:
-        log.error("error: %s", e)
+        if info.is_main:  # every rank raised the same (agreed) error: one line, from rank 0
+            log.error("error: %s", e)
         return preempt.EXIT_FAILED
     except BAD_INPUT as e:  # bad input: one line, no traceback
-        log.error("error: %s", e)
+        if info.is_main or not isinstance(e, ResumeError):
+            log.error("error: %s", e)
         return preempt.EXIT_BAD_INPUT
     except OSError as e:  # a full disk or a run dir gone read-only mid-run
         log.error("error: training failed on rank %d: %s; %s", info.rank, describe_error(e),
