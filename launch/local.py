@@ -132,8 +132,9 @@ def run(args: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "rmt_dist.train", args.recipe, *args.overrides]
     rc, rank = run_ranks(cmd, nproc, args.grace)
     if rc != 0 and rank is not None:
-        what = {2: "bad input", 75: "preempted: relaunch the same command to resume"}.get(rc, "failed")
-        print(f"local run: rank {rank} exited with {rc} ({what}; its error is above)", file=sys.stderr, flush=True)
+        what = {2: "bad input; its error is above", 75: "preempted after saving: relaunch the same command to "
+                "resume"}.get(rc, "failed; its error is above")
+        print(f"local run: rank {rank} exited with {rc} ({what})", file=sys.stderr, flush=True)
     if finished_after(rc, cfg.run.stop_after_steps):
         mark_finished(run_dir, nproc=nproc)
     return rc

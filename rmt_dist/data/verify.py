@@ -96,7 +96,10 @@ def full_checksum(path: str | os.PathLike, progress: bool = False) -> str:
 def verify_beton(path: str | os.PathLike, progress: bool = True) -> str:
     """The cheap checks and the full checksum; one line describing the result, or DataError."""
     path = os.fspath(path)
-    meta = check_beton(path, path)
+    try:
+        meta = check_beton(path, "BETON")
+    except DataError as e:  # name the file once: "BETON: PATH ..." -> "PATH ..."
+        raise DataError(str(e).removeprefix("BETON: ")) from None
     want = meta.get("checksum")
     got = full_checksum(path, progress=progress)
     if want is None:

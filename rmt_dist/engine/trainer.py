@@ -228,7 +228,7 @@ class Trainer:
             if isinstance(model, dict) and key in model and model[key] != getattr(cfg.model, key):
                 return (f"holds a model with model.{key}={model[key]} but this run has model.{key}="
                         f"{getattr(cfg.model, key)}; relaunch with model.{key}={model[key]}, or pass "
-                        "run.dir=<new dir> (to start from its weights, set model.init_checkpoint)")
+                        "run.dir=<new dir>")
         return None
 
     def _restore_position(self, path) -> None:
