@@ -213,5 +213,25 @@ def load_config(recipe: str | os.PathLike, overrides: list[str] | tuple[str, ...
         raise ConfigError(f"{recipe}: missing required value {key} (set it in the recipe or pass {key}=...)")
     from .validate import validate
 
-    validate(cfg, str(recipe))
+    try:
+        validate(cfg, str(recipe))
+    except ConfigError as e:
+        raise _blame(e, str(recipe), prov) from None
     return cfg
+
+
+_KEY = re.compile(r"\b([a-z_]+\.[a-z_]+)\b")
+
+
+def _blame(e: ConfigError, recipe: str, prov: dict[str, str]) -> ConfigError:
+    """validate() names the recipe; name where the offending key was set instead (a base
+    file, or the command line for a `key=value` override)."""
+    text = str(e)
+    body = text[len(recipe) + 2:] if text.startswith(recipe + ": ") else text
+    for key in _KEY.findall(body):
+        where = prov.get(key)
+        if where and where != recipe:
+            return ConfigError(f"{where}: {body}")
+        if where:
+            break
+    return e

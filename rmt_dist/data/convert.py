@@ -57,6 +57,7 @@ from .sources import (
     relative_source_path,
     source_root,
 )
+from .verify import full_checksum
 
 DEFAULT_MAX_RESOLUTION = 512
 DEFAULT_JPEG_QUALITY = 90
@@ -196,6 +197,7 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, classes: str | os
                          "compress_probability": compress_probability},
             "fingerprint": beton_fingerprint(tmp),
             "paths": _write_paths(out, good_rel),
+            "checksum": full_checksum(tmp),  # every byte: python -m rmt_dist.data.verify checks it
         }
         write_json_atomic(meta_path(out), meta)
         os.replace(tmp, out)  # last: OUT exists only once complete

@@ -48,11 +48,17 @@ def beton_fingerprint(path: str | os.PathLike) -> str:
     path = os.fspath(path)
     try:
         reader = Reader(path)
-    except (OSError, AssertionError, ValueError) as e:
-        raise DataError(f"{path}: not a readable FFCV .beton ({e})") from e
-    size = os.path.getsize(path)
-    metadata_end = reader.header.nbytes + reader.field_descriptors.nbytes + reader.metadata.nbytes
-    table = reader.alloc_table
+        size = os.path.getsize(path)
+        metadata_end = reader.header.nbytes + reader.field_descriptors.nbytes + reader.metadata.nbytes
+        table = reader.alloc_table
+        # A truncated file: FFCV's Reader maps what is there and fails (or not) later.
+        end = int((table["ptr"] + table["size"]).max()) if len(table) else metadata_end
+        if end > size:
+            raise ValueError(f"its data runs to byte {end} but the file has {size} bytes")
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001  (ffcv raises IndexError, struct errors, ... on damaged files)
+        raise DataError(f"{path}: not a readable FFCV .beton ({type(e).__name__}: {e})") from None
     h = hashlib.sha256()
     h.update(f"size={size};samples={reader.num_samples};".encode())
     with open(path, "rb") as f:

@@ -6,10 +6,16 @@ Layout of one checkpoint:
     ds_universal/         ds/ in DeepSpeed's universal format, made at a resume on another world size
     rank_XXXXX.pt         per-rank RNG states (python, numpy, torch, cuda) and grad scaler
     train_state.json      step, epoch, position in the epoch, counters, world size
-    COMPLETE              written last: a manifest {file: size} of everything above
+    COMPLETE              written last: a manifest {file: {size, crc32}} of everything above
 and checkpoints/latest names the newest complete checkpoint; it is replaced (atomically)
-only after COMPLETE exists. A directory without a valid COMPLETE, or whose files do not
-match the manifest (truncated, missing), is skipped at resume with a warning naming it.
+only after COMPLETE exists. The crc32s are computed right after writing, each rank
+reading its share of the files, and verified the same way before a checkpoint is loaded.
+A directory without a valid COMPLETE, or whose files do not match the manifest (missing,
+truncated, a checksum mismatch), is skipped at resume with a warning naming the file, and
+the next older complete one is tried.
+
+A failed save (disk full, read-only file system, a DCP error) removes its directory on
+every rank and raises CheckpointSaveError with one line; the older checkpoints stay.
 """
 
 from __future__ import annotations
@@ -20,12 +26,13 @@ import os
 import random
 import re
 import shutil
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .distributed import DistInfo, barrier, broadcast_object
+from .distributed import DistInfo, all_gather_object, barrier, broadcast_object
 
 log = logging.getLogger(__name__)
 
@@ -58,39 +65,131 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _atomic_write(path: Path, text: str) -> None:
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written; the message is one line with the reason and the fix."""
+
+
+class ResumeError(ValueError):
+    """Checkpoints exist but none can be resumed from (bad input: exit 2); one line."""
+
+
+def describe_error(e: BaseException) -> str:
+    """One line for an error from writing or reading a checkpoint (DCP wraps the real one)."""
+    failures = getattr(e, "failures", None)  # torch.distributed.checkpoint's CheckpointException
+    if isinstance(failures, dict) and failures:
+        rank, wrapped = sorted(failures.items())[0]
+        inner = wrapped[0] if isinstance(wrapped, tuple) else wrapped
+        return f"{describe_error(inner)} (rank {rank})"
+    if isinstance(e, OSError) and e.errno is not None:
+        where = f": {e.filename}" if e.filename else ""
+        return f"{e.strerror or os.strerror(e.errno)} (errno {e.errno}){where}"
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _disk_hint(e: BaseException, where: Path) -> str:
+    """The fix for a failed write: free space (ENOSPC, or an error from a writer that hides
+    it, e.g. torch.save's "unexpected pos" on a full disk), or a writable run.dir."""
+    errno_ = getattr(e, "errno", None)
+    failures = getattr(e, "failures", None)
+    if isinstance(failures, dict) and failures:
+        inner = sorted(failures.items())[0][1]
+        errno_ = getattr(inner[0] if isinstance(inner, tuple) else inner, "errno", errno_)
+    if errno_ in (30, 13):  # EROFS, EACCES
+        return f"{where} is not writable: make it writable or set run.dir to a writable folder"
+    probe = where
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        free = None
+    if errno_ == 28 or (free is not None and free < 16 << 20):
+        left = f" ({free} bytes free)" if free is not None else ""
+        return (f"no space left on the file system of {where}{left}: free space there (or set run.dir "
+                "elsewhere), then relaunch to resume")
+    return "check the file system of the run dir, then relaunch to resume"
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write-then-rename, so a crash never leaves a half-written file; the temporary file
+    is removed when the write fails (a full disk must not collect .tmp files)."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+_atomic_write = atomic_write
+
+
+def file_crc32(path: Path, chunk: int = 8 << 20) -> str:
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            crc = zlib.crc32(block, crc)
+    return f"{crc:08x}"
+
+
+def _files(path: Path) -> list[str]:
+    return [str(f.relative_to(path)) for f in sorted(path.rglob("*")) if f.is_file() and f.name != MARKER]
 
 
 def _manifest(path: Path) -> dict[str, int]:
-    return {str(f.relative_to(path)): f.stat().st_size for f in sorted(path.rglob("*")) if f.is_file()
-            and f.name != MARKER}
+    """{file: size} (the cheap part of COMPLETE; the checksums are added by the save)."""
+    return {name: (path / name).stat().st_size for name in _files(path)}
+
+
+def _read_manifest(path: Path) -> dict[str, dict]:
+    """{file: {"size": n, "crc32": hex or absent}}; older checkpoints stored sizes only."""
+    raw = json.loads((path / MARKER).read_text())["files"]
+    return {k: (v if isinstance(v, dict) else {"size": v}) for k, v in raw.items()}
 
 
 def invalid_reason(path: Path) -> str | None:
-    """Why `path` cannot be resumed from, or None when it is complete and intact."""
+    """Why `path` cannot be resumed from (cheap: marker, files, sizes), or None."""
     marker = path / MARKER
     if not marker.is_file():
         return "no COMPLETE marker (the save was interrupted)"
     try:
-        manifest = json.loads(marker.read_text())["files"]
-    except (ValueError, KeyError, TypeError):
+        manifest = _read_manifest(path)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return "unreadable COMPLETE marker"
-    for name, size in manifest.items():
+    for name, entry in manifest.items():
         f = path / name
         if not f.is_file():
             return f"{name} is missing"
-        if f.stat().st_size != size:
-            return f"{name} has {f.stat().st_size} bytes, the manifest says {size} (truncated or corrupt)"
+        if f.stat().st_size != entry.get("size"):
+            return f"{name} has {f.stat().st_size} bytes, the manifest says {entry.get('size')} (truncated or corrupt)"
     try:
         json.loads((path / TRAIN_STATE).read_text())
     except (OSError, ValueError):
         return f"{TRAIN_STATE} is unreadable"
+    return None
+
+
+def checksum_reason(path: Path, names: list[str] | None = None) -> str | None:
+    """The first of `names` (default: all) whose crc32 differs from the manifest, or None."""
+    try:
+        manifest = _read_manifest(path)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return "unreadable COMPLETE marker"
+    for name in names if names is not None else sorted(manifest):
+        want = manifest.get(name, {}).get("crc32")
+        if want is None:
+            continue
+        try:
+            got = file_crc32(path / name)
+        except OSError as e:
+            return f"{name} is unreadable ({describe_error(e)})"
+        if got != want:
+            return f"{name} fails its checksum (crc32 {got}, the manifest says {want}): the file is corrupt"
     return None
 
 
@@ -102,31 +201,41 @@ def list_step_dirs(root: Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def resume_candidates(root: Path) -> list[Path]:
-    """Complete checkpoints, newest first; every skipped directory is named in a warning."""
+def resume_candidates(root: Path, skipped: dict[Path, str] | None = None) -> list[Path]:
+    """Complete checkpoints, newest first; every skipped directory is named in a warning
+    (and, with `skipped`, recorded there with its reason)."""
     good = []
     for path in list_step_dirs(root):
         reason = invalid_reason(path)
         if reason:
             log.warning("checkpoint %s skipped: %s", path, reason)
+            if skipped is not None:
+                skipped[path] = reason
         else:
             good.append(path)
     return good
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A run dir, its checkpoints/ dir, or one checkpoint dir -> the checkpoint dir to read."""
+    """A run dir, its checkpoints/ dir, or one checkpoint dir -> the checkpoint dir to read
+    (the newest that is complete and passes its checksums)."""
     p = Path(path)
     if (p / MARKER).is_file() or (p / TRAIN_STATE).is_file():
-        reason = invalid_reason(p)
+        reason = invalid_reason(p) or checksum_reason(p)
         if reason:
             raise ValueError(f"checkpoint {p} is not usable: {reason}")
         return p
     root = p / "checkpoints" if (p / "checkpoints").is_dir() else p
-    good = resume_candidates(root)
-    if not good:
-        raise ValueError(f"no complete checkpoint under {p} (expected a run dir or a checkpoints/step_* dir)")
-    return good[0]
+    for candidate in resume_candidates(root):
+        reason = checksum_reason(candidate)
+        if reason is None:
+            return candidate
+        log.warning("checkpoint %s skipped: %s", candidate, reason)
+    raise ValueError(f"no complete checkpoint under {p} (expected a run dir or a checkpoints/step_* dir)")
+
+
+def _step_of(path: Path) -> int:
+    return int(_STEP_DIR.match(path.name).group(1))
 
 
 class CheckpointManager:
@@ -134,46 +243,119 @@ class CheckpointManager:
         self.root = Path(run_dir) / "checkpoints"
         self.keep_last = keep_last
         self.info = info
+        self.unreadable: set[Path] = set()  # failed at resume: never counted, never pruned
+        self.skipped: dict[Path, str] = {}  # every candidate rejected at resume, with its reason
+
+    def _agree(self, error: str | None) -> str | None:
+        """Collective: the first rank's error (rank order), or None when every rank succeeded."""
+        return next((e for e in all_gather_object(error) if e), None)
+
+    def _fail(self, path: Path, step: int, error: str, hint: str) -> CheckpointSaveError:
+        barrier()
+        if self.info.is_main:
+            shutil.rmtree(path, ignore_errors=True)  # nothing half-written stays behind
+        barrier()
+        return CheckpointSaveError(f"saving checkpoint step {step} to {path} failed: {error}; {hint}")
 
     def save(self, step: int, strategy, ema_state: dict | None, train_state: dict, config_yaml: str = "") -> Path:
-        """Collective: every rank writes its part; rank 0 seals it (COMPLETE, then latest)."""
+        """Collective: every rank writes its part and checksums a share of the files; rank 0
+        seals it (COMPLETE, then latest). Raises CheckpointSaveError on every rank on failure."""
         path = self.root / step_dir_name(step)
+        failure = None  # (one-line error, fix) on this rank
         if self.info.is_main:
-            if path.exists():  # left over by an attempt that died before COMPLETE
-                shutil.rmtree(path)
-            path.mkdir(parents=True)
-        barrier()
-        strategy.save(path, ema_state)
-        torch.save({"rng": rng_state(), **strategy.extra_state()}, path / rank_file(self.info.rank))
+            try:
+                if path.exists():  # left over by an attempt that died before COMPLETE
+                    shutil.rmtree(path)
+                path.mkdir(parents=True)
+            except OSError as e:
+                failure = (describe_error(e), _disk_hint(e, self.root))
+        if failure := self._agree(failure):
+            raise self._fail(path, step, *failure)
+        try:
+            strategy.save(path, ema_state)
+            torch.save({"rng": rng_state(), **strategy.extra_state()}, path / rank_file(self.info.rank))
+            if self.info.is_main:
+                atomic_write(path / TRAIN_STATE, json.dumps(train_state, indent=1))
+                if config_yaml:  # the checkpoint stays exportable when copied away from its run dir
+                    atomic_write(path / "config.yaml", config_yaml)
+        except BaseException as e:  # DCP's CheckpointException is a BaseException
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+            failure = (describe_error(e), _disk_hint(e, path))
+        if failure := self._agree(failure):
+            raise self._fail(path, step, *failure)
+        # Checksums right after writing, each rank reading its share of the files.
+        names = broadcast_object(_files(path) if self.info.is_main else None)
+        try:
+            sums = {n: file_crc32(path / n) for n in names[self.info.rank::self.info.world_size]}
+        except OSError as e:
+            failure = (describe_error(e), _disk_hint(e, path))
+            sums = {}
+        if failure := self._agree(failure):
+            raise self._fail(path, step, *failure)
+        merged: dict[str, str] = {}
+        for part in all_gather_object(sums):
+            merged.update(part)
         if self.info.is_main:
-            _atomic_write(path / TRAIN_STATE, json.dumps(train_state, indent=1))
-            if config_yaml:  # the checkpoint stays exportable when copied away from its run dir
-                _atomic_write(path / "config.yaml", config_yaml)
-        barrier()
+            try:
+                files = {n: {"size": (path / n).stat().st_size, "crc32": merged[n]} for n in names}
+                atomic_write(path / MARKER, json.dumps({"step": step, "files": files}, indent=1))
+                atomic_write(self.root / POINTER, path.name + "\n")
+            except OSError as e:
+                failure = (describe_error(e), _disk_hint(e, path))
+        if failure := broadcast_object(failure):
+            raise self._fail(path, step, *failure)
         if self.info.is_main:
-            _atomic_write(path / MARKER, json.dumps({"step": step, "files": _manifest(path)}, indent=1))
-            _atomic_write(self.root / POINTER, path.name + "\n")
             self._prune(path)
         barrier()
         return path
 
     def _prune(self, newest: Path) -> None:
-        complete = 0
+        """Keep `newest`, the keep_last - 1 next complete ones, and always the newest
+        checkpoint saved outside a streak of skipped non-finite steps (the last one known
+        good); directories that failed to load at resume are left for the user to inspect."""
+        kept = 1
+        good_kept = _bad_streak(newest) == 0
         for path in list_step_dirs(self.root):
-            if path == newest or (complete < self.keep_last and invalid_reason(path) is None):
-                complete += 1
+            if path == newest or path in self.unreadable or _step_of(path) > _step_of(newest):
                 continue
-            if int(_STEP_DIR.match(path.name).group(1)) < int(_STEP_DIR.match(newest.name).group(1)):
-                shutil.rmtree(path, ignore_errors=True)
+            complete = invalid_reason(path) is None
+            if complete and kept < self.keep_last:
+                kept += 1
+                good_kept = good_kept or _bad_streak(path) == 0
+                continue
+            if complete and not good_kept and _bad_streak(path) == 0:
+                good_kept = True  # the last checkpoint from before the streak
+                continue
+            shutil.rmtree(path, ignore_errors=True)
 
     def candidates(self) -> list[Path]:
         """Rank 0 decides (one directory scan, one set of warnings), everyone gets the list."""
-        found = resume_candidates(self.root) if self.info.is_main else None
-        return [Path(p) for p in broadcast_object([str(p) for p in found] if found is not None else None)]
+        skipped: dict[Path, str] = {}
+        found = resume_candidates(self.root, skipped) if self.info.is_main else None
+        got = broadcast_object(([str(p) for p in found], {str(k): v for k, v in skipped.items()})
+                               if found is not None else None)
+        self.skipped.update({Path(k): v for k, v in got[1].items()})
+        # Sealed but damaged: not ours to delete (the user may restore them); only a save
+        # of the same step replaces one.
+        self.unreadable.update(p for p in self.skipped if (p / MARKER).is_file())
+        return [Path(p) for p in got[0]]
+
+    def verify(self, path: Path) -> str | None:
+        """Collective: the checksums of `path`, each rank reading a share; the first mismatch or None."""
+        names = broadcast_object(sorted(_read_manifest(path)) if self.info.is_main else None)
+        return self._agree(checksum_reason(path, names[self.info.rank::self.info.world_size]))
 
     def load_rank_state(self, path: Path) -> dict | None:
         f = path / rank_file(self.info.rank)
         return torch.load(f, map_location="cpu", weights_only=False) if f.is_file() else None
+
+
+def _bad_streak(path: Path) -> int:
+    try:
+        return int(json.loads((path / TRAIN_STATE).read_text()).get("bad_streak", 0))
+    except (OSError, ValueError, TypeError):
+        return 0
 
 
 def read_train_state(path: Path) -> dict:

@@ -12,9 +12,13 @@ data, token-label store), reported in one line before training starts.
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
+
+log = logging.getLogger("rmt_dist.train")
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -64,3 +68,51 @@ def install_signal_handlers() -> Callable[[], None]:
             signal.signal(sig, handler)
 
     return restore
+
+
+ENV_LAUNCHER_PID = "RMT_DIST_LAUNCHER_PID"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def watch_launcher(poll_s: float = 1.0, grace_s: float = 120.0) -> Callable[[], None]:
+    """Make this rank die with whoever launched it; returns a function that stops watching.
+
+    torchrun's and our launchers' ranks would otherwise train on, unsupervised, after the
+    launcher was killed (kill -9 of its process group does not reach them). A thread
+    polls the parent pid (it changes when the parent dies) and $RMT_DIST_LAUNCHER_PID
+    (set by launch/local.py); when either is gone it requests a stop, so the ranks save
+    together and exit 75, and after `grace_s` more it ends the process regardless (a
+    collective may wait forever for a peer that is gone)."""
+    parent = os.getppid()
+    launcher = int(os.environ.get(ENV_LAUNCHER_PID) or 0)
+    done = threading.Event()
+
+    def gone() -> str | None:
+        if parent > 1 and os.getppid() != parent:
+            return f"its parent process (pid {parent})"
+        if launcher and not _alive(launcher):
+            return f"the launcher (pid {launcher})"
+        return None
+
+    def loop() -> None:
+        while not done.wait(poll_s):
+            who = gone()
+            if who:
+                log.error("error: %s is gone: stopping this rank (it saves a checkpoint first when "
+                          "checkpoint.save_on_signal); relaunch to resume", who)
+                request_stop(f"{who} is gone")
+                if not done.wait(grace_s):
+                    os._exit(EXIT_FAILED)
+                return
+
+    threading.Thread(target=loop, name="rmt-dist-launcher-watch", daemon=True).start()
+    return done.set

@@ -1,19 +1,44 @@
-"""Run one rank of a training run from a Config: process group, signals, Trainer, clean-up."""
+"""Run one rank of a training run from a Config: process group, signals, Trainer, clean-up.
+
+Before the first step rank 0 takes the run dir's lock (one run per run dir), refuses a
+FINISHED run dir, checks the betons (size, fingerprint, class counts: data/verify.py) and
+writes config.yaml; every rank learns of a failure there and exits with the same code.
+Every failure ends in one line (`error: ...`) with the reason and the fix: exit 2 for bad
+input (recipe, data, a run dir in use or not writable, checkpoints that cannot be
+resumed), 1 for a failure (divergence, a save that failed, e.g. on a full disk).
+"""
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from pathlib import Path
 
-from ..config import Config, ConfigError, derive, save_config
+from ..config import Config, ConfigError, derive, to_yaml
 from ..data.errors import DataError
+from ..launching.errors import LaunchError
 from ..tokenlabel.store import TokenLabelStoreError
 from . import preempt
-from .distributed import DistInfo, init_distributed, shutdown_distributed
+from .checkpoint import CheckpointSaveError, ResumeError, _disk_hint, atomic_write, describe_error
+from .distributed import DistInfo, broadcast_object, init_distributed, shutdown_distributed
 from .trainer import Trainer, TrainingDiverged
 
 log = logging.getLogger("rmt_dist.train")
+
+BAD_INPUT = (ConfigError, DataError, TokenLabelStoreError, ResumeError, LaunchError)
+
+
+class RunDirFailure(RuntimeError):
+    """The run dir could not be written (a full disk): a failure (exit 1), not bad input."""
+
+
+class _StartFailed(Exception):
+    """Rank 0's start-up check failed (it printed the line); the other ranks exit with its code."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
 
 
 def setup_logging(rank: int) -> None:
@@ -30,36 +55,110 @@ def setup_logging(rank: int) -> None:
     logger.propagate = False
 
 
+def check_data(cfg: Config) -> None:
+    """The betons a run reads, before the first step: intact, and with the model's classes."""
+    from ..data.verify import check_beton, check_classes
+
+    train = check_beton(cfg.data.train, "data.train")
+    check_classes(train, "data.train", cfg.data.train, cfg.model.num_classes)
+    if cfg.data.val:
+        val = check_beton(cfg.data.val, "data.val")
+        check_classes(val, "data.val", cfg.data.val, cfg.model.num_classes, train)
+
+
+def _prepare_run_dir(cfg: Config, check_betons: bool):
+    """Rank 0: lock, FINISHED, data, config.yaml. Returns the held lock; raises with one line."""
+    from ..launching.rundir import RunDirLock, check_not_finished
+
+    run_dir = Path(cfg.run.dir)
+    try:
+        lock = RunDirLock(run_dir).acquire()
+    except OSError as e:
+        line = f"run.dir={cfg.run.dir} cannot be used: {describe_error(e)}; {_disk_hint(e, run_dir)}"
+        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST):
+            raise LaunchError(line) from None  # bad input: choose another run.dir
+        raise RunDirFailure(line) from None
+    try:
+        check_not_finished(run_dir)
+        if check_betons:
+            check_data(cfg)
+        try:
+            atomic_write(run_dir / "config.yaml", to_yaml(cfg))
+        except OSError as e:
+            raise RunDirFailure(f"writing {run_dir / 'config.yaml'} failed: {describe_error(e)}; "
+                                      f"{_disk_hint(e, run_dir)}") from None
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _start(cfg: Config, info: DistInfo, check_betons: bool):
+    """Collective: rank 0 prepares the run dir; a failure there stops every rank with its code."""
+    lock, code = None, None
+    if info.is_main:
+        try:
+            lock = _prepare_run_dir(cfg, check_betons)
+        except BAD_INPUT as e:
+            log.error("error: %s", e)
+            code = preempt.EXIT_BAD_INPUT
+        except RunDirFailure as e:
+            log.error("error: %s", e)
+            code = preempt.EXIT_FAILED
+    code = broadcast_object(code)
+    if code is not None:
+        raise _StartFailed(code)
+    return lock
+
+
 def run(cfg: Config, info: DistInfo | None = None, train_loader=None, eval_loader=None) -> int:
     """Train `cfg` on this rank; returns an exit code (preempt.EXIT_*), never calls sys.exit.
 
     Joins the process group from the environment unless `info` is given, and destroys it
-    at the end only if it created it."""
+    at the end only if it created it. A rank of its own process (no `info`) also watches
+    its launcher and stops when the launcher is gone."""
+    unwatch = preempt.watch_launcher() if info is None else (lambda: None)
     info = info or init_distributed(cfg.strategy.backend)
     setup_logging(info.rank)
     preempt.clear_stop()
     restore = preempt.install_signal_handlers() if cfg.checkpoint.save_on_signal else (lambda: None)
-    trainer = None
+    trainer = lock = None
     try:
         cfg = derive(cfg, info.world_size)
+        lock = _start(cfg, info, check_betons=train_loader is None)
         if info.is_main:
-            save_config(cfg, Path(cfg.run.dir) / "config.yaml")
             log.info("run dir %s: %s on %d rank(s), %s, global batch %d, peak lr %.3e, EMA decay %s",
                      cfg.run.dir, cfg.model.name, info.world_size, cfg.strategy.name, cfg.derived.global_batch,
                      cfg.derived.lr, cfg.derived.ema_decay)
         trainer = Trainer(cfg, info, train_loader=train_loader, eval_loader=eval_loader)
         return trainer.train()
-    except TrainingDiverged as e:
-        log.error("%s", e)
+    except _StartFailed as e:
+        return e.code
+    except (TrainingDiverged, CheckpointSaveError) as e:
+        if info.is_main:  # every rank raised the same (agreed) error: one line, from rank 0
+            log.error("error: %s", e)
         return preempt.EXIT_FAILED
-    except (ConfigError, DataError, TokenLabelStoreError) as e:  # bad input: one line, no traceback
-        log.error("error: %s", e)
+    except BAD_INPUT as e:  # bad input: one line, no traceback
+        if info.is_main or not isinstance(e, ResumeError):
+            log.error("error: %s", e)
         return preempt.EXIT_BAD_INPUT
+    except OSError as e:  # a full disk or a run dir gone read-only mid-run
+        log.error("error: training failed on rank %d: %s; %s", info.rank, describe_error(e),
+                  _disk_hint(e, Path(cfg.run.dir)))
+        return preempt.EXIT_FAILED
     except Exception:
         log.exception("training failed on rank %d", info.rank)
+        return preempt.EXIT_FAILED
+    except BaseException as e:  # DCP's CheckpointException is a BaseException
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        log.error("error: training failed on rank %d: %s", info.rank, describe_error(e))
         return preempt.EXIT_FAILED
     finally:
         if trainer is not None:
             trainer.close()
+        if lock is not None:
+            lock.release()
+        unwatch()
         restore()
         shutdown_distributed(info)

@@ -21,9 +21,16 @@ from torch import nn
 
 from ..config import Config, to_yaml
 from . import preempt
-from .checkpoint import CheckpointManager, read_train_state, set_rng_state
+from .checkpoint import (
+    MARKER,
+    CheckpointManager,
+    ResumeError,
+    describe_error,
+    read_train_state,
+    set_rng_state,
+)
 from .criterion import build_criterion
-from .distributed import DistInfo, all_reduce_sum
+from .distributed import DistInfo, all_gather_object, all_reduce_sum, broadcast_object
 from .ema import Ema
 from .evaluation import evaluate
 from .faults import NanInjector, SignalInjector
@@ -154,20 +161,75 @@ class Trainer:
         return {"step": s.step, "epoch": s.epoch, "step_in_epoch": s.step_in_epoch, "bad_streak": s.bad_streak,
                 "bad_steps": s.bad_steps, "overflow_steps": s.overflow_steps, "world_size": self.info.world_size,
                 "global_batch": self.cfg.derived.global_batch, "strategy": self.cfg.strategy.name,
-                "zero_stage": self.cfg.strategy.zero_stage if self.cfg.strategy.name == "deepspeed" else None}
+                "zero_stage": self.cfg.strategy.zero_stage if self.cfg.strategy.name == "deepspeed" else None,
+                "model": {"name": self.cfg.model.name, "num_classes": self.cfg.model.num_classes,
+                          "token_label": self.cfg.model.token_label}}
 
     def _resume(self):
+        """Load the newest checkpoint that verifies and loads; fall back to older ones. When
+        checkpoints exist and none can be used, refuse (ResumeError) instead of silently
+        starting from step 0 and pruning them; a strategy or model change is refused with
+        the fix (a world-size change is converted in _restore_position)."""
+        failed: list[str] = []
         for path in self.checkpoints.candidates():
+            mismatch = broadcast_object(self._mismatch(path) if self.info.is_main else None)
+            if mismatch:
+                raise ResumeError(f"checkpoint {path} {mismatch}")
+            reason = self.checkpoints.verify(path) or self._load(path)
+            if reason is None:
+                self._restore_position(path)
+                return path
+            if self.info.is_main:
+                log.warning("checkpoint %s skipped: %s", path, reason)
+            self.checkpoints.unreadable.add(path)
+            failed.append(f"{path.name}: {reason}")
+        # Directories without COMPLETE are interrupted saves, not checkpoints: they never block a start.
+        sealed = broadcast_object([f"{p.name}: {r}" for p, r in self.checkpoints.skipped.items()
+                                   if (p / MARKER).is_file()] if self.info.is_main else None)
+        if failed or sealed:
+            raise ResumeError(
+                f"{self.checkpoints.root} holds checkpoints but none can be resumed from "
+                f"({'; '.join(failed + sealed)}); restore them, move them out of that folder to start from "
+                "step 0, or pass run.dir=<new dir>")
+        return None
+
+    def _load(self, path) -> str | None:
+        """Collective: load `path` on every rank; the first rank's error (one line) or None."""
+        error = None
+        try:
+            self.strategy.load(path, self.ema.state if self.ema else None)
+        except BaseException as e:  # DCP's CheckpointException is a BaseException
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+            error = f"loading failed: {describe_error(e)}"
+        return next((e for e in all_gather_object(error) if e), None)
+
+    def _mismatch(self, path) -> str | None:
+        """How `path` was made differently from this run in a way no load can convert, with the fix."""
+        import yaml
+
+        ts = read_train_state(path)
+        cfg = self.cfg
+        saved = ts.get("strategy")
+        if saved and saved != cfg.strategy.name:
+            return (f"was saved with strategy.name={saved} but this run has strategy.name={cfg.strategy.name}; "
+                    f"relaunch with strategy.name={saved} (checkpoints do not convert between strategies), or "
+                    "pass run.dir=<new dir>")
+        stage = ts.get("zero_stage")
+        if saved == "deepspeed" and stage is not None and stage != cfg.strategy.zero_stage:
+            return (f"was saved with strategy.zero_stage={stage} but this run has strategy.zero_stage="
+                    f"{cfg.strategy.zero_stage}; relaunch with strategy.zero_stage={stage}, or pass run.dir=<new dir>")
+        model = ts.get("model")
+        if model is None and (path / "config.yaml").is_file():
             try:
-                self.strategy.load(path, self.ema.state if self.ema else None)
-                ok = 1.0
-            except Exception as e:  # noqa: BLE001  (any failure: fall back to an older checkpoint)
-                log.warning("checkpoint %s skipped: loading failed: %s", path, str(e).splitlines()[0] if str(e) else e)
-                ok = 0.0
-            if all_reduce_sum([1.0 - ok], self.info.device)[0] > 0:
-                continue
-            self._restore_position(path)
-            return path
+                model = (yaml.safe_load((path / "config.yaml").read_text()) or {}).get("model")
+            except (OSError, yaml.YAMLError):
+                model = None
+        for key in ("name", "num_classes", "token_label"):
+            if isinstance(model, dict) and key in model and model[key] != getattr(cfg.model, key):
+                return (f"holds a model with model.{key}={model[key]} but this run has model.{key}="
+                        f"{getattr(cfg.model, key)}; relaunch with model.{key}={model[key]}, or pass "
+                        "run.dir=<new dir>")
         return None
 
     def _restore_position(self, path) -> None:
@@ -334,9 +396,15 @@ class Trainer:
                                  or s.step >= self.total_steps
                                  or (stopping and (not stats.stop_requested or cfg.checkpoint.save_on_signal)))
                     if want_save and self.last_saved_step != s.step:
-                        self.save_checkpoint()
+                        if not self.save_checkpoint() and (stopping or s.step >= self.total_steps):
+                            # The run's last save was refused: its end state is lost, not done.
+                            exit_code = preempt.EXIT_FAILED
+                            if self.info.is_main:
+                                log.error("error: the final checkpoint (step %d) was refused for non-finite "
+                                          "weights; %s. Lower optim.lr, set optim.clip_grad, or use bf16, then "
+                                          "relaunch to resume", s.step, self._last_good())
                     if stopping:
-                        if stats.stop_requested:
+                        if stats.stop_requested and exit_code == preempt.EXIT_OK:
                             exit_code = preempt.EXIT_PREEMPTED
                             if self.info.is_main:
                                 log.warning("stop requested (%s): exiting at step %d", preempt.stop_reason() or
