@@ -18,7 +18,7 @@ from numba import get_thread_id, njit, prange
 
 from .errors import DataError
 from .randaugment import NO_OP, apply_op
-from .resample import BICUBIC, FILTERS, resize_window
+from .resample import BICUBIC, BILINEAR, FILTERS, resize_window
 
 _imdecode = njit(nogil=True)(imdecode)
 
@@ -73,6 +73,36 @@ def _decode_batch(data, ptrs, sizes, modes, heights, widths, indices, boxes, res
                 apply_op(out[k], ra_ops[k, layer], ra_args[k, layer], fill, kind == BICUBIC)
 
 
+@njit(nogil=True, parallel=True)
+def _decode_batch_whole(data, ptrs, sizes, modes, heights, widths, indices, boxes, flips, kinds, out, scratch,
+                        ra_ops, ra_args, ra_bicubic, fill):
+    """tlt's order: flip the whole decoded image, RandAugment it at its stored size, then crop
+    and resize (each sample with its own crop filter, each op with its own affine filter)."""
+    for k in prange(indices.shape[0]):
+        s = indices[k]
+        h = heights[s]
+        w = widths[s]
+        raw = data[ptrs[s]:ptrs[s] + sizes[s]]
+        buf = scratch[get_thread_id(), :h * w * 3].reshape((h, w, 3))
+        if modes[s] == 0:
+            _imdecode(raw, buf, h, w, h, w, 0, 0, 1, 1, False, False)
+        else:
+            buf[:] = raw.reshape((h, w, 3))  # a copy: RandAugment works in place
+        if flips[k]:
+            for y in range(h):
+                row = buf[y]
+                for x in range(w // 2):
+                    for c in range(3):
+                        t = row[x, c]
+                        row[x, c] = row[w - 1 - x, c]
+                        row[w - 1 - x, c] = t
+        for layer in range(ra_ops.shape[1]):
+            if ra_ops[k, layer] != NO_OP:
+                apply_op(buf, ra_ops[k, layer], ra_args[k, layer], fill, ra_bicubic[k, layer])
+        oh, ow = out.shape[1], out.shape[2]
+        resize_window(buf, boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3], oh, ow, 0, 0, out[k], False, kinds[k])
+
+
 class BatchDecoder:
     """Decodes batches of one beton into caller-provided (B, H, W, 3) uint8 arrays.
 
@@ -85,6 +115,8 @@ class BatchDecoder:
     def __init__(self, images: BetonImages, num_threads: int, interpolation: str = "bicubic") -> None:
         from numba import config
 
+        if interpolation == "random":  # drawn per crop (decode_whole); the eval resize uses bicubic
+            interpolation = "bicubic"
         if interpolation not in FILTERS:
             raise DataError(f"interpolation {interpolation!r}: expected one of {sorted(FILTERS)}")
         self.kind = FILTERS[interpolation]
@@ -108,3 +140,22 @@ class BatchDecoder:
                       np.ascontiguousarray(resize, np.int64), np.ascontiguousarray(flips, np.bool_), out,
                       self.scratch, self.kind, np.ascontiguousarray(ops, np.int64),
                       np.ascontiguousarray(args, np.float64), np.ascontiguousarray(fill, np.uint8))
+
+    def decode_whole(self, indices: np.ndarray, boxes: np.ndarray, flips: np.ndarray, out: np.ndarray,
+                     crop_bicubic: np.ndarray, rand_augment: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None
+                     ) -> None:
+        """tlt's order (`data.augment_order: tlt`): flip, RandAugment on the whole stored image,
+        then crop `boxes` (drawn on that image) and resize. `crop_bicubic` (B,) picks each crop's
+        filter; `rand_augment`: (ops, args, bicubic (B, layers) per affine op, fill colour)."""
+        im = self.images
+        n = len(indices)
+        if rand_augment is None:
+            rand_augment = (np.zeros((n, 0), np.int64), np.zeros((n, 0)), np.zeros((n, 0), np.bool_),
+                            np.zeros(3, np.uint8))
+        ops, args, bicubic, fill = rand_augment
+        kinds = np.where(np.asarray(crop_bicubic, np.bool_), BICUBIC, BILINEAR).astype(np.int64)
+        _decode_batch_whole(im.data, im.ptrs, im.sizes, im.modes, im.heights, im.widths,
+                            np.ascontiguousarray(indices, np.int64), np.ascontiguousarray(boxes, np.int64),
+                            np.ascontiguousarray(flips, np.bool_), kinds, out, self.scratch,
+                            np.ascontiguousarray(ops, np.int64), np.ascontiguousarray(args, np.float64),
+                            np.ascontiguousarray(bicubic, np.bool_), np.ascontiguousarray(fill, np.uint8))

@@ -159,6 +159,9 @@ class _Batch:
     resize: np.ndarray | None = None  # eval: (full_h, full_w, win_top, win_left) per sample
     ra_ops: np.ndarray | None = None  # (B, layers) RandAugment op codes, NO_OP when skipped
     ra_args: np.ndarray | None = None
+    whole: bool = False  # tlt order: flip, RandAugment on the whole image, then crop (decode_whole)
+    ra_bicubic: np.ndarray | None = None  # tlt order: (B, layers) affine filter per op
+    crop_bicubic: np.ndarray | None = None  # tlt order: (B,) crop filter per sample
     erase_boxes: list | None = None  # random erasing: per image None or (top, left, h, w)
     erase_table: np.ndarray | None = None  # CPU device: boxes + drawn noise for host_finish
     erase_noise: np.ndarray | None = None
@@ -258,8 +261,12 @@ class _Base:
         out = self.buffers[slot].numpy()[: batch.size]
         with _KERNEL_LOCK:
             numba.set_num_threads(self.workers)  # thread-local in numba: set on the launching thread
-            ra = None if batch.ra_ops is None or self.ra_on_device else (batch.ra_ops, batch.ra_args, self.fill)
-            self.decoder.decode(batch.indices, batch.boxes, batch.flips, out, batch.resize, ra)
+            if batch.whole:
+                ra = None if batch.ra_ops is None else (batch.ra_ops, batch.ra_args, batch.ra_bicubic, self.fill)
+                self.decoder.decode_whole(batch.indices, batch.boxes, batch.flips, out, batch.crop_bicubic, ra)
+            else:
+                ra = None if batch.ra_ops is None or self.ra_on_device else (batch.ra_ops, batch.ra_args, self.fill)
+                self.decoder.decode(batch.indices, batch.boxes, batch.flips, out, batch.resize, ra)
             if self.finish_on_workers:
                 n = batch.size
                 shape = (n, self.img_size, self.img_size, 3) if self.channels_last else (n, 3, self.img_size, self.img_size)
@@ -297,7 +304,11 @@ class TrainLoader(_Base):
         self.repeated_aug, self.num_repeats = d.repeated_aug, d.num_repeats
         self.drop_last = d.drop_last
         self.rand_augment = RandAugmentSpec.parse(d.auto_augment) if d.auto_augment else None
-        if self.rand_augment is not None:
+        self.augment_order = d.augment_order
+        self.random_interpolation = d.interpolation == "random"
+        if d.interpolation == "random" and d.augment_order != "tlt":
+            raise DataError("data.interpolation=random needs data.augment_order=tlt")
+        if self.rand_augment is not None and self.augment_order == "crop_first":
             self.ra_on_device = d.randaugment_on == "device" or (d.randaugment_on == "auto" and device.type == "cuda")
             self.finish_on_workers = self.finish_on_workers and not self.ra_on_device
         self.erasing = ErasingSpec(probability=d.reprob, mode=d.remode) if d.reprob > 0 else None
@@ -321,6 +332,8 @@ class TrainLoader(_Base):
         """One line for the run log: sizes, threads, and where the augmentations run."""
         if self.rand_augment is None:
             ra = "off"
+        elif self.augment_order == "tlt":
+            ra = "on the whole image in the workers (augment_order tlt)"
         else:
             ra = f"{'on the device' if self.ra_on_device else 'in the workers'} ({self.device.type})"
         return (f"{self.images.path}: {self.images.num_samples} samples, batch {self.batch_size} per rank, "
@@ -336,16 +349,33 @@ class TrainLoader(_Base):
         key = [self.seed, epoch, self.rank, self.world_size, step]
         return np.random.SeedSequence(key).spawn(4)  # host aug, erasing, mixup, device noise
 
+    def _filters(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        """Bicubic (True) or bilinear per entry: tlt's random.choice((BILINEAR, BICUBIC)) when random."""
+        if self.random_interpolation:
+            return rng.random(shape) < 0.5
+        return np.full(shape, self.bicubic)
+
     def _plan(self, epoch: int, step: int, order: np.ndarray) -> _Batch:
         idx = order[step * self.batch_size:(step + 1) * self.batch_size]
         seeds = self._seeds(epoch, step)
         rng = np.random.default_rng(seeds[0])
         im = self.images
-        boxes = random_resized_crop_boxes(rng, im.heights[idx], im.widths[idx], self.scale, self.ratio)
-        flips = rng.random(len(idx)) < self.hflip
-        batch = _Batch(step=step, indices=idx, boxes=boxes, flips=flips)
-        if self.rand_augment is not None:
-            batch.ra_ops, batch.ra_args = sample_ops(rng, len(idx), self.rand_augment)
+        if self.augment_order == "tlt":
+            # tlt's order of draws: flip, RandAugment (op, level, sign, filter), then the crop
+            # box on the augmented image (same size as stored).
+            flips = rng.random(len(idx)) < self.hflip
+            batch = _Batch(step=step, indices=idx, boxes=np.zeros((len(idx), 4), np.int64), flips=flips, whole=True)
+            if self.rand_augment is not None:
+                batch.ra_ops, batch.ra_args = sample_ops(rng, len(idx), self.rand_augment)
+                batch.ra_bicubic = self._filters(rng, batch.ra_ops.shape)
+            batch.boxes = random_resized_crop_boxes(rng, im.heights[idx], im.widths[idx], self.scale, self.ratio)
+            batch.crop_bicubic = self._filters(rng, (len(idx),))
+        else:
+            boxes = random_resized_crop_boxes(rng, im.heights[idx], im.widths[idx], self.scale, self.ratio)
+            flips = rng.random(len(idx)) < self.hflip
+            batch = _Batch(step=step, indices=idx, boxes=boxes, flips=flips)
+            if self.rand_augment is not None:
+                batch.ra_ops, batch.ra_args = sample_ops(rng, len(idx), self.rand_augment)
         if self.erasing is not None:
             batch.erase_boxes = sample_erasing(random.Random(int(seeds[1].generate_state(1, np.uint64)[0])), len(idx),
                                                self.img_size, self.img_size, self.erasing)
@@ -402,7 +432,11 @@ class TrainLoader(_Base):
                 "flipped": torch.from_numpy(batch.flips),
                 "mix_lam": mix.lam,
                 "mix_box": mix.box,
+                "augment_order": self.augment_order,
             }
+            if batch.whole and batch.ra_ops is not None:
+                meta["ra_ops"] = torch.from_numpy(batch.ra_ops)
+                meta["ra_args"] = torch.from_numpy(batch.ra_args)
             yield images, targets, meta
 
 

@@ -44,6 +44,7 @@ class RandAugmentSpec:
     magnitude_std: float = 0.0
     magnitude_max: float = _LEVEL_DENOM
     increasing: bool = False
+    ops: tuple[int, ...] | None = None  # draw only these op codes (tests force e.g. the geometric ones)
 
     @classmethod
     def parse(cls, config: str) -> RandAugmentSpec:
@@ -95,7 +96,10 @@ def level_to_arg(op: np.ndarray, level: np.ndarray, negate: np.ndarray, increasi
 def sample_ops(rng: np.random.Generator, batch: int, spec: RandAugmentSpec) -> tuple[np.ndarray, np.ndarray]:
     """(ops, args), each (batch, num_layers): op code (NO_OP when the layer is skipped) and argument."""
     shape = (batch, spec.num_layers)
-    op = rng.integers(0, len(OP_NAMES), shape)
+    if spec.ops is None:
+        op = rng.integers(0, len(OP_NAMES), shape)
+    else:
+        op = np.asarray(spec.ops, np.int64)[rng.integers(0, len(spec.ops), shape)]
     applied = rng.random(shape) <= spec.prob  # timm skips when random() > prob
     if spec.magnitude_std == math.inf:
         level = rng.uniform(0.0, spec.magnitude, shape)
@@ -107,6 +111,26 @@ def sample_ops(rng: np.random.Generator, batch: int, spec: RandAugmentSpec) -> t
     negate = rng.random(shape) > 0.5
     args = level_to_arg(op, level, negate, spec.increasing)
     return np.where(applied, op, NO_OP).astype(np.int64), args.astype(np.float64)
+
+
+GEOMETRIC_OPS = (ROTATE, SHEAR_X, SHEAR_Y, TRANSLATE_X, TRANSLATE_Y)
+
+
+def affine_matrix(op: int, arg: float, width: int, height: int) -> tuple[float, ...] | None:
+    """The inverse map (a, b, c, d, e, f) Pillow applies for a geometric op on a width x height
+    image (output pixel centre (x, y) samples the input at (ax + by + c, dx + ey + f), in
+    continuous pixel coordinates), or None for the other ops; the same numbers `apply_op` uses."""
+    if op == ROTATE:
+        return pil_ops.rotation_matrix(arg, width, height)
+    if op == SHEAR_X:
+        return (1.0, arg, 0.0, 0.0, 1.0, 0.0)
+    if op == SHEAR_Y:
+        return (1.0, 0.0, 0.0, arg, 1.0, 0.0)
+    if op == TRANSLATE_X:
+        return (1.0, 0.0, arg * width, 0.0, 1.0, 0.0)
+    if op == TRANSLATE_Y:
+        return (1.0, 0.0, 0.0, 0.0, 1.0, arg * height)
+    return None
 
 
 @njit(cache=True, nogil=True)
