@@ -93,3 +93,69 @@ def test_token_grid_must_match_the_model(setup):
     cfg.tokenlabel.enabled, cfg.tokenlabel.store, cfg.tokenlabel.size = True, str(store), 7
     with pytest.raises(TokenLabelStoreError, match="tokenlabel.size=4"):
         TokenLabelTrainLoader(build_train_loader(cfg), cfg)
+
+
+def geometric_tlt_loader(beton, store, layers: int = 1):
+    """The tlt order with RandAugment forced to Rotate, ShearX/Y, TranslateX/YRel at high magnitude."""
+    from dataclasses import replace
+
+    from rmt_dist.data.randaugment import GEOMETRIC_OPS
+
+    cfg = data_config(beton, img_size=128, batch_size=8, scale=[0.2, 1.0], label_smoothing=0.0, num_workers=1)
+    cfg.model.num_classes = CLASSES
+    cfg.data.augment_order, cfg.data.interpolation = "tlt", "random"
+    cfg.data.auto_augment = f"rand-m9-n{layers}-p1.0-mstd1.0-inc1"
+    cfg.tokenlabel.enabled, cfg.tokenlabel.store, cfg.tokenlabel.size = True, str(store), 4
+    cfg.tokenlabel.label_smoothing = 0.0
+    base = build_train_loader(cfg)
+    base.rand_augment = replace(base.rand_augment, ops=GEOMETRIC_OPS)
+    return TokenLabelTrainLoader(base, cfg), cfg
+
+
+# Nearest-cell resampling of the map (tlt's order-0 affine_label) moves a cell's content by up
+# to half a source cell, which the op's linear part (shear up to 0.3, rotation across this
+# test's non-square cells) stretches, on top of the token bin's half-cell argmax rounding.
+# Measured worst case 1.25 cells; without the label ops the errors are several cells.
+GEOMETRIC_TOLERANCE = 1.5
+
+
+def misaligned_tokens(loader, cfg, epochs: int = 2) -> tuple[int, int]:
+    """(token cells whose dense argmax is more than GEOMETRIC_TOLERANCE label cells from the
+    image's decoded source coordinates, token cells checked), outside the RandAugment fill."""
+    mean = torch.tensor(cfg.data.mean).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.data.std).view(1, 3, 1, 1)
+    bad = checked = 0
+    cell = 128 // 4
+    for epoch in range(epochs):
+        for images, (_cls, dense) in loader.epoch(epoch):
+            pixels = (images * std + mean) * 255
+            centres = pixels[:, :, cell // 2::cell, cell // 2::cell]  # (B, 3, 4, 4)
+            # The coordinate image has blue 0; the fill colour (timm's img_mean) has blue 104.
+            valid = centres[:, 2] < 0.5
+            top = dense.argmax(-1).view(-1, 4, 4)
+            x_label, y_label = (top % MAP_W + 0.5) / MAP_W, (top // MAP_W + 0.5) / MAP_H
+            off = ((x_label - centres[:, 0] / 255).abs() > GEOMETRIC_TOLERANCE / MAP_W + 0.01) | \
+                  ((y_label - centres[:, 1] / 255).abs() > GEOMETRIC_TOLERANCE / MAP_H + 0.01)
+            bad += int((off & valid).sum())
+            checked += int(valid.sum())
+    return bad, checked
+
+
+def test_dense_targets_follow_geometric_randaugment_in_the_tlt_order(setup):
+    beton, store = setup
+    loader, cfg = geometric_tlt_loader(beton, store)
+    bad, checked = misaligned_tokens(loader, cfg)
+    assert checked > 400
+    assert bad == 0, f"{bad} of {checked} token targets more than {GEOMETRIC_TOLERANCE} label cells from the image"
+
+
+def test_alignment_check_catches_image_only_geometric_ops(setup, monkeypatch):
+    """The check above has teeth: with the label ops switched off (flip only), it fails."""
+    import rmt_dist.tokenlabel.loader as tl_loader
+    from rmt_dist.tokenlabel.label_augment import augment_maps
+
+    monkeypatch.setattr(tl_loader, "augment_maps", lambda s, i, f, ops, args, *rest, **kw: augment_maps(s, i, f, None, None, *rest))
+    beton, store = setup
+    loader, cfg = geometric_tlt_loader(beton, store)
+    bad, checked = misaligned_tokens(loader, cfg)
+    assert bad > checked // 10
