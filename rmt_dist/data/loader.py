@@ -434,9 +434,12 @@ class TrainLoader(_Base):
                 "mix_box": mix.box,
                 "augment_order": self.augment_order,
             }
-            if batch.whole and batch.ra_ops is not None:
-                meta["ra_ops"] = torch.from_numpy(batch.ra_ops)
-                meta["ra_args"] = torch.from_numpy(batch.ra_args)
+            if batch.whole:
+                meta["crop_bicubic"] = torch.from_numpy(batch.crop_bicubic)
+                if batch.ra_ops is not None:
+                    meta["ra_ops"] = torch.from_numpy(batch.ra_ops)
+                    meta["ra_args"] = torch.from_numpy(batch.ra_args)
+                    meta["ra_bicubic"] = torch.from_numpy(batch.ra_bicubic)
             yield images, targets, meta
 
 
