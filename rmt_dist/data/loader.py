@@ -14,7 +14,7 @@ format if cfg.model.channels_last); `targets` float32 (B, num_classes) soft targ
 Eval batches: `labels` int64 (B,); across ranks every val sample exactly once (contiguous
 blocks, no padding), the last batch may be short.
 
-Pipeline per batch: decode (libffcv's libjpeg-turbo) + RandomResizedCrop with Pillow's
+Pipeline per batch (`data.augment_order: crop_first`, timm's order): decode (libffcv's libjpeg-turbo) + RandomResizedCrop with Pillow's
 bicubic resize, bit-exact (`resample.py`) + flip (one numba kernel, `decode.py`) ->
 copy uint8 NHWC to the device -> normalise -> random erasing -> mixup/cutmix
 (`device_augment.py`). RandAugment acts on the uint8 crops, either in the decode kernel
@@ -39,10 +39,22 @@ Token labeling (`with_meta=True`) adds a dict per batch, all CPU tensors:
   boxes     int64 (B, 4)  RandomResizedCrop box (top, left, height, width) in the pixels
                           of the image as stored in the beton
   image_size int64 (B, 2) that image's (height, width)
-  flipped   bool (B,)     horizontal flip applied after the crop
+  flipped   bool (B,)     horizontal flip (crop_first: after the crop; tlt: of the whole image, first)
   mix_lam, mix_box        mixup/cutmix lambda and (y_lo, y_hi, x_lo, x_hi) or None
-Crop then flip maps a dense label map exactly; RandAugment's geometric ops are not
-reflected (as in the official token-labeling code, which crops/flips labels only).
+  augment_order           cfg.data.augment_order
+  tlt order only: ra_ops, ra_args (B, layers) RandAugment op codes (NO_OP if skipped) and
+  arguments, ra_bicubic (B, layers) and crop_bicubic (B,) the filter drawn per op and crop.
+
+`data.augment_order: tlt` (the starred recipes) is TokenLabeling's order
+(`transforms_imagenet_train`, tlt/data/label_transforms_factory.py): flip -> RandAugment on
+the whole image as stored in the beton -> RandomResizedCrop, its box drawn on the augmented
+image (same size). With `data.interpolation: random` each affine op and each crop draws
+bilinear or bicubic (tlt's `_RANDOM_INTERPOLATION`). RandAugment then runs in the decode
+workers, on images up to the beton's max resolution (`decode.decode_whole`).
+Token labels: crop then flip (crop_first) maps a dense label map exactly, but RandAugment's
+geometric ops on the crop are not reflected in it. In the tlt order the token-label loader
+moves the map with the flip and the geometric ops, as tlt does with its label ops
+(tlt/data/random_augment_label.py `NAME_TO_LABELOP`; rmt_dist/tokenlabel/label_augment.py).
 
 FFCV's own Loader is not used: its numba augmentations draw from per-thread RNGs that
 cannot be replayed, and it cannot start mid-epoch. We keep FFCV's file format, reader,
