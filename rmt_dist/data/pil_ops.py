@@ -121,36 +121,52 @@ def grey(r, g, b):  # Pillow's RGB -> L (ITU-R 601-2 luma, 16-bit fixed point)
 
 
 @njit(**_JIT)
-def color(img, factor):
+def _blend(img, degenerate, factor):
+    """img[i] = _blend_pixel(degenerate[i], img[i], factor) over flat uint8 arrays, in place,
+    written branch-free (clamp, then truncate: the same result) so LLVM vectorises it."""
+    f = np.float32(factor)
+    lo, hi = np.float32(0.0), np.float32(255.0)
+    for i in range(img.shape[0]):
+        dg = np.float32(degenerate[i])
+        v = dg + f * (np.float32(img[i]) - dg)
+        img[i] = np.uint8(min(max(v, lo), hi))
+
+
+@njit(**_JIT)
+def _grey_plane(img):
+    """Pillow's luma of each pixel, repeated for the 3 channels (flat, like img.reshape(-1))."""
     h, w, _ = img.shape
-    for y in range(h):
-        for x in range(w):
-            lum = grey(img[y, x, 0], img[y, x, 1], img[y, x, 2])
-            for c in range(3):
-                img[y, x, c] = _blend_pixel(lum, img[y, x, c], factor)
+    out = np.empty(h * w * 3, np.uint8)
+    flat = img.reshape(h * w * 3)
+    for p in range(h * w):
+        g = grey(flat[3 * p], flat[3 * p + 1], flat[3 * p + 2])
+        out[3 * p] = g
+        out[3 * p + 1] = g
+        out[3 * p + 2] = g
+    return out
+
+
+@njit(**_JIT)
+def color(img, factor):
+    flat = img.reshape(img.size)
+    _blend(flat, _grey_plane(img), factor)
 
 
 @njit(**_JIT)
 def contrast(img, factor):
     h, w, _ = img.shape
     total = 0
-    for y in range(h):
-        for x in range(w):
-            total += grey(img[y, x, 0], img[y, x, 1], img[y, x, 2])
+    flat = img.reshape(img.size)
+    for p in range(h * w):
+        total += grey(flat[3 * p], flat[3 * p + 1], flat[3 * p + 2])
     mean = int(total / (h * w) + 0.5)
-    for y in range(h):
-        for x in range(w):
-            for c in range(3):
-                img[y, x, c] = _blend_pixel(mean, img[y, x, c], factor)
+    _blend(flat, np.full(img.size, mean, np.uint8), factor)
 
 
 @njit(**_JIT)
 def brightness(img, factor):
-    h, w, _ = img.shape
-    for y in range(h):
-        for x in range(w):
-            for c in range(3):
-                img[y, x, c] = _blend_pixel(0, img[y, x, c], factor)
+    flat = img.reshape(img.size)
+    _blend(flat, np.zeros(img.size, np.uint8), factor)
 
 
 @njit(**_JIT)
@@ -158,20 +174,25 @@ def sharpness(img, factor):
     """Blend with ImageFilter.SMOOTH (3x3 kernel 1 1 1 / 1 5 1 / 1 1 1, /13; border kept)."""
     h, w, _ = img.shape
     smooth = img.copy()
+    w3 = w * 3
+    one, five, thirteen, half = np.float32(1.0), np.float32(5.0), np.float32(13.0), np.float32(0.5)
     for y in range(1, h - 1):
-        for x in range(1, w - 1):
-            for c in range(3):
-                s = np.float32(0.0)
-                for dy in range(-1, 2):
-                    for dx in range(-1, 2):
-                        k = np.float32(5.0) if dy == 0 and dx == 0 else np.float32(1.0)
-                        s += k * np.float32(img[y + dy, x + dx, c])
-                s = s / np.float32(13.0) + np.float32(0.5)
-                smooth[y, x, c] = min(max(int(s), 0), 255)
-    for y in range(h):
-        for x in range(w):
-            for c in range(3):
-                img[y, x, c] = _blend_pixel(smooth[y, x, c], img[y, x, c], factor)
+        up, mid, down, out = img[y - 1].reshape(w3), img[y].reshape(w3), img[y + 1].reshape(w3), smooth[y].reshape(w3)
+        for i in range(3, w3 - 3):  # the interior pixels of row y, all channels; the taps in Pillow's order
+            s = np.float32(0.0)
+            s += one * np.float32(up[i - 3])
+            s += one * np.float32(up[i])
+            s += one * np.float32(up[i + 3])
+            s += one * np.float32(mid[i - 3])
+            s += five * np.float32(mid[i])
+            s += one * np.float32(mid[i + 3])
+            s += one * np.float32(down[i - 3])
+            s += one * np.float32(down[i])
+            s += one * np.float32(down[i + 3])
+            s = s / thirteen + half
+            out[i] = np.uint8(min(max(s, np.float32(0.0)), np.float32(255.0)))
+    flat = img.reshape(img.size)
+    _blend(flat, smooth.reshape(img.size), factor)
 
 
 @njit(**_JIT)
