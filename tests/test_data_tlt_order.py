@@ -94,3 +94,32 @@ def test_augment_order_and_random_interpolation_are_validated(tmp_path):
     recipe.write_text("model: {name: rmt_t}\nrun: {dir: runs/x}\ndata: {train: x.beton, interpolation: random}\n")
     with pytest.raises(ConfigError, match="augment_order=tlt"):
         load_config(recipe)
+
+
+def test_ops_computed_only_where_the_crop_needs_them_equal_the_whole_image():
+    """decode_whole works back from the crop box (randaugment.source_window) and computes each
+    op on its window only: inside the box, the result must be the whole-image result."""
+    rng = np.random.default_rng(0)
+    h, w = 97, 131
+    base = np.asarray(Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC))
+    base = base.copy()
+    base[::7] = rng.integers(0, 256, base[::7].shape, dtype=np.uint8)  # some sharp detail too
+    fill = ra.fill_color([0.485, 0.456, 0.406])
+    spec = ra.RandAugmentSpec.parse("rand-m9-mstd0.5-inc1")
+    for trial in range(150):
+        ops = rng.integers(0, len(ra.OP_NAMES), 2)
+        args = ra.level_to_arg(ops, rng.uniform(0, spec.magnitude_max, 2), rng.random(2) > 0.5, True)
+        bicubic = rng.random(2) < 0.5
+        top, left = int(rng.integers(0, h - 10)), int(rng.integers(0, w - 10))
+        bh, bw = int(rng.integers(1, h - top + 1)), int(rng.integers(1, w - left + 1))
+        full = base.copy()
+        for op, arg, bic in zip(ops, args, bicubic):
+            ra.apply_op(full, int(op), float(arg), fill, bool(bic))
+        wins = [(top, top + bh, left, left + bw)]
+        for op, arg in zip(ops[::-1], args[::-1]):
+            wins.insert(0, ra.source_window(int(op), float(arg), h, w, *wins[0]))
+        part = base.copy()
+        for (op, arg, bic), win in zip(zip(ops, args, bicubic), wins[1:]):
+            ra.apply_op(part, int(op), float(arg), fill, bool(bic), *win)
+        np.testing.assert_array_equal(part[top:top + bh, left:left + bw], full[top:top + bh, left:left + bw],
+                                      err_msg=f"{[ra.OP_NAMES[o] for o in ops]} {args} {bicubic}")

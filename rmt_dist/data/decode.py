@@ -17,7 +17,7 @@ from ffcv.reader import Reader
 from numba import get_thread_id, njit, prange
 
 from .errors import DataError
-from .randaugment import NO_OP, apply_op
+from .randaugment import NO_OP, apply_op, source_window
 from .resample import BICUBIC, BILINEAR, FILTERS, resize_window
 
 _imdecode = njit(nogil=True)(imdecode)
@@ -88,17 +88,32 @@ def _decode_batch_whole(data, ptrs, sizes, modes, heights, widths, indices, boxe
             _imdecode(raw, buf, h, w, h, w, 0, 0, 1, 1, False, False)
         else:
             buf[:] = raw.reshape((h, w, 3))  # a copy: RandAugment works in place
-        if flips[k]:
-            for y in range(h):
+        # Only what the crop will show: from the crop box back through the ops, the window of
+        # its input each op must compute (randaugment.source_window).
+        layers = ra_ops.shape[1]
+        win = np.empty((layers + 1, 4), np.int64)
+        win[layers, 0], win[layers, 1] = boxes[k, 0], boxes[k, 0] + boxes[k, 2]
+        win[layers, 2], win[layers, 3] = boxes[k, 1], boxes[k, 1] + boxes[k, 3]
+        for layer in range(layers - 1, -1, -1):
+            op = ra_ops[k, layer]
+            if op == NO_OP:
+                win[layer] = win[layer + 1]
+            else:
+                win[layer, 0], win[layer, 1], win[layer, 2], win[layer, 3] = source_window(
+                    op, ra_args[k, layer], h, w, win[layer + 1, 0], win[layer + 1, 1], win[layer + 1, 2],
+                    win[layer + 1, 3])
+        if flips[k]:  # whole rows: the window's columns come from the mirrored ones
+            for y in range(win[0, 0], win[0, 1]):
                 row = buf[y]
                 for x in range(w // 2):
                     for c in range(3):
                         t = row[x, c]
                         row[x, c] = row[w - 1 - x, c]
                         row[w - 1 - x, c] = t
-        for layer in range(ra_ops.shape[1]):
+        for layer in range(layers):
             if ra_ops[k, layer] != NO_OP:
-                apply_op(buf, ra_ops[k, layer], ra_args[k, layer], fill, ra_bicubic[k, layer])
+                apply_op(buf, ra_ops[k, layer], ra_args[k, layer], fill, ra_bicubic[k, layer],
+                         win[layer + 1, 0], win[layer + 1, 1], win[layer + 1, 2], win[layer + 1, 3])
         oh, ow = out.shape[1], out.shape[2]
         resize_window(buf, boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3], oh, ow, 0, 0, out[k], False, kinds[k])
 

@@ -18,10 +18,13 @@ _JIT = dict(cache=True, nogil=True, fastmath=False)
 
 
 @njit(**_JIT)
-def apply_lut(img, lut):  # lut: (3, 256) uint8, one table per channel
+def apply_lut(img, lut, y0=0, y1=-1, x0=0, x1=-1):  # lut: (3, 256) uint8, one table per channel
+    """In place over rows [y0, y1) and columns [x0, x1) (-1: to the end)."""
     h, w, _ = img.shape
-    for y in range(h):
-        for x in range(w):
+    y1 = h if y1 < 0 else y1
+    x1 = w if x1 < 0 else x1
+    for y in range(y0, y1):
+        for x in range(x0, x1):
             for c in range(3):
                 img[y, x, c] = lut[c, img[y, x, c]]
 
@@ -38,7 +41,8 @@ def histograms(img):
 
 
 @njit(**_JIT)
-def auto_contrast(img):
+def auto_contrast(img, y0=0, y1=-1, x0=0, x1=-1):
+    """The LUT from the whole image's histograms, applied to the window (all ops: see apply_lut)."""
     hist = histograms(img)
     lut = np.empty((3, 256), np.uint8)
     for c in range(3):
@@ -57,11 +61,11 @@ def auto_contrast(img):
             for i in range(256):
                 v = int(i * scale + offset)
                 lut[c, i] = min(max(v, 0), 255)
-    apply_lut(img, lut)
+    apply_lut(img, lut, y0, y1, x0, x1)
 
 
 @njit(**_JIT)
-def equalize(img):
+def equalize(img, y0=0, y1=-1, x0=0, x1=-1):
     hist = histograms(img)
     lut = np.empty((3, 256), np.uint8)
     for c in range(3):
@@ -82,11 +86,11 @@ def equalize(img):
             for i in range(256):
                 lut[c, i] = min(n // step, 255)
                 n += hist[c, i]
-    apply_lut(img, lut)
+    apply_lut(img, lut, y0, y1, x0, x1)
 
 
 @njit(**_JIT)
-def point(img, kind, arg):
+def point(img, kind, arg, y0=0, y1=-1, x0=0, x1=-1):
     """LUT ops: 0 invert, 1 posterize(bits), 2 solarize(thresh), 3 solarize_add(add, thresh 128)."""
     lut = np.empty((3, 256), np.uint8)
     a = int(arg)
@@ -101,7 +105,7 @@ def point(img, kind, arg):
             v = min(255, i + a) if i < 128 else i
         for c in range(3):
             lut[c, i] = v
-    apply_lut(img, lut)
+    apply_lut(img, lut, y0, y1, x0, x1)
 
 
 @njit(**_JIT)
@@ -121,78 +125,103 @@ def grey(r, g, b):  # Pillow's RGB -> L (ITU-R 601-2 luma, 16-bit fixed point)
 
 
 @njit(**_JIT)
-def _blend(img, degenerate, factor):
-    """img[i] = _blend_pixel(degenerate[i], img[i], factor) over flat uint8 arrays, in place,
-    written branch-free (clamp, then truncate: the same result) so LLVM vectorises it."""
+def _blend(img, degenerate, factor, lo, hi):
+    """img[i] = _blend_pixel(degenerate[i - lo], img[i], factor) for i in [lo, hi) of flat uint8
+    arrays, in place, written branch-free (clamp, then truncate: the same result) so LLVM
+    vectorises it."""
     f = np.float32(factor)
-    lo, hi = np.float32(0.0), np.float32(255.0)
-    for i in range(img.shape[0]):
-        dg = np.float32(degenerate[i])
+    zero, top = np.float32(0.0), np.float32(255.0)
+    for i in range(lo, hi):
+        dg = np.float32(degenerate[i - lo])
         v = dg + f * (np.float32(img[i]) - dg)
-        img[i] = np.uint8(min(max(v, lo), hi))
+        img[i] = np.uint8(min(max(v, zero), top))
 
 
 @njit(**_JIT)
-def _grey_plane(img):
-    """Pillow's luma of each pixel, repeated for the 3 channels (flat, like img.reshape(-1))."""
+def _window(img, y0, y1, x0, x1):
     h, w, _ = img.shape
-    out = np.empty(h * w * 3, np.uint8)
-    flat = img.reshape(h * w * 3)
-    for p in range(h * w):
-        g = grey(flat[3 * p], flat[3 * p + 1], flat[3 * p + 2])
-        out[3 * p] = g
-        out[3 * p + 1] = g
-        out[3 * p + 2] = g
-    return out
+    return y0, (h if y1 < 0 else y1), x0, (w if x1 < 0 else x1)
 
 
 @njit(**_JIT)
-def color(img, factor):
+def color(img, factor, y0=0, y1=-1, x0=0, x1=-1):
+    h, w, _ = img.shape
+    y0, y1, x0, x1 = _window(img, y0, y1, x0, x1)
     flat = img.reshape(img.size)
-    _blend(flat, _grey_plane(img), factor)
+    grey3 = np.empty((x1 - x0) * 3, np.uint8)
+    for y in range(y0, y1):
+        base = (y * w + x0) * 3
+        for p in range(x1 - x0):
+            g = grey(flat[base + 3 * p], flat[base + 3 * p + 1], flat[base + 3 * p + 2])
+            grey3[3 * p] = g
+            grey3[3 * p + 1] = g
+            grey3[3 * p + 2] = g
+        _blend(flat, grey3, factor, base, base + (x1 - x0) * 3)
 
 
 @njit(**_JIT)
-def contrast(img, factor):
+def contrast(img, factor, y0=0, y1=-1, x0=0, x1=-1):
+    """Blend with the whole image's mean grey, in the window."""
     h, w, _ = img.shape
+    y0, y1, x0, x1 = _window(img, y0, y1, x0, x1)
     total = 0
     flat = img.reshape(img.size)
     for p in range(h * w):
         total += grey(flat[3 * p], flat[3 * p + 1], flat[3 * p + 2])
     mean = int(total / (h * w) + 0.5)
-    _blend(flat, np.full(img.size, mean, np.uint8), factor)
+    deg = np.full((x1 - x0) * 3, mean, np.uint8)
+    for y in range(y0, y1):
+        base = (y * w + x0) * 3
+        _blend(flat, deg, factor, base, base + (x1 - x0) * 3)
 
 
 @njit(**_JIT)
-def brightness(img, factor):
-    flat = img.reshape(img.size)
-    _blend(flat, np.zeros(img.size, np.uint8), factor)
-
-
-@njit(**_JIT)
-def sharpness(img, factor):
-    """Blend with ImageFilter.SMOOTH (3x3 kernel 1 1 1 / 1 5 1 / 1 1 1, /13; border kept)."""
+def brightness(img, factor, y0=0, y1=-1, x0=0, x1=-1):
     h, w, _ = img.shape
-    smooth = img.copy()
-    w3 = w * 3
-    one, five, thirteen, half = np.float32(1.0), np.float32(5.0), np.float32(13.0), np.float32(0.5)
-    for y in range(1, h - 1):
-        up, mid, down, out = img[y - 1].reshape(w3), img[y].reshape(w3), img[y + 1].reshape(w3), smooth[y].reshape(w3)
-        for i in range(3, w3 - 3):  # the interior pixels of row y, all channels; the taps in Pillow's order
-            s = np.float32(0.0)
-            s += one * np.float32(up[i - 3])
-            s += one * np.float32(up[i])
-            s += one * np.float32(up[i + 3])
-            s += one * np.float32(mid[i - 3])
-            s += five * np.float32(mid[i])
-            s += one * np.float32(mid[i + 3])
-            s += one * np.float32(down[i - 3])
-            s += one * np.float32(down[i])
-            s += one * np.float32(down[i + 3])
-            s = s / thirteen + half
-            out[i] = np.uint8(min(max(s, np.float32(0.0)), np.float32(255.0)))
+    y0, y1, x0, x1 = _window(img, y0, y1, x0, x1)
     flat = img.reshape(img.size)
-    _blend(flat, smooth.reshape(img.size), factor)
+    deg = np.zeros((x1 - x0) * 3, np.uint8)
+    for y in range(y0, y1):
+        base = (y * w + x0) * 3
+        _blend(flat, deg, factor, base, base + (x1 - x0) * 3)
+
+
+@njit(**_JIT)
+def sharpness(img, factor, y0=0, y1=-1, x0=0, x1=-1):
+    """Blend with ImageFilter.SMOOTH (3x3 kernel 1 1 1 / 1 5 1 / 1 1 1, /13; border kept), in
+    the window; the filter reads the unmodified neighbours, also outside the window."""
+    h, w, _ = img.shape
+    y0, y1, x0, x1 = _window(img, y0, y1, x0, x1)
+    n = (x1 - x0) * 3
+    smooth = np.empty((max(y1 - y0, 0), n), np.uint8)
+    one, five, thirteen, half = np.float32(1.0), np.float32(5.0), np.float32(13.0), np.float32(0.5)
+    w3 = w * 3
+    for y in range(y0, y1):
+        mid = img[y].reshape(w3)
+        out = smooth[y - y0]
+        for i in range(n):
+            out[i] = mid[x0 * 3 + i]  # Pillow keeps the image border unfiltered
+        if y == 0 or y == h - 1:
+            continue
+        up, down = img[y - 1].reshape(w3), img[y + 1].reshape(w3)
+        lo, hi = max(x0, 1) * 3, min(x1, w - 1) * 3
+        for i in range(lo, hi):  # interior pixels of row y, all channels; the taps in Pillow's order
+            t = np.float32(0.0)
+            t += one * np.float32(up[i - 3])
+            t += one * np.float32(up[i])
+            t += one * np.float32(up[i + 3])
+            t += one * np.float32(mid[i - 3])
+            t += five * np.float32(mid[i])
+            t += one * np.float32(mid[i + 3])
+            t += one * np.float32(down[i - 3])
+            t += one * np.float32(down[i])
+            t += one * np.float32(down[i + 3])
+            t = t / thirteen + half
+            out[i - x0 * 3] = np.uint8(min(max(t, np.float32(0.0)), np.float32(255.0)))
+    flat = img.reshape(img.size)
+    for y in range(y0, y1):
+        base = (y * w + x0) * 3
+        _blend(flat, smooth[y - y0], factor, base, base + n)
 
 
 @njit(**_JIT)
@@ -220,13 +249,14 @@ def _row(src, r, xs, ch, dx):
 
 
 @njit(**_JIT)
-def affine(img, a, b, c, d, e, f, fill, bicubic):
+def affine(img, a, b, c, d, e, f, fill, bicubic, y0=0, y1=-1, x0=0, x1=-1):
     """Pillow's Image.transform(AFFINE, (a..f), resample, fillcolor): output pixel (x, y)
-    samples the input at (a(x+.5)+b(y+.5)+c, d(x+.5)+e(y+.5)+f); outside -> fill."""
-    h, w, _ = img.shape
+    samples the input at (a(x+.5)+b(y+.5)+c, d(x+.5)+e(y+.5)+f); outside -> fill. Computes
+    at least the window [y0, y1) x [x0, x1); pixels outside it may be left stale."""
+    y0, y1, x0, x1 = _window(img, y0, y1, x0, x1)
     src = img.copy()
     if bicubic and a == 1.0 and d == 0.0 and e == 1.0 and f == 0.0:  # ShearX, TranslateX
-        for y in range(h):
+        for y in range(y0, y1):
             _shift_row(img, src, y, b, c, fill)
         return
     if bicubic and a == 1.0 and b == 0.0 and c == 0.0 and e == 1.0:  # ShearY, TranslateY
@@ -234,14 +264,14 @@ def affine(img, a, b, c, d, e, f, fill, bicubic):
         # at the border like its horizontal ones, and the sums are the same).
         t_src = _transposed(src)
         t_img = t_src.copy()
-        for x in range(w):
+        for x in range(x0, x1):
             _shift_row(t_img, t_src, x, d, f, fill)
-        for y in range(h):
-            for x in range(w):
+        for y in range(y0, y1):
+            for x in range(x0, x1):
                 for ch in range(3):
                     img[y, x, ch] = t_img[x, y, ch]
         return
-    _general(img, src, a, b, c, d, e, f, fill, bicubic, 0, h, 0, w)
+    _general(img, src, a, b, c, d, e, f, fill, bicubic, y0, y1, x0, x1)
 
 
 @njit(**_JIT)
@@ -381,8 +411,8 @@ def rotation_matrix(degrees, w, h):
 
 
 @njit(**_JIT)
-def rotate(img, degrees, fill, bicubic):
+def rotate(img, degrees, fill, bicubic, y0=0, y1=-1, x0=0, x1=-1):
     """Pillow's Image.rotate(degrees, resample, fillcolor) about the centre, same size."""
     h, w, _ = img.shape
     a, b, c, d, e, f = rotation_matrix(degrees, w, h)
-    affine(img, a, b, c, d, e, f, fill, bicubic)
+    affine(img, a, b, c, d, e, f, fill, bicubic, y0, y1, x0, x1)

@@ -134,38 +134,80 @@ def affine_matrix(op: int, arg: float, width: int, height: int) -> tuple[float, 
 
 
 @njit(cache=True, nogil=True)
-def apply_op(img, op, arg, fill, bicubic):
+def apply_op(img, op, arg, fill, bicubic, y0=0, y1=-1, x0=0, x1=-1):
+    """One op in place; only the window [y0, y1) x [x0, x1) (-1: to the end) is guaranteed
+    (the whole image by default); statistics (histograms, mean) always come from the whole
+    image, and affine ops may read outside the window (see `source_window`)."""
     h, w, _ = img.shape
     if op == AUTO_CONTRAST:
-        pil_ops.auto_contrast(img)
+        pil_ops.auto_contrast(img, y0, y1, x0, x1)
     elif op == EQUALIZE:
-        pil_ops.equalize(img)
+        pil_ops.equalize(img, y0, y1, x0, x1)
     elif op == INVERT:
-        pil_ops.point(img, 0, 0.0)
+        pil_ops.point(img, 0, 0.0, y0, y1, x0, x1)
     elif op == ROTATE:
-        pil_ops.rotate(img, arg, fill, bicubic)
+        pil_ops.rotate(img, arg, fill, bicubic, y0, y1, x0, x1)
     elif op == POSTERIZE:
-        pil_ops.point(img, 1, arg)
+        pil_ops.point(img, 1, arg, y0, y1, x0, x1)
     elif op == SOLARIZE:
-        pil_ops.point(img, 2, arg)
+        pil_ops.point(img, 2, arg, y0, y1, x0, x1)
     elif op == SOLARIZE_ADD:
-        pil_ops.point(img, 3, arg)
+        pil_ops.point(img, 3, arg, y0, y1, x0, x1)
     elif op == COLOR:
-        pil_ops.color(img, arg)
+        pil_ops.color(img, arg, y0, y1, x0, x1)
     elif op == CONTRAST:
-        pil_ops.contrast(img, arg)
+        pil_ops.contrast(img, arg, y0, y1, x0, x1)
     elif op == BRIGHTNESS:
-        pil_ops.brightness(img, arg)
+        pil_ops.brightness(img, arg, y0, y1, x0, x1)
     elif op == SHARPNESS:
-        pil_ops.sharpness(img, arg)
+        pil_ops.sharpness(img, arg, y0, y1, x0, x1)
     elif op == SHEAR_X:
-        pil_ops.affine(img, 1.0, arg, 0.0, 0.0, 1.0, 0.0, fill, bicubic)
+        pil_ops.affine(img, 1.0, arg, 0.0, 0.0, 1.0, 0.0, fill, bicubic, y0, y1, x0, x1)
     elif op == SHEAR_Y:
-        pil_ops.affine(img, 1.0, 0.0, 0.0, arg, 1.0, 0.0, fill, bicubic)
+        pil_ops.affine(img, 1.0, 0.0, 0.0, arg, 1.0, 0.0, fill, bicubic, y0, y1, x0, x1)
     elif op == TRANSLATE_X:
-        pil_ops.affine(img, 1.0, 0.0, arg * w, 0.0, 1.0, 0.0, fill, bicubic)
+        pil_ops.affine(img, 1.0, 0.0, arg * w, 0.0, 1.0, 0.0, fill, bicubic, y0, y1, x0, x1)
     elif op == TRANSLATE_Y:
-        pil_ops.affine(img, 1.0, 0.0, 0.0, 0.0, 1.0, arg * h, fill, bicubic)
+        pil_ops.affine(img, 1.0, 0.0, 0.0, 0.0, 1.0, arg * h, fill, bicubic, y0, y1, x0, x1)
+
+
+_TAP_MARGIN = 3  # bicubic taps reach from floor(x - 0.5) - 1 to + 2 around a source point x
+
+
+@njit(cache=True, nogil=True)
+def source_window(op, arg, h, w, y0, y1, x0, x1):
+    """The window of its input an op reads to compute the output window [y0, y1) x [x0, x1):
+    the loader works back from the crop box through the ops (tlt order), so each op computes
+    only what the crop will show. Histogram/mean ops need their whole input."""
+    if op == AUTO_CONTRAST or op == EQUALIZE or op == CONTRAST:
+        return 0, h, 0, w
+    if op == SHARPNESS:
+        return max(y0 - 1, 0), min(y1 + 1, h), max(x0 - 1, 0), min(x1 + 1, w)
+    if op == ROTATE:
+        a, b, c, d, e, f = pil_ops.rotation_matrix(arg, w, h)
+    elif op == SHEAR_X:
+        a, b, c, d, e, f = 1.0, arg, 0.0, 0.0, 1.0, 0.0
+    elif op == SHEAR_Y:
+        a, b, c, d, e, f = 1.0, 0.0, 0.0, arg, 1.0, 0.0
+    elif op == TRANSLATE_X:
+        a, b, c, d, e, f = 1.0, 0.0, arg * w, 0.0, 1.0, 0.0
+    elif op == TRANSLATE_Y:
+        a, b, c, d, e, f = 1.0, 0.0, 0.0, 0.0, 1.0, arg * h
+    else:  # point ops: pixel by pixel
+        return y0, y1, x0, x1
+    if y1 <= y0 or x1 <= x0:
+        return y0, y0, x0, x0
+    lo_x, hi_x, lo_y, hi_y = math.inf, -math.inf, math.inf, -math.inf
+    for cy in (y0, y1):  # an affine map takes the window to a parallelogram: its corners bound it
+        for cx in (x0, x1):
+            xin, yin = a * cx + b * cy + c, d * cx + e * cy + f
+            lo_x, hi_x = min(lo_x, xin), max(hi_x, xin)
+            lo_y, hi_y = min(lo_y, yin), max(hi_y, yin)
+    sx0 = min(max(int(math.floor(lo_x)) - _TAP_MARGIN, 0), w)
+    sx1 = min(max(int(math.ceil(hi_x)) + _TAP_MARGIN, sx0), w)
+    sy0 = min(max(int(math.floor(lo_y)) - _TAP_MARGIN, 0), h)
+    sy1 = min(max(int(math.ceil(hi_y)) + _TAP_MARGIN, sy0), h)
+    return sy0, sy1, sx0, sx1
 
 
 def fill_color(mean: list[float]) -> np.ndarray:
