@@ -7,6 +7,13 @@ crops, resizes (Pillow's bicubic/bilinear, bit-exact: `resample.py`), flips and
 RandAugments (`randaugment.py`) each sample, without the GIL. One parallel loop for all of
 it balances the threads better than one per stage (RandAugment ops differ 50x in cost).
 Sample bytes are read from a memory map of the beton (the OS page cache).
+
+`decode_whole` is tlt's order (`data.augment_order: tlt`): flip and RandAugment the whole
+decoded image, then crop. Working back from the crop box, each op computes only the window
+of its output that the crop (or the next op) reads (`randaugment.source_window`), bit-equal
+inside the crop to computing the whole image: about half the pixels on average at timm's
+scale (0.08, 1), and all of them only before a histogram/mean op (AutoContrast, Equalize,
+Contrast).
 """
 
 from __future__ import annotations

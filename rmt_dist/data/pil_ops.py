@@ -3,8 +3,12 @@
 Each function reproduces the Pillow operation timm calls (Pillow's C code: LUT ops,
 ImageEnhance blends, the SMOOTH filter, affine transforms with bilinear/bicubic filters and
 a fill colour); the tests find them equal to timm's bit for bit. They run inside the
-loader's numba worker threads, without the GIL, on images already cropped to the
-training size. All functions modify `img` in place.
+loader's numba worker threads, without the GIL: on the 224 px crops (crop_first order) or
+on whole stored images (tlt order). All functions modify `img` in place; each takes an
+optional window (y0, y1, x0, x1) and then guarantees only those pixels (statistics still
+come from the whole image), so the tlt order computes only what its crop will show. The
+blends are written branch-free over flat rows so LLVM vectorises them (same float32
+arithmetic as Pillow's ImagingBlend).
 """
 
 from __future__ import annotations

@@ -7,10 +7,14 @@
 - `apply_op` applies one with the numba kernels of `pil_ops`; the decode kernel calls it
   on each uint8 image right after its crop (`decode.py`). On a GPU run the same draws
   are applied batched on the device instead (`device_randaugment.py`), bit-identically.
+  In the tlt order (`data.augment_order: tlt`) it runs on the whole stored image before the
+  crop, each op only on the window `source_window` says the crop needs.
 
 Ops, order and level functions are timm's `_RAND_INCREASING_TRANSFORMS` (inc1) or
-`_RAND_TRANSFORMS` (inc0). Affine ops use bicubic resampling (the RMT/DeiT recipe's
-`--train-interpolation bicubic`) and fill with the mean pixel, as timm's create_transform.
+`_RAND_TRANSFORMS` (inc0); tlt's RandAugment (tlt/data/random_augment_label.py) has the same
+ops, levels and draws. Affine ops use the recipe's filter (bicubic: the RMT/DeiT recipe's
+`--train-interpolation bicubic`; `random` draws bilinear or bicubic per op, tlt order only)
+and fill with the mean pixel, as timm's create_transform.
 One deliberate difference: a posterize level of 0 bits turns the image black (Pillow < 10
 semantics); Pillow >= 10 raises on it, which crashes timm's reference at magnitude 10.
 """
