@@ -10,8 +10,7 @@ from data_helpers import data_config, digits_betons
 from PIL import Image
 from test_data_loader import denormalize
 
-from rmt_dist.config import ConfigError
-from rmt_dist.config import load_config
+from rmt_dist.config import ConfigError, load_config
 from rmt_dist.data import build_train_loader
 from rmt_dist.data import randaugment as ra
 from rmt_dist.data.decode import BetonImages
@@ -106,7 +105,7 @@ def test_ops_computed_only_where_the_crop_needs_them_equal_the_whole_image():
     base[::7] = rng.integers(0, 256, base[::7].shape, dtype=np.uint8)  # some sharp detail too
     fill = ra.fill_color([0.485, 0.456, 0.406])
     spec = ra.RandAugmentSpec.parse("rand-m9-mstd0.5-inc1")
-    for trial in range(150):
+    for _ in range(150):
         ops = rng.integers(0, len(ra.OP_NAMES), 2)
         args = ra.level_to_arg(ops, rng.uniform(0, spec.magnitude_max, 2), rng.random(2) > 0.5, True)
         bicubic = rng.random(2) < 0.5

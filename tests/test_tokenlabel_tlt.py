@@ -83,7 +83,7 @@ def test_flip_ops_crop_and_targets_match_tlts_chain_except_the_box_order(tlt, mo
             label = fns[int(op)](label, float(arg))
         crop = factory.RandomResizedCropAndInterpolationWithCoords(size=8)
         # Transposed on purpose: tlt reads its box as (y1, x1, y2, x2).
-        monkeypatch.setattr(crop, "get_params", lambda *a, **k: (left, top, w, h))
+        monkeypatch.setattr(crop, "get_params", lambda *a, box=(left, top, w, h), **k: box)
         _, label = crop(img, label)
         label[-1, 0, 0, 5] = 0  # the ground-truth slot, as DatasetTokenLabel
         batch = torch.stack([label, label])  # B > 1: tlt squeezes the batch dimension away otherwise
