@@ -34,6 +34,12 @@ map moves exactly with the image for any image shape and any teacher view:
    (Pillow's test for the fill colour), and a point inside the image but outside the
    teacher's view takes the nearest map cell (the border clamp of targets.py).
 
+A teacher view smaller than the image (center_crop): the moved map keeps covering the view's
+rectangle of the (augmented) image, as tlt's map keeps its shape. What an op moves out of
+that rectangle leaves the map, and what it moves in from outside the view takes the nearest
+map cell, like the parts of a crop outside the view. With the squash view (our generator's)
+the map covers the whole image and nothing is lost but the fill.
+
 `convention="tlt"` reproduces tlt's own arithmetic (cell corners, ndimage's fill test) for
 the comparison test with tlt's code; on a square image with a square map and the squash
 view it is bitwise tlt's `affine_label` output (tests/test_tokenlabel_tlt.py).
