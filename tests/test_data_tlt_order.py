@@ -122,3 +122,14 @@ def test_ops_computed_only_where_the_crop_needs_them_equal_the_whole_image():
             ra.apply_op(part, int(op), float(arg), fill, bool(bic), *win)
         np.testing.assert_array_equal(part[top:top + bh, left:left + bw], full[top:top + bh, left:left + bw],
                                       err_msg=f"{[ra.OP_NAMES[o] for o in ops]} {args} {bicubic}")
+
+
+@pytest.mark.parametrize("size", ["s", "b", "l"])
+def test_starred_recipes_use_tlts_order_and_random_interpolation(size):
+    from pathlib import Path
+
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    star = load_config(recipes / f"rmt_{size}_tokenlabel.yaml")
+    plain = load_config(recipes / f"rmt_{size}.yaml")
+    assert (star.data.augment_order, star.data.interpolation) == ("tlt", "random")
+    assert (plain.data.augment_order, plain.data.interpolation) == ("crop_first", "bicubic")
