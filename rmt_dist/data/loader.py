@@ -14,8 +14,8 @@ format if cfg.model.channels_last); `targets` float32 (B, num_classes) soft targ
 Eval batches: `labels` int64 (B,); across ranks every val sample exactly once (contiguous
 blocks, no padding), the last batch may be short.
 
-Pipeline per batch (`data.augment_order: crop_first`, timm's order): decode (libffcv's libjpeg-turbo) + RandomResizedCrop with Pillow's
-bicubic resize, bit-exact (`resample.py`) + flip (one numba kernel, `decode.py`) ->
+Pipeline per batch (`data.augment_order: crop_first`, timm's order): decode (libffcv's
+libjpeg-turbo) + RandomResizedCrop with Pillow's bicubic resize, bit-exact (`resample.py`) + flip (one numba kernel, `decode.py`) ->
 copy uint8 NHWC to the device -> normalise -> random erasing -> mixup/cutmix
 (`device_augment.py`). RandAugment acts on the uint8 crops, either in the decode kernel
 (numba, `randaugment.py`) or batched on the device right after the copy
