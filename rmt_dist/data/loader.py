@@ -15,8 +15,8 @@ Eval batches: `labels` int64 (B,); across ranks every val sample exactly once (c
 blocks, no padding), the last batch may be short.
 
 Pipeline per batch (`data.augment_order: crop_first`, timm's order): decode (libffcv's
-libjpeg-turbo) + RandomResizedCrop with Pillow's bicubic resize, bit-exact (`resample.py`) + flip (one numba kernel, `decode.py`) ->
-copy uint8 NHWC to the device -> normalise -> random erasing -> mixup/cutmix
+libjpeg-turbo) + RandomResizedCrop with Pillow's bicubic resize, bit-exact (`resample.py`)
++ flip (one numba kernel, `decode.py`) -> copy uint8 NHWC to the device -> normalise -> random erasing -> mixup/cutmix
 (`device_augment.py`). RandAugment acts on the uint8 crops, either in the decode kernel
 (numba, `randaugment.py`) or batched on the device right after the copy
 (`device_randaugment.py`), bit-identically; `data.randaugment_on: auto` picks the device
