@@ -123,3 +123,61 @@ def test_teacher_accepts_a_released_rmt_checkpoint(tmp_path):
     teacher = build_teacher("rmt_test", str(path), num_classes=10)
     for key, value in source.state_dict().items():
         assert torch.equal(teacher.state_dict()[key], value), key
+
+
+def _adaptive_cls_reference(maps: torch.Tensor, box: list[float]) -> torch.Tensor:
+    """A direct transcription of roi_align's adaptive 1x1 bin (aligned=True): the mean of
+    ceil(roi_h) x ceil(roi_w) bilinear samples at the bin's sub-cell centres, in map cells."""
+    _, h, w = maps.shape
+    x1, y1, x2, y2 = (v - 0.5 for v in box)
+    gh, gw = int(torch.tensor(y2 - y1).ceil()), int(torch.tensor(x2 - x1).ceil())
+    total = torch.zeros(maps.shape[0], dtype=torch.float64)
+    for iy in range(gh):
+        y = min(max(y1 + (iy + 0.5) * (y2 - y1) / gh, 0.0), h - 1)
+        for ix in range(gw):
+            x = min(max(x1 + (ix + 0.5) * (x2 - x1) / gw, 0.0), w - 1)
+            y0, x0 = int(y), int(x)
+            ya, xa = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
+            ly, lx = y - y0, x - x0
+            m = maps.double()
+            total += ((1 - ly) * (1 - lx) * m[:, y0, x0] + (1 - ly) * lx * m[:, y0, xa]
+                      + ly * (1 - lx) * m[:, ya, x0] + ly * lx * m[:, ya, xa])
+    return total / (gh * gw)
+
+
+def test_cls_target_uses_roi_aligns_adaptive_sampling():
+    """The whole-crop target averages ceil(box) samples per axis (tlt's roi_align default,
+    sampling_ratio=-1/0), not a fixed 2x2."""
+    from torchvision.ops import roi_align
+
+    from rmt_dist.tokenlabel.targets import dense_score_maps
+
+    g = torch.Generator().manual_seed(0)
+    b, h, w, k, classes = 16, 12, 12, 5, 40
+    scores = torch.randn(b, h, w, k, generator=g) * 3
+    indices = torch.stack([torch.randperm(classes, generator=g)[:k] for _ in range(b * h * w)]).view(b, h, w, k)
+    lo = torch.rand(b, 2, generator=g) * 0.4
+    boxes = torch.cat([lo, lo + 0.3 + torch.rand(b, 2, generator=g) * 0.3], 1)
+    cls, _ = crop_aligned_targets(scores, indices, boxes, torch.zeros(b, dtype=torch.bool), classes, 7, smoothing=0.0)
+    maps = dense_score_maps(scores, indices, classes)
+    rois = torch.cat([torch.arange(b, dtype=torch.float32)[:, None], boxes * torch.tensor([w, h, w, h])], 1)
+    default = roi_align(maps, rois, output_size=(1, 1), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    torch.testing.assert_close(cls, torch.softmax(default.flatten(1), 1), atol=1e-6, rtol=0)
+    for i in range(b):
+        ref = torch.softmax(_adaptive_cls_reference(maps[i], rois[i, 1:].tolist()), 0).float()
+        torch.testing.assert_close(cls[i], ref, atol=1e-5, rtol=0)
+    fixed = roi_align(maps, rois, output_size=(1, 1), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    assert (cls - torch.softmax(fixed.flatten(1), 1)).abs().max() > 1e-2  # the old 2x2 is measurably different
+
+
+def test_crop_reaching_past_the_map_takes_the_nearest_cell():
+    """Border clamp: token bins beyond the map's edge get the edge cells' targets (a teacher view
+    smaller than the image), not the uniform target of zero logits."""
+    scores, indices, classes = coordinate_store(3, 4)  # 3 rows: one per token row
+    box = torch.tensor([[-1.0, 0.0, 2.0, 1.0]])  # x from one map width left to one right of it
+    cls, dense = crop_aligned_targets(scores, indices, box, torch.tensor([False]), classes, 3, smoothing=0.0)
+    top = dense[0].argmax(-1).view(3, 3)
+    probs = dense[0].view(3, 3, -1)
+    for i in range(3):
+        assert top[i].tolist() == [i * 4 + 0, int(top[i, 1]), i * 4 + 3]  # left bins: column 0, right: column 3
+        assert float(probs[i, 0].max()) > 0.9 and float(probs[i, 2].max()) > 0.9  # the edge cell's target

@@ -45,7 +45,10 @@ class DataConfig:
     num_workers: int = 10  # per process; capped by the CPUs the process may use
     img_size: int = 224
     crop_pct: float = 0.9  # eval: resize to img_size / crop_pct, center crop img_size
-    interpolation: Literal["bicubic", "bilinear"] = "bicubic"  # crops, eval resize, RandAugment (Pillow's)
+    # Pillow filter of the training crops and RandAugment's affine ops; `random` draws bilinear or
+    # bicubic per op and per crop (tlt's train_interpolation='random'; needs augment_order: tlt).
+    # The eval resize uses it too (bicubic when `random`).
+    interpolation: Literal["bicubic", "bilinear", "random"] = "bicubic"
     scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333333333333333])
     hflip: float = 0.5
@@ -56,6 +59,12 @@ class DataConfig:
     # then only decode, crop and flip), or in the host decode workers (auto on CPU).
     # Both give bit-identical batches from the same seed.
     randaugment_on: Literal["auto", "host", "device"] = "auto"
+    # crop_first: RandomResizedCrop -> flip -> RandAugment on the crop (timm/DeiT, the plain recipes).
+    # tlt: flip -> RandAugment on the whole stored image -> RandomResizedCrop, RandAugment's
+    # geometric ops also moving the token-label maps (TokenLabeling's create_token_label_transform,
+    # tlt/data/label_transforms_factory.py; the starred recipes). RandAugment then runs in the host
+    # workers (randaugment_on is ignored).
+    augment_order: Literal["crop_first", "tlt"] = "crop_first"
     reprob: float = 0.25
     remode: Literal["pixel", "rand", "const"] = "pixel"
     mixup: float = 0.8

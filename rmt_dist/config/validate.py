@@ -30,6 +30,9 @@ def validate(cfg: Config, where: str) -> None:
     _check(len(d.ratio) == 2 and 0 < d.ratio[0] <= d.ratio[1], where,
            f"data.ratio must be [min, max] with 0 < min <= max, got {d.ratio}")
     _check(len(d.mean) == 3 and len(d.std) == 3, where, "data.mean and data.std need 3 values (RGB)")
+    _check(d.interpolation != "random" or d.augment_order == "tlt", where,
+           "data.interpolation=random (bilinear or bicubic drawn per op and per crop) is implemented for "
+           "data.augment_order=tlt only; set data.augment_order=tlt or data.interpolation=bicubic|bilinear")
     _check(d.num_repeats >= 1, where, f"data.num_repeats must be >= 1, got {d.num_repeats}")
     for key, p in [("data.hflip", d.hflip), ("data.reprob", d.reprob), ("data.mixup_prob", d.mixup_prob),
                    ("data.mixup_switch_prob", d.mixup_switch_prob), ("data.label_smoothing", d.label_smoothing)]:

@@ -7,6 +7,13 @@ crops, resizes (Pillow's bicubic/bilinear, bit-exact: `resample.py`), flips and
 RandAugments (`randaugment.py`) each sample, without the GIL. One parallel loop for all of
 it balances the threads better than one per stage (RandAugment ops differ 50x in cost).
 Sample bytes are read from a memory map of the beton (the OS page cache).
+
+`decode_whole` is tlt's order (`data.augment_order: tlt`): flip and RandAugment the whole
+decoded image, then crop. Working back from the crop box, each op computes only the window
+of its output that the crop (or the next op) reads (`randaugment.source_window`), bit-equal
+inside the crop to computing the whole image: about half the pixels on average at timm's
+scale (0.08, 1), and all of them only before a histogram/mean op (AutoContrast, Equalize,
+Contrast).
 """
 
 from __future__ import annotations
@@ -17,8 +24,8 @@ from ffcv.reader import Reader
 from numba import get_thread_id, njit, prange
 
 from .errors import DataError
-from .randaugment import NO_OP, apply_op
-from .resample import BICUBIC, FILTERS, resize_window
+from .randaugment import NO_OP, apply_op, source_window
+from .resample import BICUBIC, BILINEAR, FILTERS, resize_window
 
 _imdecode = njit(nogil=True)(imdecode)
 
@@ -73,6 +80,51 @@ def _decode_batch(data, ptrs, sizes, modes, heights, widths, indices, boxes, res
                 apply_op(out[k], ra_ops[k, layer], ra_args[k, layer], fill, kind == BICUBIC)
 
 
+@njit(nogil=True, parallel=True)
+def _decode_batch_whole(data, ptrs, sizes, modes, heights, widths, indices, boxes, flips, kinds, out, scratch,
+                        ra_ops, ra_args, ra_bicubic, fill):
+    """tlt's order: flip the whole decoded image, RandAugment it at its stored size, then crop
+    and resize (each sample with its own crop filter, each op with its own affine filter)."""
+    for k in prange(indices.shape[0]):
+        s = indices[k]
+        h = heights[s]
+        w = widths[s]
+        raw = data[ptrs[s]:ptrs[s] + sizes[s]]
+        buf = scratch[get_thread_id(), :h * w * 3].reshape((h, w, 3))
+        if modes[s] == 0:
+            _imdecode(raw, buf, h, w, h, w, 0, 0, 1, 1, False, False)
+        else:
+            buf[:] = raw.reshape((h, w, 3))  # a copy: RandAugment works in place
+        # Only what the crop will show: from the crop box back through the ops, the window of
+        # its input each op must compute (randaugment.source_window).
+        layers = ra_ops.shape[1]
+        win = np.empty((layers + 1, 4), np.int64)
+        win[layers, 0], win[layers, 1] = boxes[k, 0], boxes[k, 0] + boxes[k, 2]
+        win[layers, 2], win[layers, 3] = boxes[k, 1], boxes[k, 1] + boxes[k, 3]
+        for layer in range(layers - 1, -1, -1):
+            op = ra_ops[k, layer]
+            if op == NO_OP:
+                win[layer] = win[layer + 1]
+            else:
+                win[layer, 0], win[layer, 1], win[layer, 2], win[layer, 3] = source_window(
+                    op, ra_args[k, layer], h, w, win[layer + 1, 0], win[layer + 1, 1], win[layer + 1, 2],
+                    win[layer + 1, 3])
+        if flips[k]:  # whole rows: the window's columns come from the mirrored ones
+            for y in range(win[0, 0], win[0, 1]):
+                row = buf[y]
+                for x in range(w // 2):
+                    for c in range(3):
+                        t = row[x, c]
+                        row[x, c] = row[w - 1 - x, c]
+                        row[w - 1 - x, c] = t
+        for layer in range(layers):
+            if ra_ops[k, layer] != NO_OP:
+                apply_op(buf, ra_ops[k, layer], ra_args[k, layer], fill, ra_bicubic[k, layer],
+                         win[layer + 1, 0], win[layer + 1, 1], win[layer + 1, 2], win[layer + 1, 3])
+        oh, ow = out.shape[1], out.shape[2]
+        resize_window(buf, boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3], oh, ow, 0, 0, out[k], False, kinds[k])
+
+
 class BatchDecoder:
     """Decodes batches of one beton into caller-provided (B, H, W, 3) uint8 arrays.
 
@@ -85,6 +137,8 @@ class BatchDecoder:
     def __init__(self, images: BetonImages, num_threads: int, interpolation: str = "bicubic") -> None:
         from numba import config
 
+        if interpolation == "random":  # drawn per crop (decode_whole); the eval resize uses bicubic
+            interpolation = "bicubic"
         if interpolation not in FILTERS:
             raise DataError(f"interpolation {interpolation!r}: expected one of {sorted(FILTERS)}")
         self.kind = FILTERS[interpolation]
@@ -108,3 +162,22 @@ class BatchDecoder:
                       np.ascontiguousarray(resize, np.int64), np.ascontiguousarray(flips, np.bool_), out,
                       self.scratch, self.kind, np.ascontiguousarray(ops, np.int64),
                       np.ascontiguousarray(args, np.float64), np.ascontiguousarray(fill, np.uint8))
+
+    def decode_whole(self, indices: np.ndarray, boxes: np.ndarray, flips: np.ndarray, out: np.ndarray,
+                     crop_bicubic: np.ndarray, rand_augment: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None
+                     ) -> None:
+        """tlt's order (`data.augment_order: tlt`): flip, RandAugment on the whole stored image,
+        then crop `boxes` (drawn on that image) and resize. `crop_bicubic` (B,) picks each crop's
+        filter; `rand_augment`: (ops, args, bicubic (B, layers) per affine op, fill colour)."""
+        im = self.images
+        n = len(indices)
+        if rand_augment is None:
+            rand_augment = (np.zeros((n, 0), np.int64), np.zeros((n, 0)), np.zeros((n, 0), np.bool_),
+                            np.zeros(3, np.uint8))
+        ops, args, bicubic, fill = rand_augment
+        kinds = np.where(np.asarray(crop_bicubic, np.bool_), BICUBIC, BILINEAR).astype(np.int64)
+        _decode_batch_whole(im.data, im.ptrs, im.sizes, im.modes, im.heights, im.widths,
+                            np.ascontiguousarray(indices, np.int64), np.ascontiguousarray(boxes, np.int64),
+                            np.ascontiguousarray(flips, np.bool_), kinds, out, self.scratch,
+                            np.ascontiguousarray(ops, np.int64), np.ascontiguousarray(args, np.float64),
+                            np.ascontiguousarray(bicubic, np.bool_), np.ascontiguousarray(fill, np.uint8))

@@ -14,9 +14,9 @@ format if cfg.model.channels_last); `targets` float32 (B, num_classes) soft targ
 Eval batches: `labels` int64 (B,); across ranks every val sample exactly once (contiguous
 blocks, no padding), the last batch may be short.
 
-Pipeline per batch: decode (libffcv's libjpeg-turbo) + RandomResizedCrop with Pillow's
-bicubic resize, bit-exact (`resample.py`) + flip (one numba kernel, `decode.py`) ->
-copy uint8 NHWC to the device -> normalise -> random erasing -> mixup/cutmix
+Pipeline per batch (`data.augment_order: crop_first`, timm's order): decode (libffcv's
+libjpeg-turbo) + RandomResizedCrop with Pillow's bicubic resize, bit-exact (`resample.py`)
++ flip (one numba kernel, `decode.py`) -> copy uint8 NHWC to the device -> normalise -> random erasing -> mixup/cutmix
 (`device_augment.py`). RandAugment acts on the uint8 crops, either in the decode kernel
 (numba, `randaugment.py`) or batched on the device right after the copy
 (`device_randaugment.py`), bit-identically; `data.randaugment_on: auto` picks the device
@@ -39,10 +39,22 @@ Token labeling (`with_meta=True`) adds a dict per batch, all CPU tensors:
   boxes     int64 (B, 4)  RandomResizedCrop box (top, left, height, width) in the pixels
                           of the image as stored in the beton
   image_size int64 (B, 2) that image's (height, width)
-  flipped   bool (B,)     horizontal flip applied after the crop
+  flipped   bool (B,)     horizontal flip (crop_first: after the crop; tlt: of the whole image, first)
   mix_lam, mix_box        mixup/cutmix lambda and (y_lo, y_hi, x_lo, x_hi) or None
-Crop then flip maps a dense label map exactly; RandAugment's geometric ops are not
-reflected (as in the official token-labeling code, which crops/flips labels only).
+  augment_order           cfg.data.augment_order
+  tlt order only: ra_ops, ra_args (B, layers) RandAugment op codes (NO_OP if skipped) and
+  arguments, ra_bicubic (B, layers) and crop_bicubic (B,) the filter drawn per op and crop.
+
+`data.augment_order: tlt` (the starred recipes) is TokenLabeling's order
+(`transforms_imagenet_train`, tlt/data/label_transforms_factory.py): flip -> RandAugment on
+the whole image as stored in the beton -> RandomResizedCrop, its box drawn on the augmented
+image (same size). With `data.interpolation: random` each affine op and each crop draws
+bilinear or bicubic (tlt's `_RANDOM_INTERPOLATION`). RandAugment then runs in the decode
+workers, on images up to the beton's max resolution (`decode.decode_whole`).
+Token labels: crop then flip (crop_first) maps a dense label map exactly, but RandAugment's
+geometric ops on the crop are not reflected in it. In the tlt order the token-label loader
+moves the map with the flip and the geometric ops, as tlt does with its label ops
+(tlt/data/random_augment_label.py `NAME_TO_LABELOP`; rmt_dist/tokenlabel/label_augment.py).
 
 FFCV's own Loader is not used: its numba augmentations draw from per-thread RNGs that
 cannot be replayed, and it cannot start mid-epoch. We keep FFCV's file format, reader,
@@ -159,6 +171,9 @@ class _Batch:
     resize: np.ndarray | None = None  # eval: (full_h, full_w, win_top, win_left) per sample
     ra_ops: np.ndarray | None = None  # (B, layers) RandAugment op codes, NO_OP when skipped
     ra_args: np.ndarray | None = None
+    whole: bool = False  # tlt order: flip, RandAugment on the whole image, then crop (decode_whole)
+    ra_bicubic: np.ndarray | None = None  # tlt order: (B, layers) affine filter per op
+    crop_bicubic: np.ndarray | None = None  # tlt order: (B,) crop filter per sample
     erase_boxes: list | None = None  # random erasing: per image None or (top, left, h, w)
     erase_table: np.ndarray | None = None  # CPU device: boxes + drawn noise for host_finish
     erase_noise: np.ndarray | None = None
@@ -258,8 +273,12 @@ class _Base:
         out = self.buffers[slot].numpy()[: batch.size]
         with _KERNEL_LOCK:
             numba.set_num_threads(self.workers)  # thread-local in numba: set on the launching thread
-            ra = None if batch.ra_ops is None or self.ra_on_device else (batch.ra_ops, batch.ra_args, self.fill)
-            self.decoder.decode(batch.indices, batch.boxes, batch.flips, out, batch.resize, ra)
+            if batch.whole:
+                ra = None if batch.ra_ops is None else (batch.ra_ops, batch.ra_args, batch.ra_bicubic, self.fill)
+                self.decoder.decode_whole(batch.indices, batch.boxes, batch.flips, out, batch.crop_bicubic, ra)
+            else:
+                ra = None if batch.ra_ops is None or self.ra_on_device else (batch.ra_ops, batch.ra_args, self.fill)
+                self.decoder.decode(batch.indices, batch.boxes, batch.flips, out, batch.resize, ra)
             if self.finish_on_workers:
                 n = batch.size
                 shape = (n, self.img_size, self.img_size, 3) if self.channels_last else (n, 3, self.img_size, self.img_size)
@@ -297,7 +316,11 @@ class TrainLoader(_Base):
         self.repeated_aug, self.num_repeats = d.repeated_aug, d.num_repeats
         self.drop_last = d.drop_last
         self.rand_augment = RandAugmentSpec.parse(d.auto_augment) if d.auto_augment else None
-        if self.rand_augment is not None:
+        self.augment_order = d.augment_order
+        self.random_interpolation = d.interpolation == "random"
+        if d.interpolation == "random" and d.augment_order != "tlt":
+            raise DataError("data.interpolation=random needs data.augment_order=tlt")
+        if self.rand_augment is not None and self.augment_order == "crop_first":
             self.ra_on_device = d.randaugment_on == "device" or (d.randaugment_on == "auto" and device.type == "cuda")
             self.finish_on_workers = self.finish_on_workers and not self.ra_on_device
         self.erasing = ErasingSpec(probability=d.reprob, mode=d.remode) if d.reprob > 0 else None
@@ -321,6 +344,8 @@ class TrainLoader(_Base):
         """One line for the run log: sizes, threads, and where the augmentations run."""
         if self.rand_augment is None:
             ra = "off"
+        elif self.augment_order == "tlt":
+            ra = "on the whole image in the workers (augment_order tlt)"
         else:
             ra = f"{'on the device' if self.ra_on_device else 'in the workers'} ({self.device.type})"
         return (f"{self.images.path}: {self.images.num_samples} samples, batch {self.batch_size} per rank, "
@@ -336,16 +361,33 @@ class TrainLoader(_Base):
         key = [self.seed, epoch, self.rank, self.world_size, step]
         return np.random.SeedSequence(key).spawn(4)  # host aug, erasing, mixup, device noise
 
+    def _filters(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        """Bicubic (True) or bilinear per entry: tlt's random.choice((BILINEAR, BICUBIC)) when random."""
+        if self.random_interpolation:
+            return rng.random(shape) < 0.5
+        return np.full(shape, self.bicubic)
+
     def _plan(self, epoch: int, step: int, order: np.ndarray) -> _Batch:
         idx = order[step * self.batch_size:(step + 1) * self.batch_size]
         seeds = self._seeds(epoch, step)
         rng = np.random.default_rng(seeds[0])
         im = self.images
-        boxes = random_resized_crop_boxes(rng, im.heights[idx], im.widths[idx], self.scale, self.ratio)
-        flips = rng.random(len(idx)) < self.hflip
-        batch = _Batch(step=step, indices=idx, boxes=boxes, flips=flips)
-        if self.rand_augment is not None:
-            batch.ra_ops, batch.ra_args = sample_ops(rng, len(idx), self.rand_augment)
+        if self.augment_order == "tlt":
+            # tlt's order of draws: flip, RandAugment (op, level, sign, filter), then the crop
+            # box on the augmented image (same size as stored).
+            flips = rng.random(len(idx)) < self.hflip
+            batch = _Batch(step=step, indices=idx, boxes=np.zeros((len(idx), 4), np.int64), flips=flips, whole=True)
+            if self.rand_augment is not None:
+                batch.ra_ops, batch.ra_args = sample_ops(rng, len(idx), self.rand_augment)
+                batch.ra_bicubic = self._filters(rng, batch.ra_ops.shape)
+            batch.boxes = random_resized_crop_boxes(rng, im.heights[idx], im.widths[idx], self.scale, self.ratio)
+            batch.crop_bicubic = self._filters(rng, (len(idx),))
+        else:
+            boxes = random_resized_crop_boxes(rng, im.heights[idx], im.widths[idx], self.scale, self.ratio)
+            flips = rng.random(len(idx)) < self.hflip
+            batch = _Batch(step=step, indices=idx, boxes=boxes, flips=flips)
+            if self.rand_augment is not None:
+                batch.ra_ops, batch.ra_args = sample_ops(rng, len(idx), self.rand_augment)
         if self.erasing is not None:
             batch.erase_boxes = sample_erasing(random.Random(int(seeds[1].generate_state(1, np.uint64)[0])), len(idx),
                                                self.img_size, self.img_size, self.erasing)
@@ -402,7 +444,14 @@ class TrainLoader(_Base):
                 "flipped": torch.from_numpy(batch.flips),
                 "mix_lam": mix.lam,
                 "mix_box": mix.box,
+                "augment_order": self.augment_order,
             }
+            if batch.whole:
+                meta["crop_bicubic"] = torch.from_numpy(batch.crop_bicubic)
+                if batch.ra_ops is not None:
+                    meta["ra_ops"] = torch.from_numpy(batch.ra_ops)
+                    meta["ra_args"] = torch.from_numpy(batch.ra_args)
+                    meta["ra_bicubic"] = torch.from_numpy(batch.ra_bicubic)
             yield images, targets, meta
 
 

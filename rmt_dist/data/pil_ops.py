@@ -3,8 +3,12 @@
 Each function reproduces the Pillow operation timm calls (Pillow's C code: LUT ops,
 ImageEnhance blends, the SMOOTH filter, affine transforms with bilinear/bicubic filters and
 a fill colour); the tests find them equal to timm's bit for bit. They run inside the
-loader's numba worker threads, without the GIL, on images already cropped to the
-training size. All functions modify `img` in place.
+loader's numba worker threads, without the GIL: on the 224 px crops (crop_first order) or
+on whole stored images (tlt order). All functions modify `img` in place; each takes an
+optional window (y0, y1, x0, x1) and then guarantees only those pixels (statistics still
+come from the whole image), so the tlt order computes only what its crop will show. The
+blends are written branch-free over flat rows so LLVM vectorises them (same float32
+arithmetic as Pillow's ImagingBlend).
 """
 
 from __future__ import annotations
@@ -18,10 +22,13 @@ _JIT = dict(cache=True, nogil=True, fastmath=False)
 
 
 @njit(**_JIT)
-def apply_lut(img, lut):  # lut: (3, 256) uint8, one table per channel
+def apply_lut(img, lut, y0=0, y1=-1, x0=0, x1=-1):  # lut: (3, 256) uint8, one table per channel
+    """In place over rows [y0, y1) and columns [x0, x1) (-1: to the end)."""
     h, w, _ = img.shape
-    for y in range(h):
-        for x in range(w):
+    y1 = h if y1 < 0 else y1
+    x1 = w if x1 < 0 else x1
+    for y in range(y0, y1):
+        for x in range(x0, x1):
             for c in range(3):
                 img[y, x, c] = lut[c, img[y, x, c]]
 
@@ -38,7 +45,8 @@ def histograms(img):
 
 
 @njit(**_JIT)
-def auto_contrast(img):
+def auto_contrast(img, y0=0, y1=-1, x0=0, x1=-1):
+    """The LUT from the whole image's histograms, applied to the window (all ops: see apply_lut)."""
     hist = histograms(img)
     lut = np.empty((3, 256), np.uint8)
     for c in range(3):
@@ -57,11 +65,11 @@ def auto_contrast(img):
             for i in range(256):
                 v = int(i * scale + offset)
                 lut[c, i] = min(max(v, 0), 255)
-    apply_lut(img, lut)
+    apply_lut(img, lut, y0, y1, x0, x1)
 
 
 @njit(**_JIT)
-def equalize(img):
+def equalize(img, y0=0, y1=-1, x0=0, x1=-1):
     hist = histograms(img)
     lut = np.empty((3, 256), np.uint8)
     for c in range(3):
@@ -82,11 +90,11 @@ def equalize(img):
             for i in range(256):
                 lut[c, i] = min(n // step, 255)
                 n += hist[c, i]
-    apply_lut(img, lut)
+    apply_lut(img, lut, y0, y1, x0, x1)
 
 
 @njit(**_JIT)
-def point(img, kind, arg):
+def point(img, kind, arg, y0=0, y1=-1, x0=0, x1=-1):
     """LUT ops: 0 invert, 1 posterize(bits), 2 solarize(thresh), 3 solarize_add(add, thresh 128)."""
     lut = np.empty((3, 256), np.uint8)
     a = int(arg)
@@ -101,7 +109,7 @@ def point(img, kind, arg):
             v = min(255, i + a) if i < 128 else i
         for c in range(3):
             lut[c, i] = v
-    apply_lut(img, lut)
+    apply_lut(img, lut, y0, y1, x0, x1)
 
 
 @njit(**_JIT)
@@ -121,57 +129,103 @@ def grey(r, g, b):  # Pillow's RGB -> L (ITU-R 601-2 luma, 16-bit fixed point)
 
 
 @njit(**_JIT)
-def color(img, factor):
-    h, w, _ = img.shape
-    for y in range(h):
-        for x in range(w):
-            lum = grey(img[y, x, 0], img[y, x, 1], img[y, x, 2])
-            for c in range(3):
-                img[y, x, c] = _blend_pixel(lum, img[y, x, c], factor)
+def _blend(img, degenerate, factor, lo, hi):
+    """img[i] = _blend_pixel(degenerate[i - lo], img[i], factor) for i in [lo, hi) of flat uint8
+    arrays, in place, written branch-free (clamp, then truncate: the same result) so LLVM
+    vectorises it."""
+    f = np.float32(factor)
+    zero, top = np.float32(0.0), np.float32(255.0)
+    for i in range(lo, hi):
+        dg = np.float32(degenerate[i - lo])
+        v = dg + f * (np.float32(img[i]) - dg)
+        img[i] = np.uint8(min(max(v, zero), top))
 
 
 @njit(**_JIT)
-def contrast(img, factor):
+def _window(img, y0, y1, x0, x1):
     h, w, _ = img.shape
+    return y0, (h if y1 < 0 else y1), x0, (w if x1 < 0 else x1)
+
+
+@njit(**_JIT)
+def color(img, factor, y0=0, y1=-1, x0=0, x1=-1):
+    h, w, _ = img.shape
+    y0, y1, x0, x1 = _window(img, y0, y1, x0, x1)
+    flat = img.reshape(img.size)
+    grey3 = np.empty((x1 - x0) * 3, np.uint8)
+    for y in range(y0, y1):
+        base = (y * w + x0) * 3
+        for p in range(x1 - x0):
+            g = grey(flat[base + 3 * p], flat[base + 3 * p + 1], flat[base + 3 * p + 2])
+            grey3[3 * p] = g
+            grey3[3 * p + 1] = g
+            grey3[3 * p + 2] = g
+        _blend(flat, grey3, factor, base, base + (x1 - x0) * 3)
+
+
+@njit(**_JIT)
+def contrast(img, factor, y0=0, y1=-1, x0=0, x1=-1):
+    """Blend with the whole image's mean grey, in the window."""
+    h, w, _ = img.shape
+    y0, y1, x0, x1 = _window(img, y0, y1, x0, x1)
     total = 0
-    for y in range(h):
-        for x in range(w):
-            total += grey(img[y, x, 0], img[y, x, 1], img[y, x, 2])
+    flat = img.reshape(img.size)
+    for p in range(h * w):
+        total += grey(flat[3 * p], flat[3 * p + 1], flat[3 * p + 2])
     mean = int(total / (h * w) + 0.5)
-    for y in range(h):
-        for x in range(w):
-            for c in range(3):
-                img[y, x, c] = _blend_pixel(mean, img[y, x, c], factor)
+    deg = np.full((x1 - x0) * 3, mean, np.uint8)
+    for y in range(y0, y1):
+        base = (y * w + x0) * 3
+        _blend(flat, deg, factor, base, base + (x1 - x0) * 3)
 
 
 @njit(**_JIT)
-def brightness(img, factor):
+def brightness(img, factor, y0=0, y1=-1, x0=0, x1=-1):
     h, w, _ = img.shape
-    for y in range(h):
-        for x in range(w):
-            for c in range(3):
-                img[y, x, c] = _blend_pixel(0, img[y, x, c], factor)
+    y0, y1, x0, x1 = _window(img, y0, y1, x0, x1)
+    flat = img.reshape(img.size)
+    deg = np.zeros((x1 - x0) * 3, np.uint8)
+    for y in range(y0, y1):
+        base = (y * w + x0) * 3
+        _blend(flat, deg, factor, base, base + (x1 - x0) * 3)
 
 
 @njit(**_JIT)
-def sharpness(img, factor):
-    """Blend with ImageFilter.SMOOTH (3x3 kernel 1 1 1 / 1 5 1 / 1 1 1, /13; border kept)."""
+def sharpness(img, factor, y0=0, y1=-1, x0=0, x1=-1):
+    """Blend with ImageFilter.SMOOTH (3x3 kernel 1 1 1 / 1 5 1 / 1 1 1, /13; border kept), in
+    the window; the filter reads the unmodified neighbours, also outside the window."""
     h, w, _ = img.shape
-    smooth = img.copy()
-    for y in range(1, h - 1):
-        for x in range(1, w - 1):
-            for c in range(3):
-                s = np.float32(0.0)
-                for dy in range(-1, 2):
-                    for dx in range(-1, 2):
-                        k = np.float32(5.0) if dy == 0 and dx == 0 else np.float32(1.0)
-                        s += k * np.float32(img[y + dy, x + dx, c])
-                s = s / np.float32(13.0) + np.float32(0.5)
-                smooth[y, x, c] = min(max(int(s), 0), 255)
-    for y in range(h):
-        for x in range(w):
-            for c in range(3):
-                img[y, x, c] = _blend_pixel(smooth[y, x, c], img[y, x, c], factor)
+    y0, y1, x0, x1 = _window(img, y0, y1, x0, x1)
+    n = (x1 - x0) * 3
+    smooth = np.empty((max(y1 - y0, 0), n), np.uint8)
+    one, five, thirteen, half = np.float32(1.0), np.float32(5.0), np.float32(13.0), np.float32(0.5)
+    w3 = w * 3
+    for y in range(y0, y1):
+        mid = img[y].reshape(w3)
+        out = smooth[y - y0]
+        for i in range(n):
+            out[i] = mid[x0 * 3 + i]  # Pillow keeps the image border unfiltered
+        if y == 0 or y == h - 1:
+            continue
+        up, down = img[y - 1].reshape(w3), img[y + 1].reshape(w3)
+        lo, hi = max(x0, 1) * 3, min(x1, w - 1) * 3
+        for i in range(lo, hi):  # interior pixels of row y, all channels; the taps in Pillow's order
+            t = np.float32(0.0)
+            t += one * np.float32(up[i - 3])
+            t += one * np.float32(up[i])
+            t += one * np.float32(up[i + 3])
+            t += one * np.float32(mid[i - 3])
+            t += five * np.float32(mid[i])
+            t += one * np.float32(mid[i + 3])
+            t += one * np.float32(down[i - 3])
+            t += one * np.float32(down[i])
+            t += one * np.float32(down[i + 3])
+            t = t / thirteen + half
+            out[i - x0 * 3] = np.uint8(min(max(t, np.float32(0.0)), np.float32(255.0)))
+    flat = img.reshape(img.size)
+    for y in range(y0, y1):
+        base = (y * w + x0) * 3
+        _blend(flat, smooth[y - y0], factor, base, base + n)
 
 
 @njit(**_JIT)
@@ -199,13 +253,14 @@ def _row(src, r, xs, ch, dx):
 
 
 @njit(**_JIT)
-def affine(img, a, b, c, d, e, f, fill, bicubic):
+def affine(img, a, b, c, d, e, f, fill, bicubic, y0=0, y1=-1, x0=0, x1=-1):
     """Pillow's Image.transform(AFFINE, (a..f), resample, fillcolor): output pixel (x, y)
-    samples the input at (a(x+.5)+b(y+.5)+c, d(x+.5)+e(y+.5)+f); outside -> fill."""
-    h, w, _ = img.shape
+    samples the input at (a(x+.5)+b(y+.5)+c, d(x+.5)+e(y+.5)+f); outside -> fill. Computes
+    at least the window [y0, y1) x [x0, x1); pixels outside it may be left stale."""
+    y0, y1, x0, x1 = _window(img, y0, y1, x0, x1)
     src = img.copy()
     if bicubic and a == 1.0 and d == 0.0 and e == 1.0 and f == 0.0:  # ShearX, TranslateX
-        for y in range(h):
+        for y in range(y0, y1):
             _shift_row(img, src, y, b, c, fill)
         return
     if bicubic and a == 1.0 and b == 0.0 and c == 0.0 and e == 1.0:  # ShearY, TranslateY
@@ -213,14 +268,14 @@ def affine(img, a, b, c, d, e, f, fill, bicubic):
         # at the border like its horizontal ones, and the sums are the same).
         t_src = _transposed(src)
         t_img = t_src.copy()
-        for x in range(w):
+        for x in range(x0, x1):
             _shift_row(t_img, t_src, x, d, f, fill)
-        for y in range(h):
-            for x in range(w):
+        for y in range(y0, y1):
+            for x in range(x0, x1):
                 for ch in range(3):
                     img[y, x, ch] = t_img[x, y, ch]
         return
-    _general(img, src, a, b, c, d, e, f, fill, bicubic, 0, h, 0, w)
+    _general(img, src, a, b, c, d, e, f, fill, bicubic, y0, y1, x0, x1)
 
 
 @njit(**_JIT)
@@ -360,8 +415,8 @@ def rotation_matrix(degrees, w, h):
 
 
 @njit(**_JIT)
-def rotate(img, degrees, fill, bicubic):
+def rotate(img, degrees, fill, bicubic, y0=0, y1=-1, x0=0, x1=-1):
     """Pillow's Image.rotate(degrees, resample, fillcolor) about the centre, same size."""
     h, w, _ = img.shape
     a, b, c, d, e, f = rotation_matrix(degrees, w, h)
-    affine(img, a, b, c, d, e, f, fill, bicubic)
+    affine(img, a, b, c, d, e, f, fill, bicubic, y0, y1, x0, x1)

@@ -1,20 +1,39 @@
-"""Crop-aligned token-label targets: the image's crop and flip, applied to its score map.
+"""Crop-aligned token-label targets: the image's crop (and flip), applied to its score map.
 
-For each sample the teacher's score map covers the whole source image. The crop the
-loader took from that image (a box in fractions of the source width and height) is
-RoI-aligned on the map to a `size x size` grid (the student's token grid) and to a 1x1
-whole-crop target; a horizontally flipped image flips the aligned grid. Both are then
-softmaxed over classes and label-smoothed, as in TokenLabeling.
+The teacher's score map covers a region of the source image (its view, `view.py`; the
+whole image for our generator's squash view). The crop the loader took from the image (a
+box in fractions of the map, `view.to_map_coords`) is RoI-aligned on the map to a
+`size x size` grid (the student's token grid) and to a 1x1 whole-crop (cls) target; in the
+crop_first order a horizontally flipped crop flips the aligned grid. Both are softmaxed over
+classes and label-smoothed, as in TokenLabeling (`get_label`, tlt/data/mixup.py). In the tlt
+order the loader has already flipped and RandAugment-moved the map (`label_augment.py`) and
+passes no flips here.
 
-Two deliberate differences from the TokenLabeling code (zihangJiang/TokenLabeling,
-tlt/data/mixup.py): it passes boxes as (y1, x1, y2, x2) where torchvision's roi_align
-expects (x1, y1, x2, y2), scaling both axes by the map's width, which transposes the box
-(and breaks non-square maps); and it flips the whole map after recording the unflipped
-crop box. Here x is scaled by the map width, y by its height, and the flip is applied to
-the aligned grid. Smoothing is (1 - s) p + s / C so targets sum to exactly 1.
+Sampling, as tlt's `roi_align` call (torchvision's defaults): each output bin averages
+ceil(bin height) x ceil(bin width) bilinear samples, in map cells (`sampling_ratio=0`,
+adaptive, per RoI); so the 1x1 cls target averages about one sample per map cell the crop
+spans, not a fixed 2x2.
+
+Border clamp: where a crop reaches past the map (a teacher view smaller than the image,
+e.g. a centre crop, or rounding at the edges), its sample points take the nearest map cell,
+as if the map's edge cells extended outward (the map is replicate-padded before the RoI-align;
+torchvision would otherwise give 0 logits more than one cell outside).
+
+One deliberate difference from TokenLabeling's code: tlt passes roi_align boxes built from
+the crop's (i/H, j/W, (i+h)/H, (j+w)/W), i.e. (y1, x1, y2, x2), where roi_align expects
+(x1, y1, x2, y2), and scales all four by the map width (`get_label` and
+`RandomResizedCropAndInterpolationWithCoords`, tlt/data/mixup.py and
+label_transforms_factory.py). Its targets therefore come from the transposed crop (exact
+only for crops symmetric about the diagonal), and the published starred numbers (RMT and
+LV-ViT) were trained with that transposed box. Here x is scaled by the map width and y by
+its height. (tlt flips image and map together before the crop is recorded,
+`RandomHorizontalFlipWithLabel`, which is consistent; so is ours.) Smoothing is
+(1 - s) p + s / C so targets sum to exactly 1.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -44,20 +63,27 @@ def crop_aligned_targets(
     """Whole-crop and per-token soft targets for a batch.
 
     scores, indices: [B, H, W, k] from the store. boxes: [B, 4] float (x1, y1, x2, y2) as
-    fractions of the source image's width and height. flips: [B] bool, image was mirrored.
+    fractions of the map's width and height (may reach past [0, 1]: border clamp). flips:
+    [B] bool, the crop was mirrored after it was taken (crop_first order).
     Returns cls [B, C] and dense [B, size*size, C] (row-major token order), each a
     probability distribution per row.
     """
     maps = dense_score_maps(scores, indices, num_classes)
     b, _, h, w = maps.shape
     scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=maps.device)
-    rois = torch.cat([torch.arange(b, device=maps.device, dtype=torch.float32)[:, None],
-                      boxes.to(maps.device, torch.float32) * scale], dim=1)
-    # aligned=True: continuous coordinates, pixel i spans [i, i+1); a box of the whole image
-    # is (0, 0, w, h). sampling_ratio=2 matches torchvision's adaptive default at these sizes
-    # while keeping the cost fixed.
-    grid = roi_align(maps, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=2, aligned=True)
-    whole = roi_align(maps, rois, output_size=(1, 1), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    cells = boxes.to(maps.device, torch.float32) * scale
+    # Border clamp: replicate the edge cells far enough that every sample point lies on the map.
+    over = float(torch.cat([-cells[:, :2], cells[:, 2:3] - w, cells[:, 3:4] - h], 1).max()) if b else 0.0
+    pad = math.ceil(over) + 1 if over > 0 else 0
+    if pad:
+        maps = F.pad(maps, (pad, pad, pad, pad), mode="replicate")
+        cells = cells + pad
+    rois = torch.cat([torch.arange(b, device=maps.device, dtype=torch.float32)[:, None], cells], dim=1)
+    # aligned=True: continuous coordinates, cell i spans [i, i+1); a box of the whole map is
+    # (0, 0, w, h) (tlt gets the same by subtracting 0.5 with aligned=False). sampling_ratio=0:
+    # torchvision's adaptive default, as tlt.
+    grid = roi_align(maps, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=0, aligned=True)
+    whole = roi_align(maps, rois, output_size=(1, 1), spatial_scale=1.0, sampling_ratio=0, aligned=True)
     flips = flips.to(maps.device, torch.bool)
     grid = torch.where(flips[:, None, None, None], grid.flip(-1), grid)
     cls = smooth(F.softmax(whole.flatten(1), dim=1), smoothing)
