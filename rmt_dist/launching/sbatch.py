@@ -36,6 +36,9 @@ def executor_parameters(slurm: SlurmConfig, run_dir: str | Path) -> dict[str, An
         "signal_delay_s": SIGNAL_DELAY_S,
         "comment": run_dir_comment(run_dir),
         "stderr_to_stdout": False,
+        # One rank exiting non-zero (a bad input, a crash) ends the job's other ranks at
+        # once instead of leaving them waiting in a collective until the time limit.
+        "srun_args": ["--kill-on-bad-exit=1"],
     }
     if slurm.gpus_per_node > 0 and "gres" not in extra:
         params["gpus_per_node"] = slurm.gpus_per_node

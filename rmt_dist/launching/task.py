@@ -32,6 +32,8 @@ from .requeue import may_requeue, requeue
 from .rundir import finished_after, mark_finished
 
 DEFAULT_ENTRY = "rmt_dist.train:main"
+# Exit code of a rank that refused a bad input (rmt_dist.engine.preempt.EXIT_BAD_INPUT).
+EXIT_BAD_INPUT = 2
 # Exit code the engine returns after a signal-triggered save, when it does not export one.
 FALLBACK_PREEMPTED_RC = 75
 
@@ -105,6 +107,13 @@ class TrainTask(submitit.helpers.Checkpointable):
         if rc == preempted_exit_code():
             # No submitit result: the job goes on after the requeue (SLURM ends this run).
             sys.stdout.flush()
+            raise SystemExit(rc)
+        if rc == EXIT_BAD_INPUT:
+            # The rank already printed the one-line error; a traceback below it would bury it,
+            # and a bad input is not worth a requeue. SystemExit passes submitit's handler by
+            # (it catches Exception) and srun's --kill-on-bad-exit ends the other ranks.
+            sys.stdout.flush()
+            sys.stderr.flush()
             raise SystemExit(rc)
         raise RuntimeError(f"rank {rank}: training exited with code {rc} (the log above says why)")
 
