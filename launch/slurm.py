@@ -40,7 +40,12 @@ from rmt_dist.launch_env import tasks_per_node, world_size
 from rmt_dist.launching.errors import LaunchError
 from rmt_dist.launching.preflight import require, run_checks
 from rmt_dist.launching.record import read_launch, record_launch
-from rmt_dist.launching.sbatch import executor_parameters, run_dir_comment, submitit_folder
+from rmt_dist.launching.sbatch import (
+    bad_input_teardown,
+    executor_parameters,
+    run_dir_comment,
+    submitit_folder,
+)
 from rmt_dist.launching.sweep import point_run_dirs, points
 from rmt_dist.launching.task import DEFAULT_ENTRY, TrainTask
 
@@ -124,10 +129,11 @@ def _submit_jobs(executor, tasks: list, batch: bool) -> list:
         raise LaunchError(f"sbatch rejected the job: {msg}") from None
 
 
-def _task(recipe: str, overrides: list[str], cfg, run_dir: Path, entry: str) -> TrainTask:
+def _task(recipe: str, overrides: list[str], cfg, run_dir: Path, entry: str, log_folder: Path | None = None):
     overrides = [*overrides, f"run.dir={run_dir}"]  # every restart, whatever its cwd, uses this dir
     return TrainTask(str(Path(recipe).resolve()), overrides, str(run_dir), cfg.slurm.max_requeues,
-                     stop_after_steps=cfg.run.stop_after_steps, entry=entry)
+                     stop_after_steps=cfg.run.stop_after_steps, entry=entry,
+                     log_folder=str(log_folder) if log_folder else None)
 
 
 def submit(args: argparse.Namespace) -> int:
@@ -209,10 +215,12 @@ def submit_sweep(args: argparse.Namespace) -> int:
     rows = []
     for key, idx in groups.items():
         params, max_requeues = json.loads(key)
+        folder = common / "sweep_slurm"
         params["comment"] = f"rmt-dist-sweep:{common}"
-        executor = submitit.SlurmExecutor(folder=common / "sweep_slurm", max_num_timeout=max_requeues)
+        params["teardown"] = bad_input_teardown(folder)
+        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=max_requeues)
         executor.update_parameters(**params)
-        tasks = [_task(pts[i].recipe, [*args.overrides, *pts[i].overrides], cfgs[i], dirs[i], args.entry)
+        tasks = [_task(pts[i].recipe, [*args.overrides, *pts[i].overrides], cfgs[i], dirs[i], args.entry, folder)
                  for i in idx]
         jobs = _submit_jobs(executor, tasks, batch=True)
         for i, job in zip(idx, jobs):
