@@ -62,8 +62,7 @@ def read_config(run_dir: Path) -> dict:
 
 
 def steps_per_epoch(cfg: dict, train: list[dict]) -> int | None:
-    """As the loader counts them (drop_last): samples // world // batch // accum; from the beton's
-    meta file, or else from the metrics (the step at which the epoch number last changed)."""
+    """As the loader counts them (drop_last): samples // world // batch // accum, from the beton's meta file."""
     d, der = cfg.get("data", {}), cfg.get("derived", {})
     try:
         meta = json.loads(Path(f"{d['train']}.meta.json").read_text())
@@ -73,9 +72,14 @@ def steps_per_epoch(cfg: dict, train: list[dict]) -> int | None:
         return steps // int(cfg.get("optim", {}).get("accum_steps", 1)) or None
     except (OSError, KeyError, TypeError, ValueError):
         pass
-    for a, b in zip(train, train[1:]):
-        if b["epoch"] > a["epoch"] and b["epoch"] == 1:
-            return a["step"] if b["step"] - a["step"] <= 1 else None
+    return None
+
+
+def steps_per_epoch_from_evals(evals: list[dict]) -> int | None:
+    """Evals run at epoch ends (epoch e ends at step (e + 1) x steps per epoch)."""
+    for e in evals:
+        if e.get("step") and (e["step"] % (e["epoch"] + 1)) == 0:
+            return e["step"] // (e["epoch"] + 1)
     return None
 
 
@@ -164,7 +168,7 @@ def run_status(run_dir: str | Path, reference: str | None = None) -> dict[str, s
     job_id, state, restarts = slurm_job(run_dir)
     o = cfg.get("optim", {})
     epochs = int(o.get("epochs", 0)) + int(o.get("cooldown_epochs", 0) or 0)
-    spe = steps_per_epoch(cfg, train)
+    spe = steps_per_epoch(cfg, train) or steps_per_epoch_from_evals(evals)
     total = spe * epochs if spe and epochs else None
     last = train[-1] if train else {}
     step = max([r["step"] for r in train + evals], default=0)

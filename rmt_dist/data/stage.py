@@ -136,7 +136,8 @@ def stage_one(src: Path, root: Path) -> Path:
                          " point data.stage_dir at a larger local disk or set it to null")
     if src.is_dir():
         dst.mkdir(exist_ok=True)
-    start, done, last = time.monotonic(), 0, [0.0]
+    start, done = time.monotonic(), 0
+    last = [start]
 
     def progress(n: int) -> None:
         nonlocal done
@@ -151,11 +152,11 @@ def stage_one(src: Path, root: Path) -> Path:
     for f in _files(src):
         target = dst / f.name if src.is_dir() else (dst if f == src else Path(f"{dst}.meta.json"))
         _copy_file(f, target, progress)
+    secs = time.monotonic() - start
     reason = _verify(src, dst, ident)
     if reason:
         raise StageError(f"staged copy {dst} of {src} failed verification ({reason}); check the local disk "
                          "or set data.stage_dir=null")
-    secs = time.monotonic() - start
     _log(f"staged {src} -> {dst}: {total / 1e6:.1f} MB in {secs:.1f} s ({total / 1e6 / max(secs, 1e-6):.0f} MB/s), "
          "verified")
     tmp = marker.with_name(f".{marker.name}.tmp{os.getpid()}")
