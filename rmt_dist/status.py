@@ -137,7 +137,7 @@ def slurm_job(run_dir: Path) -> tuple[str | None, str, int | None]:
     if restarts is None:  # the launcher logs "job <id> restart <n>" at each start
         logs = [Path(p) for p in (launch.get("stdout"), launch.get("stderr")) if p]
         counts = [int(n) for p in logs if p.is_file()
-                  for n in re.findall(rf"job {re.escape(str(job_id))} restart (\d+)", p.read_text(errors="replace"))]
+                  for n in re.findall(r"job \S+ restart (\d+)", p.read_text(errors="replace"))]
         restarts = max(counts) if counts else None
     if not state:
         state = "FINISHED" if (run_dir / "FINISHED").is_file() else "unknown (no scontrol/sacct answer)"
