@@ -100,7 +100,7 @@ def test_slurm_launcher_refuses_bad_input_before_sbatch_and_dry_run_lists_checks
     train, val = digits
     base = [sys.executable, "launch/slurm.py", "recipes/smoke.yaml", f"data.val={val}", f"run.dir={tmp_path}/r"]
     r = subprocess.run([*base, "data.train=/nonexistent/train.beton"], capture_output=True, text=True, cwd=ROOT,
-                       env={**os.environ, "PATH": "/usr/bin:/bin"})  # sbatch or not: refused before it
+                       env={**os.environ, "PATH": str(tmp_path)})  # no sbatch on PATH: refused before looking
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
     assert r.stderr.startswith("error: data.train: /nonexistent/train.beton does not exist")
     r = subprocess.run([*base, f"data.train={train}", "model.num_classes=3", "--dry-run"], capture_output=True,
