@@ -23,6 +23,7 @@ import importlib
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 import submitit
@@ -35,6 +36,10 @@ from .sbatch import bad_input_marker, submitit_folder
 DEFAULT_ENTRY = "rmt_dist.train:main"
 # Exit code of a rank that refused a bad input (rmt_dist.engine.preempt.EXIT_BAD_INPUT).
 EXIT_BAD_INPUT = 2
+# After a preemption save, ranks other than 0 wait this long before exiting: srun's
+# --kill-on-bad-exit would otherwise end rank 0 (on their exit code 75) before it has asked
+# SLURM to requeue the job. A requeue (or rank 0's own exit) ends them sooner.
+PREEMPTED_PEER_WAIT_S = 120
 # Exit code the engine returns after a signal-triggered save, when it does not export one.
 FALLBACK_PREEMPTED_RC = 75
 
@@ -159,6 +164,8 @@ class TrainTask(submitit.helpers.Checkpointable):
         if rc == preempted_exit_code():
             # No submitit result: the job goes on after the requeue (SLURM ends this run).
             sys.stdout.flush()
+            if rank != 0:
+                time.sleep(PREEMPTED_PEER_WAIT_S)
             raise SystemExit(rc)
         if rc == EXIT_BAD_INPUT:
             # The rank already printed the one-line error; a traceback below it would bury it,
