@@ -295,3 +295,9 @@ def test_staging_failure_reaches_the_waiting_ranks(digits, tmp_path):
     bad = run_node([f"data.train={tmp_path}/missing.beton", f"data.val={val}", f"run.dir={tmp_path}/r",
                     f"data.stage_dir={tmp_path}/st"], "0")
     assert len(bad) == 2 and all(r[1] == "error" and "missing.beton does not exist" in r[2] for r in bad), bad
+
+
+@pytest.mark.parametrize("module", ["rmt_dist.status", "rmt_dist.compare"])
+def test_new_commands_print_help(module):
+    r = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.startswith(f"usage: python -m {module}") and "RUN_DIR" in r.stdout
