@@ -152,7 +152,8 @@ def derived_check(cfg: Config, steps_per_epoch: int | None) -> Check:
 
 def run_checks(cfg: Config) -> list[Check]:
     """Every check for `cfg` (which must be derived for its world size); never raises for a bad input."""
-    checks: list[Check] = []
+    # The run dir first: a finished run is refused whatever else is wrong.
+    checks: list[Check] = [_run_dir(Path(cfg.run.dir).resolve())]
     train_check, train = _beton(cfg.data.train, "data.train")
     checks.append(train_check)
     if cfg.data.val:
@@ -166,7 +167,6 @@ def run_checks(cfg: Config) -> list[Check]:
         checks.append(_token_labels(cfg))
     if cfg.model.init_checkpoint:
         checks.append(_init_checkpoint(cfg.model.init_checkpoint))
-    checks.append(_run_dir(Path(cfg.run.dir).resolve()))
     steps = None
     if train is not None:
         batch = _batch(cfg, train)
