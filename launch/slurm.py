@@ -1,6 +1,6 @@
 """Submit a training run to SLURM with submitit.
 
-    python launch/slurm.py RECIPE [key=value ...] [--dry-run]
+    python launch/slurm.py RECIPE [RECIPE ...] [key=value ...] [--sweep key=v1,v2 ...] [--dry-run]
 
 The recipe's `slurm:` section sets the job: nodes, gpus_per_node (one task per GPU;
 0 = a CPU job with one task per node), cpus_per_task, mem, time (minutes), partition,
@@ -11,7 +11,19 @@ launcher (rmt_dist.train), with torch.distributed set up from SLURM's environmen
 Run dir semantics: launching again with the same run.dir resumes it from its newest
 complete checkpoint (that is also what a requeue does). A run dir holding a FINISHED
 run, or one a queued/running job is using, is refused with the fix. Logs go to
-RUN_DIR/slurm/<job id>_<task>_log.{out,err}.
+RUN_DIR/slurm/<job id>_<task>_log.{out,err}; RUN_DIR/launch.json records the job id
+(`python -m rmt_dist.status RUN_DIR` reads it).
+
+Pre-flight: before sbatch, the inputs are checked (rmt_dist/launching/preflight.py):
+betons exist and match their meta, val's classes are train's, model.num_classes, the
+token-label store, init_checkpoint, the run dir, the batch, the derived values. A failure
+is refused with its one line and exit 2; --dry-run prints every check ("ok" / "would fail")
+and exits 0.
+
+Sweeps: `--sweep model.attention=masa,gmm` (repeatable: the cartesian product), and/or
+several recipes, submit one job per point in one job array per set of sbatch options
+(submitit's batch submission). Each point gets its own run dir,
+<recipe's run.dir>/<key>-<value>; the array's logs are in <common parent>/sweep_slurm/.
 """
 
 from __future__ import annotations
@@ -27,25 +39,45 @@ from pathlib import Path
 from rmt_dist.config import ConfigError, derive, load_config, to_yaml
 from rmt_dist.launch_env import tasks_per_node, world_size
 from rmt_dist.launching.errors import LaunchError
-from rmt_dist.launching.rundir import check_not_finished
-from rmt_dist.launching.sbatch import executor_parameters, run_dir_comment, submitit_folder
+from rmt_dist.launching.preflight import require, run_checks
+from rmt_dist.launching.record import read_launch, record_launch
+from rmt_dist.launching.sbatch import (
+    bad_input_teardown,
+    executor_parameters,
+    run_dir_comment,
+    submitit_folder,
+)
+from rmt_dist.launching.sweep import point_run_dirs, points
 from rmt_dist.launching.task import DEFAULT_ENTRY, TrainTask
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="launch/slurm.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("recipe", help="recipe YAML, e.g. recipes/rmt_s.yaml")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. slurm.nodes=4")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and sbatch options; submit nothing")
+    p = argparse.ArgumentParser(prog="launch/slurm.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p.add_argument("args", nargs="+", metavar="RECIPE | key=value",
+                   help="one or more recipe YAMLs (e.g. recipes/rmt_s.yaml), then overrides (e.g. slurm.nodes=4)")
+    p.add_argument("--sweep", action="append", default=[], metavar="key=v1,v2",
+                   help="submit one job per value (repeat for a grid), e.g. --sweep model.attention=masa,gmm")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config, sbatch options and pre-flight checks; submit nothing")
     p.add_argument("--entry", default=DEFAULT_ENTRY, help=argparse.SUPPRESS)  # tests of the plumbing only
-    return p.parse_intermixed_args(argv)
+    a = p.parse_intermixed_args(argv)
+    a.overrides = [x for x in a.args if "=" in x]
+    a.recipes = [x for x in a.args if "=" not in x]
+    if not a.recipes:
+        p.error("no recipe given (e.g. recipes/smoke.yaml)")
+    return a
 
 
 def active_jobs_for(run_dir: Path) -> list[str]:
-    """Ids of queued/running jobs whose comment names this run dir (see sbatch.run_dir_comment)."""
+    """Ids of queued/running jobs whose comment names this run dir (see sbatch.run_dir_comment),
+    or that launch.json records for it (a sweep's array shares one comment)."""
     out = subprocess.run(["squeue", "-h", "-o", "%i|%k"], capture_output=True, text=True)
     comment = run_dir_comment(run_dir)
-    return [line.split("|", 1)[0] for line in out.stdout.splitlines() if line.split("|", 1)[-1] == comment]
+    recorded = read_launch(run_dir).get("job_id")
+    return [line.split("|", 1)[0] for line in out.stdout.splitlines()
+            if line.split("|", 1)[-1] == comment or line.split("|", 1)[0] == recorded]
 
 
 def sbatch_header(params: dict, run_dir: Path) -> str:
@@ -68,8 +100,47 @@ def summary(cfg, params: dict) -> str:
     ])
 
 
+def preflight_lines(cfg) -> tuple[list[str], int]:
+    checks = run_checks(cfg)
+    return [c.line() for c in checks], sum(not c.ok for c in checks)
+
+
+def _check_submittable(run_dir: Path) -> None:
+    if shutil.which("sbatch") is None:
+        raise LaunchError("sbatch not found: run this on a SLURM login node (or use launch/local.py on one machine)")
+    busy = active_jobs_for(run_dir)
+    if busy:
+        raise LaunchError(f"job {', '.join(busy)} is already queued or running in run dir {str(run_dir)!r}; "
+                          f"wait for it, scancel it, or pass run.dir=<new dir>")
+
+
+def _submit_jobs(executor, tasks: list, batch: bool) -> list:
+    import submitit
+
+    sbatch_stderr = io.StringIO()  # submitit echoes sbatch's stderr; we report it once, below
+    try:
+        with contextlib.redirect_stderr(sbatch_stderr):
+            if not batch:
+                return [executor.submit(tasks[0])]
+            with executor.batch():
+                jobs = [executor.submit(t) for t in tasks]
+            return jobs
+    except submitit.core.utils.FailedJobError as e:
+        msg = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or sbatch_stderr.getvalue()
+        raise LaunchError(f"sbatch rejected the job: {msg}") from None
+
+
+def _task(recipe: str, overrides: list[str], cfg, run_dir: Path, entry: str, log_folder: Path | None = None):
+    overrides = [*overrides, f"run.dir={run_dir}"]  # every restart, whatever its cwd, uses this dir
+    return TrainTask(str(Path(recipe).resolve()), overrides, str(run_dir), cfg.slurm.max_requeues,
+                     stop_after_steps=cfg.run.stop_after_steps, entry=entry,
+                     log_folder=str(log_folder) if log_folder else None)
+
+
 def submit(args: argparse.Namespace) -> int:
-    recipe = Path(args.recipe)
+    if len(args.recipes) > 1 or args.sweep:
+        return submit_sweep(args)
+    recipe = Path(args.recipes[0])
     cfg = load_config(recipe, args.overrides)
     cfg = derive(cfg, world_size(cfg.slurm))
     run_dir = Path(cfg.run.dir).resolve()
@@ -79,35 +150,97 @@ def submit(args: argparse.Namespace) -> int:
         print("# sbatch parameters (as submitit writes them into the job script)")
         print(sbatch_header(params, run_dir))
         print(summary(cfg, params))
+        lines, failed = preflight_lines(cfg)
+        print("# pre-flight")
+        print("\n".join(lines))
+        # A dry run inspects (e.g. on a laptop without the data): it reports, it does not refuse.
+        print(f"pre-flight: {failed} check(s) would fail; a submission would be refused" if failed
+              else "pre-flight: every check ok")
         return 0
 
-    check_not_finished(run_dir)
-    if shutil.which("sbatch") is None:
-        raise LaunchError("sbatch not found: run this on a SLURM login node (or use launch/local.py on one machine)")
-    busy = active_jobs_for(run_dir)
-    if busy:
-        raise LaunchError(f"job {', '.join(busy)} is already queued or running in run dir {str(run_dir)!r}; "
-                          f"wait for it, scancel it, or pass run.dir=<new dir>")
-
+    checks = require(cfg)  # a bad input stops here, before the queue
+    _check_submittable(run_dir)
     import submitit  # after the cheap checks: importing it is slow-ish
 
     executor = submitit.SlurmExecutor(folder=submitit_folder(run_dir), max_num_timeout=cfg.slurm.max_requeues)
     executor.update_parameters(**params)
-    overrides = [*args.overrides, f"run.dir={run_dir}"]  # every restart, whatever its cwd, uses this dir
-    task = TrainTask(str(recipe.resolve()), overrides, str(run_dir), cfg.slurm.max_requeues,
-                     stop_after_steps=cfg.run.stop_after_steps, entry=args.entry)
-    sbatch_stderr = io.StringIO()  # submitit echoes sbatch's stderr; we report it once, below
-    try:
-        with contextlib.redirect_stderr(sbatch_stderr):
-            job = executor.submit(task)
-    except submitit.core.utils.FailedJobError as e:
-        msg = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or sbatch_stderr.getvalue()
-        raise LaunchError(f"sbatch rejected the job: {msg}") from None
+    job = _submit_jobs(executor, [_task(str(recipe), args.overrides, cfg, run_dir, args.entry)], batch=False)[0]
+    record_launch(run_dir, job.job_id, recipe=str(recipe), overrides=args.overrides, stdout=str(job.paths.stdout),
+                  stderr=str(job.paths.stderr))
+    print(f"pre-flight: {len(checks)} checks ok")
     print(f"submitted job {job.job_id} ({cfg.derived.world_size} tasks on {cfg.slurm.nodes} nodes)")
     print(f"run dir: {run_dir}")
     print(f"logs: {job.paths.stdout} (task 0; {job.paths.stderr} for stderr; other tasks: _<task>_log.*)")
     print(f"follow: tail -f {job.paths.stdout}   cancel: scancel {job.job_id}")
+    print(f"status: python -m rmt_dist.status {run_dir}")
     return 0
+
+
+def submit_sweep(args: argparse.Namespace) -> int:
+    """One job per point; points with the same sbatch options go in one job array."""
+    pts = points(args.recipes, args.sweep)
+    bases = [Path(load_config(p.recipe, [*args.overrides, *p.overrides]).run.dir).resolve() for p in pts]
+    dirs = point_run_dirs(pts, bases)
+    cfgs = []
+    for p, d in zip(pts, dirs):
+        cfg = load_config(p.recipe, [*args.overrides, *p.overrides, f"run.dir={d}"])
+        cfgs.append(derive(cfg, world_size(cfg.slurm)))
+    if args.dry_run:
+        failed = 0
+        for p, cfg in zip(pts, cfgs):
+            print(f"# point {p.name}: run dir {cfg.run.dir}")
+            print(summary(cfg, {}))
+            lines, n = preflight_lines(cfg)
+            print("\n".join(lines))
+            failed += n
+        print(f"pre-flight: {failed} check(s) would fail; nothing would be submitted" if failed
+              else f"pre-flight: every check ok for all {len(pts)} points")
+        return 0
+    for p, cfg in zip(pts, cfgs):  # every point is checked before any is submitted
+        try:
+            require(cfg)
+        except LaunchError as e:
+            raise LaunchError(f"sweep point {p.name!r}: {e}") from None
+        _check_submittable(Path(cfg.run.dir))
+    import json
+
+    import submitit
+
+    common = Path(os_commonpath([str(d) for d in dirs]))
+    groups: dict[str, list[int]] = {}
+    for i, cfg in enumerate(cfgs):
+        params = {k: v for k, v in executor_parameters(cfg.slurm, common).items()}
+        key = json.dumps([params, cfg.slurm.max_requeues], sort_keys=True, default=str)
+        groups.setdefault(key, []).append(i)
+    rows = []
+    for key, idx in groups.items():
+        params, max_requeues = json.loads(key)
+        folder = common / "sweep_slurm"
+        params["comment"] = f"rmt-dist-sweep:{common}"
+        params["teardown"] = bad_input_teardown(folder)
+        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=max_requeues)
+        executor.update_parameters(**params)
+        tasks = [_task(pts[i].recipe, [*args.overrides, *pts[i].overrides], cfgs[i], dirs[i], args.entry, folder)
+                 for i in idx]
+        jobs = _submit_jobs(executor, tasks, batch=True)
+        for i, job in zip(idx, jobs):
+            record_launch(dirs[i], job.job_id, recipe=pts[i].recipe, overrides=[*args.overrides, *pts[i].overrides],
+                          stdout=str(job.paths.stdout), stderr=str(job.paths.stderr))
+            rows.append((pts[i].name, job.job_id, str(dirs[i])))
+    w0, w1 = max(len("point"), *(len(r[0]) for r in rows)), max(len("job id"), *(len(r[1]) for r in rows))
+    print(f"submitted {len(rows)} jobs (pre-flight ok for every point)")
+    print(f"{'point':<{w0}}  {'job id':<{w1}}  run dir")
+    for r in rows:
+        print(f"{r[0]:<{w0}}  {r[1]:<{w1}}  {r[2]}")
+    print(f"logs: {common / 'sweep_slurm'}   status: python -m rmt_dist.status {' '.join(r[2] for r in rows)}")
+    return 0
+
+
+def os_commonpath(paths: list[str]) -> str:
+    import os
+
+    common = os.path.commonpath(paths)
+    return os.path.dirname(common) if common in paths else common
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    from rmt_dist.data.stage import StageError, stage
+
+    try:
+        cfg = stage(cfg)  # data.stage_dir: node-local copies, before the process group exists
+    except StageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     from rmt_dist.engine.run import run
 
     return run(cfg)

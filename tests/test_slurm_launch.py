@@ -125,8 +125,10 @@ def launcher_main():
     return mod.main
 
 
-def test_partition_slurm_rejects_is_one_line_with_sbatch_message(slurm, tmp_path, capsys):
-    rc = launcher_main()(["recipes/smoke.yaml", f"run.dir={tmp_path}", "slurm.partition=no_such_partition"])
+def test_partition_slurm_rejects_is_one_line_with_sbatch_message(slurm, digits, tmp_path, capsys):
+    train, val = digits  # real inputs, so the pre-flight passes and sbatch is what refuses
+    rc = launcher_main()(["recipes/smoke.yaml", f"data.train={train}", f"data.val={val}", f"run.dir={tmp_path}",
+                          "slurm.partition=no_such_partition"])
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
     assert err.startswith("error: sbatch rejected the job: ") and "invalid partition" in err.lower()

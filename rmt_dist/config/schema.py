@@ -76,6 +76,7 @@ class DataConfig:
     num_repeats: int = 3
     drop_last: bool = True
     os_cache: bool = True  # FFCV: rely on the page cache (dataset fits in RAM) vs. its own process cache
+    stage_dir: str | None = None  # node-local copy of betons + token labels ({node} = node name); data/stage.py
 
 
 @dataclass
@@ -148,6 +149,7 @@ class RunConfig:
     eval_every_epochs: int = 1
     max_bad_steps: int = 10  # consecutive non-finite steps before the run stops
     tensorboard: bool = True
+    reference: str | None = None  # the paper's run to compare with (rmt_dist/reference/official_logs.json)
 
 
 @dataclass

@@ -23,6 +23,7 @@ import importlib
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 import submitit
@@ -30,8 +31,15 @@ import submitit
 from .dist_env import torch_env_from_slurm
 from .requeue import may_requeue, requeue
 from .rundir import finished_after, mark_finished
+from .sbatch import bad_input_marker, submitit_folder
 
 DEFAULT_ENTRY = "rmt_dist.train:main"
+# Exit code of a rank that refused a bad input (rmt_dist.engine.preempt.EXIT_BAD_INPUT).
+EXIT_BAD_INPUT = 2
+# After a preemption save, ranks other than 0 wait this long before exiting: srun's
+# --kill-on-bad-exit would otherwise end rank 0 (on their exit code 75) before it has asked
+# SLURM to requeue the job. A requeue (or rank 0's own exit) ends them sooner.
+PREEMPTED_PEER_WAIT_S = 120
 # Exit code the engine returns after a signal-triggered save, when it does not export one.
 FALLBACK_PREEMPTED_RC = 75
 
@@ -56,8 +64,46 @@ def _log(msg: str) -> None:
     print(f"[rmt-dist launch] {msg}", flush=True)
 
 
+class _LastErrorLine:
+    """stderr, remembering the last line that carries an `error: ...` message."""
+
+    def __init__(self, stream) -> None:
+        self._stream, self._partial, self.line = stream, "", ""
+
+    def write(self, s: str) -> int:
+        self._partial += s
+        *lines, self._partial = self._partial.split("\n")
+        for line in lines:
+            if "error: " in line:
+                self.line = line[line.index("error: "):]
+        return self._stream.write(s)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def bad_input_reported(log_folder: str, job_id: str) -> str:
+    """The line a rank of this job refused its input with ('' if none did)."""
+    try:
+        return bad_input_marker(log_folder, job_id).read_text().strip()
+    except OSError:
+        return ""
+
+
+def _report_bad_input(log_folder: str, job_id: str, rank: int, line: str) -> None:
+    marker = bad_input_marker(log_folder, job_id)
+    tmp = marker.with_name(f".{marker.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text((line or f"error: rank {rank} exited with code {EXIT_BAD_INPUT} (bad input; see its log)")
+                       + "\n")
+        os.replace(tmp, marker)
+    except OSError:
+        pass  # the rank's own log still ends with the line
+
+
 def run_rank(recipe: str, overrides: Sequence[str], run_dir: str, max_requeues: int,
-             stop_after_steps: int | None = None, entry: str = DEFAULT_ENTRY) -> tuple[int, int]:
+             stop_after_steps: int | None = None, entry: str = DEFAULT_ENTRY,
+             log_folder: str | None = None) -> tuple[int, int]:
     """One SLURM task: torch env from SLURM's, the entry point, then the run dir's
     bookkeeping on rank 0 (FINISHED after a full run, a requeue after a preemption save).
     Returns (exit code, rank)."""
@@ -69,11 +115,22 @@ def run_rank(recipe: str, overrides: Sequence[str], run_dir: str, max_requeues: 
     _log(f"job {job_id} restart {os.environ.get('SLURM_RESTART_COUNT', '0')}: rank {rank}/{dist['WORLD_SIZE']} "
          f"on node {os.environ.get('SLURMD_NODENAME', '?')} (local rank {dist['LOCAL_RANK']}), "
          f"master {dist['MASTER_ADDR']}:{dist['MASTER_PORT']}, run dir {run_dir}")
-    rc = _resolve(entry)([recipe, *overrides])
+    log_folder = log_folder or str(submitit_folder(run_dir))
+    stderr = sys.stderr
+    sys.stderr = errors = _LastErrorLine(stderr)
+    try:
+        rc = _resolve(entry)([recipe, *overrides])
+    finally:
+        sys.stderr = stderr
+    if rc == EXIT_BAD_INPUT:
+        _report_bad_input(log_folder, job_id, rank, errors.line)
     if rank == 0 and finished_after(rc, stop_after_steps):
         mark_finished(run_dir, job_id=job_id)
     if rank == 0 and rc == preempted_exit_code():
-        if shutil.which("scontrol"):
+        refused = bad_input_reported(log_folder, job_id)
+        if refused:  # another rank stopped on a bad input, and that ended the job: a requeue would too
+            _log(f"job {job_id} not requeued: a rank refused its input ({refused})")
+        elif shutil.which("scontrol"):
             _log(requeue(job_id, max_requeues))
         else:  # e.g. inside a container without the SLURM client: the batch script requeues on this code
             _log(f"scontrol not found here: exit code {rc} asks the batch script to requeue job {job_id}")
@@ -89,8 +146,10 @@ class TrainTask(submitit.helpers.Checkpointable):
     """
 
     def __init__(self, recipe: str, overrides: Sequence[str], run_dir: str, max_requeues: int,
-                 stop_after_steps: int | None = None, entry: str = DEFAULT_ENTRY) -> None:
+                 stop_after_steps: int | None = None, entry: str = DEFAULT_ENTRY,
+                 log_folder: str | None = None) -> None:
         self.recipe = recipe
+        self.log_folder = log_folder or str(submitit_folder(run_dir))
         self.overrides = list(overrides)
         self.run_dir = run_dir
         self.max_requeues = max_requeues
@@ -99,12 +158,21 @@ class TrainTask(submitit.helpers.Checkpointable):
 
     def __call__(self) -> int:
         rc, rank = run_rank(self.recipe, self.overrides, self.run_dir, self.max_requeues,
-                            self.stop_after_steps, self.entry)
+                            self.stop_after_steps, self.entry, getattr(self, "log_folder", None))
         if rc == 0:
             return rc
         if rc == preempted_exit_code():
             # No submitit result: the job goes on after the requeue (SLURM ends this run).
             sys.stdout.flush()
+            if rank != 0:
+                time.sleep(PREEMPTED_PEER_WAIT_S)
+            raise SystemExit(rc)
+        if rc == EXIT_BAD_INPUT:
+            # The rank already printed the one-line error; a traceback below it would bury it,
+            # and a bad input is not worth a requeue. SystemExit passes submitit's handler by
+            # (it catches Exception) and srun's --kill-on-bad-exit ends the other ranks.
+            sys.stdout.flush()
+            sys.stderr.flush()
             raise SystemExit(rc)
         raise RuntimeError(f"rank {rank}: training exited with code {rc} (the log above says why)")
 
@@ -113,6 +181,9 @@ class TrainTask(submitit.helpers.Checkpointable):
         signal: resubmit the same task (it resumes from the newest complete checkpoint),
         unless slurm.max_requeues is spent (None tells submitit not to requeue)."""
         reason = may_requeue(self.max_requeues)
+        refused = bad_input_reported(getattr(self, "log_folder", None) or str(submitit_folder(self.run_dir)), os.environ.get("SLURM_JOB_ID", ""))
+        if refused:
+            reason = f"a rank refused its input ({refused})"
         if reason:
             _log(f"not requeued: {reason}")
             return None

@@ -1,0 +1,187 @@
+"""Checks of a resolved recipe's inputs, run by a launcher before anything is queued.
+
+A run that would stop at start-up for a bad input (a missing beton, val classes that are
+not train's, a token-label store made for other data, a finished run dir...) should stop
+here, on the login node, in seconds, rather than after hours in the queue. Each check
+gives one `Check`: ok with a short summary, or the one-line reason it would fail and the
+fix. `launch/slurm.py --dry-run` prints them all; a submission refuses on the first failure
+(exit 2). launch/local.py can call `run_checks` the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config.schema import Config
+from .errors import LaunchError
+
+
+class PreflightError(LaunchError):
+    """A check failed; the message is that check's one line."""
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str  # ok: what was found; failed: why, and the fix
+
+    def line(self) -> str:
+        return f"ok          {self.name}: {self.detail}" if self.ok else f"would fail  {self.name}: {self.detail}"
+
+
+def _beton(path: str | None, key: str) -> tuple[Check, dict | None]:
+    from ..data.errors import DataError
+    from ..data.verify import check_beton
+
+    try:
+        meta = check_beton(path, key)
+    except DataError as e:
+        return Check(key, False, str(e).removeprefix(f"{key}: ")), None
+    n, c = meta.get("num_samples"), meta.get("num_classes", len(meta.get("classes", {})))
+    return Check(key, True, f"{path} ({n} samples, {c} classes)"), meta
+
+
+def _class_map(train: dict, val: dict, val_path: str, train_path: str) -> Check:
+    if train.get("classes") == val.get("classes"):
+        return Check("data.val classes", True, "same class map as data.train")
+    tc, vc = train.get("classes") or {}, val.get("classes") or {}
+    diff = sorted(set(tc.items()) ^ set(vc.items()))[:1]
+    where = f"e.g. {diff[0][0]!r}" if diff else "different order"
+    return Check("data.val classes", False,
+                 f"{val_path} has a class map that differs from data.train's ({len(vc)} vs {len(tc)} classes, "
+                 f"{where}); re-convert val with python -m rmt_dist.data.convert VAL_SRC {val_path} "
+                 f"--classes {train_path}.meta.json")
+
+
+def _num_classes(cfg: Config, train: dict) -> Check:
+    n = train.get("num_classes", len(train.get("classes", {})))
+    if n == cfg.model.num_classes:
+        return Check("model.num_classes", True, f"{n}, as data.train")
+    return Check("model.num_classes", False,
+                 f"{cfg.model.num_classes} but data.train has {n} classes; set model.num_classes={n}")
+
+
+def _token_labels(cfg: Config) -> Check:
+    from ..data.errors import DataError
+    from ..tokenlabel.store import TokenLabelStore, TokenLabelStoreError
+
+    try:
+        store = TokenLabelStore(cfg.tokenlabel.store, beton=cfg.data.train, num_classes=cfg.model.num_classes)
+    except (TokenLabelStoreError, DataError) as e:
+        return Check("tokenlabel.store", False, str(e))
+    m = store.meta
+    return Check("tokenlabel.store", True,
+                 f"{cfg.tokenlabel.store} (complete, {m.num_samples} samples, {m.map_h}x{m.map_w} top-{m.topk}, "
+                 f"made for this beton)")
+
+
+def _init_checkpoint(path: str) -> Check:
+    if not os.path.isfile(path):
+        return Check("model.init_checkpoint", False,
+                     f"{path} does not exist; fix the path or set model.init_checkpoint=null for a random init")
+    try:
+        from ..engine.weights import load_weights
+
+        sd = load_weights(path)
+    except Exception as e:  # any reason it cannot be read is a reason the job would stop
+        return Check("model.init_checkpoint", False,
+                     f"{path} does not load ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                     "point it at a weights file (safetensors, .pth or a project checkpoint)")
+    return Check("model.init_checkpoint", True, f"{path} ({len(sd)} tensors)")
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _run_dir(run_dir: Path) -> Check:
+    from .rundir import check_not_finished
+
+    try:
+        check_not_finished(run_dir)
+    except LaunchError as e:
+        return Check("run.dir", False, str(e))
+    if run_dir.exists() and not run_dir.is_dir():
+        return Check("run.dir", False, f"{run_dir} is a file, not a directory; pass run.dir=<a directory>")
+    base = _nearest_existing(run_dir)
+    if not os.access(base, os.W_OK | os.X_OK):
+        return Check("run.dir", False, f"{run_dir} is not writable ({base} is read-only for this user); "
+                                       "pass run.dir=<a writable directory>")
+    state = "exists, will resume from its newest complete checkpoint" if (run_dir / "checkpoints").is_dir() \
+        else "new" if not run_dir.exists() else "exists, no checkpoint yet"
+    return Check("run.dir", True, f"{run_dir} (writable, {state})")
+
+
+def _batch(cfg: Config, train: dict) -> Check:
+    d, ws, accum = cfg.data, cfg.derived.world_size, cfg.optim.accum_steps
+    n = int(train.get("num_samples", 0))
+    per_rank = n // ws
+    steps = per_rank // d.batch_size if d.drop_last else -(-per_rank // d.batch_size)
+    if steps // accum < 1:
+        return Check("data.batch_size", False,
+                     f"{n} training samples give {steps} batches per rank per epoch (data.batch_size "
+                     f"{d.batch_size} x {ws} ranks), fewer than optim.accum_steps={accum}; lower data.batch_size "
+                     "or slurm.nodes")
+    mixing = d.mixup > 0 or d.cutmix > 0
+    if mixing and d.batch_size % 2:
+        return Check("data.batch_size", False,
+                     f"{d.batch_size} is odd, but mixup/cutmix pair each image with the reversed batch; "
+                     f"set data.batch_size={d.batch_size + 1}")
+    return Check("data.batch_size", True,
+                 f"{d.batch_size} per rank x {ws} ranks x {accum} accumulation = {cfg.derived.global_batch} "
+                 f"per step; {steps // accum} steps per epoch")
+
+
+def derived_check(cfg: Config, steps_per_epoch: int | None) -> Check:
+    d, o = cfg.derived, cfg.optim
+    text = (f"world size {d.world_size}, global batch {d.global_batch}, peak lr {d.lr:.6g}, "
+            f"EMA decay per step {d.ema_decay:.8g}, {o.epochs}+{o.cooldown_epochs} epochs")
+    if steps_per_epoch:
+        total = (o.epochs + o.cooldown_epochs) * steps_per_epoch
+        text += f", {o.warmup_epochs * steps_per_epoch} warm-up steps, {total} steps in all"
+    if not (d.lr and d.lr > 0 and 0 < d.ema_decay < 1):
+        return Check("derived", False, f"{text}: the peak lr must be > 0 and the EMA decay in (0, 1); "
+                                       "check optim.lr and ema.decay")
+    return Check("derived", True, text)
+
+
+def run_checks(cfg: Config) -> list[Check]:
+    """Every check for `cfg` (which must be derived for its world size); never raises for a bad input."""
+    # The run dir first: a finished run is refused whatever else is wrong.
+    checks: list[Check] = [_run_dir(Path(cfg.run.dir).resolve())]
+    train_check, train = _beton(cfg.data.train, "data.train")
+    checks.append(train_check)
+    if cfg.data.val:
+        val_check, val = _beton(cfg.data.val, "data.val")
+        checks.append(val_check)
+        if train is not None and val is not None:
+            checks.append(_class_map(train, val, cfg.data.val, cfg.data.train))
+    if train is not None:
+        checks.append(_num_classes(cfg, train))
+    if cfg.tokenlabel.enabled:
+        checks.append(_token_labels(cfg))
+    if cfg.model.init_checkpoint:
+        checks.append(_init_checkpoint(cfg.model.init_checkpoint))
+    steps = None
+    if train is not None:
+        batch = _batch(cfg, train)
+        checks.append(batch)
+        if batch.ok:
+            per_rank = int(train.get("num_samples", 0)) // cfg.derived.world_size
+            steps = (per_rank // cfg.data.batch_size) // cfg.optim.accum_steps
+    checks.append(derived_check(cfg, steps))
+    return checks
+
+
+def require(cfg: Config) -> list[Check]:
+    """`run_checks`, raising PreflightError with the first failure's line."""
+    checks = run_checks(cfg)
+    for c in checks:
+        if not c.ok:
+            raise PreflightError(f"{c.name}: {c.detail}")
+    return checks
