@@ -89,7 +89,8 @@ def checkpoint_problem(path: Path) -> str | None:
         manifest = json.loads((path / "COMPLETE").read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return "no valid COMPLETE marker"
-    for name, size in manifest.items():
+    for name, entry in manifest.items():
+        size = entry.get("size") if isinstance(entry, dict) else entry  # {size, crc32}; older: size only
         f = path / name
         if not f.is_file() or f.stat().st_size != size:
             return f"{name} missing or truncated"

@@ -4,6 +4,7 @@ without SLURM (tests/test_slurm_workflow.py runs them on the local two-node clus
 from __future__ import annotations
 
 import json
+import zlib
 import os
 import shutil
 import subprocess
@@ -185,7 +186,9 @@ def fake_run(run_dir: Path, evals: list[tuple[int, float, float]], spe: int = 10
     ck = run_dir / f"checkpoints/step_{step:08d}"
     ck.mkdir(parents=True)
     (ck / "train_state.json").write_text("{}")
-    (ck / "COMPLETE").write_text(json.dumps({"step": step, "files": {"train_state.json": 2}}))
+    # The manifest as engine/checkpoint.py writes it: {file: {size, crc32}}.
+    manifest = {"train_state.json": {"size": 2, "crc32": f"{zlib.crc32(b'{}'):08x}"}}
+    (ck / "COMPLETE").write_text(json.dumps({"step": step, "files": manifest}))
     broken = run_dir / f"checkpoints/step_{step + 5:08d}"  # newer but incomplete: not the one to name
     broken.mkdir()
     return run_dir
