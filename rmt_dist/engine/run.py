@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..config import Config, ConfigError, derive, save_config
 from ..data.errors import DataError
+from ..models.weights import WeightsError
 from ..tokenlabel.store import TokenLabelStoreError
 from . import preempt
 from .distributed import DistInfo, init_distributed, shutdown_distributed
@@ -52,7 +53,7 @@ def run(cfg: Config, info: DistInfo | None = None, train_loader=None, eval_loade
     except TrainingDiverged as e:
         log.error("%s", e)
         return preempt.EXIT_FAILED
-    except (ConfigError, DataError, TokenLabelStoreError) as e:  # bad input: one line, no traceback
+    except (ConfigError, DataError, TokenLabelStoreError, WeightsError) as e:  # bad input: one line, no traceback
         log.error("error: %s", e)
         return preempt.EXIT_BAD_INPUT
     except Exception:
