@@ -71,7 +71,9 @@ def test_released_pth_key_names_load_strict(tmp_path, wrap):
     sd = _shared_storage_state_dict(entry["shapes"], entry["relpos_values"])
     wrapped = {
         "bare": sd,
-        "model": {"model": sd, "optimizer": {}, "epoch": 299, "max_accuracy": 82.4},
+        # What qhfan/RMT classfication_release/main.py saves (its argparse Namespace included).
+        "model": {"model": sd, "optimizer": {}, "lr_scheduler": {}, "epoch": 299, "model_ema": {},
+                  "scaler": {}, "args": argparse.Namespace(model="RMT_T", lr=1e-3), "max_accuracy": 82.4},
         "state_dict+module.": {"state_dict": {f"module.{k}": v for k, v in sd.items()}, "epoch": 299},
         "module": {"module": sd},
     }[wrap]
@@ -81,6 +83,15 @@ def test_released_pth_key_names_load_strict(tmp_path, wrap):
     load_into(model, path)
     expected = {k: v for k, v in sd.items() if ".Relpos." not in k}
     _assert_same_model(model, expected)
+
+
+def test_released_pth_ema(tmp_path):
+    source, ema = _filled(0), _filled(1)
+    checkpoint = _release_style_checkpoint(source)
+    checkpoint.update(model_ema=ema.state_dict(), args=argparse.Namespace(model="RMT_T", model_ema=True))
+    torch.save(checkpoint, tmp_path / "checkpoint.pth")
+    _assert_same_model(load_into(_fresh(), tmp_path / "checkpoint.pth"), source.state_dict(), source)
+    _assert_same_model(load_into(_fresh(), tmp_path / "checkpoint.pth", ema=True), ema.state_dict(), ema)
 
 
 def test_released_starred_pth_loads_into_token_label_model(tmp_path):
@@ -113,6 +124,9 @@ def test_timm_train_checkpoint_model_and_ema(tmp_path):
                 "metric": 80.0}, path)
     _assert_same_model(load_into(_fresh(), path), model.state_dict(), model)
     _assert_same_model(load_into(_fresh(), path, ema=True), ema.state_dict(), ema)
+    torch.save(model.state_dict(), tmp_path / "bare.pth")
+    with pytest.raises(WeightsError, match="without EMA weights"):
+        read_weights(tmp_path / "bare.pth", ema=True)
 
 
 def test_safetensors(tmp_path, caplog):
@@ -248,6 +262,9 @@ def test_missing_path_is_one_line_naming_it(tmp_path):
     assert str(missing) in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(WeightsError, match="no complete checkpoint"):
         read_weights(tmp_path)  # a directory that is no run dir
+    (tmp_path / "garbage.pth").write_bytes(b"not a torch file")
+    with pytest.raises(WeightsError, match="garbage.pth is not a readable torch file"):
+        read_weights(tmp_path / "garbage.pth")
 
 
 def test_weights_of_another_model_are_one_line_listing_the_keys(tmp_path):

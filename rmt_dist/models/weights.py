@@ -7,9 +7,10 @@ Source kinds, told apart by the path:
                      reads the EMA instead
   *.safetensors      a flat file (what `python -m rmt_dist.export` writes; timm hub files)
   any other file     a torch file (.pth/.pt/.bin): a state dict, or one wrapped the way training
-                     scripts save them: {"model": ...} (qhfan/RMT classification_release/main.py,
-                     with "optimizer", "config"...), {"state_dict": ..., "state_dict_ema": ...}
-                     (timm's train.py, which the token-label release builds on), {"module": ...};
+                     scripts save them: {"model", "model_ema", "optimizer", "args", ...}
+                     (qhfan/RMT classfication_release/main.py), {"state_dict", "state_dict_ema",
+                     "args", ...} (timm's CheckpointSaver, qhfan/RMT
+                     classification_token_label_release/util/checkpoint_saver.py), {"module": ...};
                      `ema=True` takes "model_ema"/"state_dict_ema"/"ema"
 Keys lose DDP/compile prefixes (`module.`, `_orig_mod.`); for an RMT model the released
 `Relpos.angle/decay` buffers are checked against the recomputed ones and dropped
@@ -146,17 +147,19 @@ def _read_safetensors(path: Path, ema: bool) -> tuple[str, dict[str, torch.Tenso
 def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        pass  # timm's train.py stores its argparse.Namespace beside the weights: allow that one class
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):
+            raise WeightsError(f"{path} is not a readable torch file ({_first_line(e)})") from None
+        # Both released training scripts store their argparse.Namespace beside the weights: allow that class.
     except (RuntimeError, EOFError, OSError) as e:
-        raise WeightsError(f"{path} is not a readable torch file ({str(e).splitlines()[0]})") from None
+        raise WeightsError(f"{path} is not a readable torch file ({_first_line(e)})") from None
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise WeightsError(
             f"{path} holds objects besides tensors that torch.load(weights_only=True) refuses "
-            f"({str(e).splitlines()[0][:120]}); if you trust the file, re-save just its state dict"
+            f"({_first_line(e)}); if you trust the file, re-save just its state dict"
         ) from None
 
 
@@ -178,6 +181,10 @@ def _read_torch_file(path: Path, ema: bool) -> tuple[str, dict[str, torch.Tensor
         raise WeightsError(f"{path} is a bare state dict without EMA weights: read it without --ema")
     kind = "torch file" + (f" [{']['.join(wrappers)}]" if wrappers else "")
     return kind, obj
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
 
 
 def _is_state_dict(obj: Any) -> bool:
