@@ -44,7 +44,8 @@ class WeightsError(ValueError):
 
 
 def read_weights(source: str | os.PathLike, ema: bool = False, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
-    """State dict of `source` (any kind above); with `model`, filtered to that model's names."""
+    """State dict of `source` (any kind above); with `model`, filtered to that model's names
+    (without one, only the DDP/compile prefixes are stripped)."""
     path = Path(source)
     if path.is_dir():
         kind, sd = read_checkpoint_dir(path, ema=ema)
@@ -92,6 +93,8 @@ def load_into(model: nn.Module, source: str | os.PathLike, ema: bool = False, *,
             parts.append(f"{len(unexpected)} unexpected ({_compact(unexpected)})")
         raise WeightsError(f"{what} {str(source)!r} do not fit model {name}: " + "; ".join(parts)
                            + ": is it a checkpoint of this variant and class count?")
+    if allowed_missing:
+        log.info("%s: %s has no %s: the model's head is kept fresh", what, source, _compact(sorted(allowed_missing)))
     model.load_state_dict(sd, strict=not allowed_missing)
     return model
 
