@@ -297,7 +297,7 @@ def test_teacher_class_count_mismatch_is_one_line(tmp_path):
 
     path = tmp_path / "t.pth"
     torch.save(_filled().state_dict(), path)
-    with pytest.raises(TokenLabelStoreError, match="classifier has 10 classes, the model 7"):
+    with pytest.raises(TokenLabelStoreError, match="has 10 classes but the dataset has 7"):
         build_teacher("rmt_test", str(path), num_classes=7)
 
 

@@ -62,9 +62,10 @@ def read_weights(source: str | os.PathLike, ema: bool = False, model: nn.Module 
 
 
 def load_into(model: nn.Module, source: str | os.PathLike, ema: bool = False, *, new_head_ok: bool = False,
-              what: str = "weights") -> nn.Module:
+              what: str = "weights", classes_of: str = "the model") -> nn.Module:
     """`read_weights` + a strict load into `model`; `new_head_ok` keeps the model's own (fresh)
-    classifier when the checkpoint's has another class count (fine-tuning on a new dataset)."""
+    classifier when the checkpoint's has another class count (fine-tuning on a new dataset).
+    `what` and `classes_of` name the source and the class count in errors."""
     sd = read_weights(source, ema=ema, model=model)
     ours = model.state_dict()
     head = _head_keys(model)
@@ -83,7 +84,7 @@ def load_into(model: nn.Module, source: str | os.PathLike, ema: bool = False, *,
         parts = []
         if mismatched and set(mismatched) <= head:
             k = mismatched[0]
-            parts.append(f"its classifier has {sd[k].shape[0]} classes, the model {ours[k].shape[0]}")
+            parts.append(f"it has {sd[k].shape[0]} classes but {classes_of} has {ours[k].shape[0]}")
         elif mismatched:
             parts.append(f"{len(mismatched)} of other shape ({mismatched[0]} {tuple(sd[mismatched[0]].shape)}, "
                          f"model {tuple(ours[mismatched[0]].shape)})")

@@ -24,7 +24,7 @@ def build_teacher(name: str, checkpoint: str | None, num_classes: int, *, ema: b
         raise TokenLabelStoreError(f"teacher {name!r}: {e}") from None
     if checkpoint is not None:
         try:  # a class count other than the dataset's is an error here, not a fresh head
-            load_into(model, checkpoint, ema=ema, what="teacher checkpoint")
+            load_into(model, checkpoint, ema=ema, what="teacher checkpoint", classes_of="the dataset")
         except WeightsError as e:
             raise TokenLabelStoreError(f"teacher {name!r}: {e}") from None
     return model.eval()
