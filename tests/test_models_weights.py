@@ -202,7 +202,12 @@ def _trainer_from(digits, tmp_path, init_checkpoint, *overrides):
 
     cfg = config(tmp_path / "ft", "ddp", "checkpoint.resume=false", f"model.init_checkpoint={init_checkpoint}",
                  *overrides, data=digits)
-    return Trainer(derive(cfg, 1), init_distributed())
+    info = init_distributed()
+    try:
+        return Trainer(derive(cfg, 1), info)
+    except BaseException:
+        shutdown_distributed(info)  # the next test makes its own process group
+        raise
 
 
 def _train_two_steps(trainer) -> None:
