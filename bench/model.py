@@ -31,14 +31,13 @@ from datetime import date
 
 
 def _worker(args: argparse.Namespace, impls: list[str]) -> list[dict]:
-    import timm
     import torch
 
-    import rmt_dist  # noqa: F401  (registers the models)
+    from rmt_dist.models.factory import create_model
 
     torch.manual_seed(0)
     device = torch.device(args.device)
-    model = timm.create_model(
+    model = create_model(
         args.variant,
         num_classes=1000,
         attn_impl=impls[0],

@@ -46,12 +46,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import rmt_dist  # noqa: F401  (registers the models with timm)
+from rmt_dist.models.factory import create_model
 
 # MACs at 224x224 of the released code (design.md); flop_counter misses the norms (~0.5%).
 KNOWN_MACS_224 = {"rmt_t": 2.65e9, "rmt_s": 4.80e9, "rmt_b": 10.41e9, "rmt_l": 19.55e9}
@@ -159,7 +158,7 @@ def macs_per_image(name: str, img: int) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
-        model = timm.create_model(name, num_classes=1000).eval()
+        model = create_model(name, num_classes=1000).eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.empty(1, 3, img, img, device="meta"))
     return counter.get_total_flops() / 2
@@ -191,7 +190,7 @@ def build(name: str, path: str, args: argparse.Namespace, device: torch.device):
     fast = path == "fast"
     attn_impl = args.fast_attn_impl if fast else "reference"
     kwargs = {} if args.drop_path_rate is None else {"drop_path_rate": args.drop_path_rate}
-    model = timm.create_model(name, num_classes=1000, attn_impl=attn_impl, **kwargs).to(device)
+    model = create_model(name, num_classes=1000, attn_impl=attn_impl, **kwargs).to(device)
     model.train()
     if fast and args.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -26,21 +26,20 @@ def evaluate_checkpoint(source: str, data: str, overrides: list[str]) -> dict[st
     from rmt_dist.engine.checkpoint import resolve_checkpoint
     from rmt_dist.engine.distributed import init_distributed, shutdown_distributed
     from rmt_dist.engine.evaluation import evaluate
-    from rmt_dist.engine.trainer import build_model
-    from rmt_dist.export import _checkpoint_config, load_consolidated
+    from rmt_dist.models.factory import create
+    from rmt_dist.models.weights import checkpoint_config, load_into
 
     from .config import Config, to_dict
 
     ckpt = resolve_checkpoint(source)
-    cfg = _checkpoint_config(ckpt)
+    cfg = checkpoint_config(ckpt)
     tree = to_dict(cfg)
     apply_overrides(tree, {}, overrides)
     try:
         cfg = build(Config, tree, {})
     except ConfigError as e:
         raise ValueError(str(e)) from None
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, val=data),
-                              model=dataclasses.replace(cfg.model, init_checkpoint=None))
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, val=data))
     info = init_distributed(cfg.strategy.backend)
     try:
         loader = build_eval_loader(cfg, rank=info.rank, world_size=info.world_size, device=info.device)
@@ -48,8 +47,7 @@ def evaluate_checkpoint(source: str, data: str, overrides: list[str]) -> dict[st
         for prefix, ema in (("eval", False), ("eval_ema", True)):
             if ema and not cfg.ema.enabled:
                 continue
-            model = build_model(cfg)
-            model.load_state_dict(load_consolidated(ckpt, ema=ema), strict=True)
+            model = load_into(create(cfg.model, mix_token=cfg.tokenlabel.mix_token), ckpt, ema=ema)
             model.to(info.device).eval()
             results.update(evaluate(model, loader, info.device, prefix))
         results["checkpoint"] = str(ckpt)

@@ -19,69 +19,11 @@ import torch
 EXIT_USAGE = 2
 
 
-def _checkpoint_config(ckpt: Path):
-    from rmt_dist.config import load_resolved
-
-    for candidate in (ckpt / "config.yaml", ckpt.parent.parent / "config.yaml"):
-        if candidate.is_file():
-            return load_resolved(candidate)
-    raise ValueError(f"no config.yaml beside checkpoint {ckpt} (expected it in the checkpoint or its run dir)")
-
-
-def _template(cfg) -> dict[str, torch.Tensor]:
-    from rmt_dist.engine.trainer import build_model
-
-    model = build_model(cfg)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _load_dcp(ckpt: Path, template: dict, key: str) -> dict[str, torch.Tensor]:
-    import warnings
-
-    import torch.distributed.checkpoint as dcp
-
-    state = {key: template}
-    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(state, checkpoint_id=str(ckpt / "dcp"), no_dist=True)
-    return state[key]
-
-
-def _load_deepspeed(ckpt: Path, template: dict, ema: bool, zero_stage: int) -> dict[str, torch.Tensor]:
-    if not ema:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag="ds")
-        return {k: sd[k].to(template[k].dtype) for k in template}
-    if zero_stage != 3:
-        return torch.load(ckpt / "ema.pt", map_location="cpu", weights_only=True)
-    parts = [torch.load(f, map_location="cpu", weights_only=True) for f in sorted(ckpt.glob("ema_rank_*.pt"))]
-    if not parts:
-        raise ValueError(f"{ckpt}: no ema_rank_*.pt files (was the run trained with ema.enabled=false?)")
-    out = {}
-    for name, full in template.items():
-        if parts[0][name].shape == full.shape:  # buffers (and unpartitioned tensors) are whole on every rank
-            out[name] = parts[0][name]
-        else:  # ZeRO-3 partitions: flat, equal-sized, zero-padded at the end
-            out[name] = torch.cat([p[name] for p in parts])[: full.numel()].view(full.shape)
-    return out
-
-
 def load_consolidated(path: str | os.PathLike, ema: bool = False) -> dict[str, torch.Tensor]:
     """Full CPU tensors of the model (or its EMA) from a run dir or a checkpoint dir."""
-    import json
+    from rmt_dist.models.weights import read_checkpoint_dir
 
-    from rmt_dist.engine.checkpoint import TRAIN_STATE, resolve_checkpoint
-
-    ckpt = resolve_checkpoint(path)
-    cfg = _checkpoint_config(ckpt)
-    state = json.loads((ckpt / TRAIN_STATE).read_text())
-    template = _template(cfg)
-    if state.get("strategy") == "deepspeed":
-        return _load_deepspeed(ckpt, template, ema, state.get("zero_stage") or 0)
-    if ema and not cfg.ema.enabled:
-        raise ValueError(f"{ckpt} has no EMA: the run had ema.enabled=false (export without --ema)")
-    return _load_dcp(ckpt, template, "ema" if ema else "model")
+    return read_checkpoint_dir(path, ema=ema)[1]
 
 
 def save_safetensors(weights: dict[str, torch.Tensor], out: str | os.PathLike, metadata: dict[str, str]) -> None:
@@ -108,10 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         from rmt_dist.engine.checkpoint import resolve_checkpoint
+        from rmt_dist.models.weights import checkpoint_config, read_weights
 
         ckpt = resolve_checkpoint(args.source)
-        weights = load_consolidated(ckpt, ema=args.ema)
-        cfg = _checkpoint_config(ckpt)
+        weights = read_weights(ckpt, ema=args.ema)
+        cfg = checkpoint_config(ckpt)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -4,13 +4,13 @@ without SLURM (tests/test_slurm_workflow.py runs them on the local two-node clus
 from __future__ import annotations
 
 import json
-import zlib
 import os
 import shutil
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import pytest

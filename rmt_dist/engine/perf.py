@@ -29,11 +29,11 @@ def train_flops_per_image(cfg: Config) -> float | None:
     """Forward FLOPs of one image x 3 (forward + backward), counted on the meta device."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .trainer import build_model
+    from ..models.factory import create
 
     try:
         with torch.device("meta"):
-            model = build_model(cfg)
+            model = create(cfg.model, mix_token=cfg.tokenlabel.mix_token)  # no init_checkpoint on meta
         x = torch.empty(1, 3, cfg.data.img_size, cfg.data.img_size, device="meta")
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             model.eval()(x)

@@ -18,6 +18,7 @@ from pathlib import Path
 from ..config import Config, ConfigError, derive, to_yaml
 from ..data.errors import DataError
 from ..launching.errors import LaunchError
+from ..models.weights import WeightsError
 from ..tokenlabel.store import TokenLabelStoreError
 from . import preempt
 from .checkpoint import CheckpointSaveError, ResumeError, _disk_hint, atomic_write, describe_error
@@ -26,7 +27,7 @@ from .trainer import Trainer, TrainingDiverged
 
 log = logging.getLogger("rmt_dist.train")
 
-BAD_INPUT = (ConfigError, DataError, TokenLabelStoreError, ResumeError, LaunchError)
+BAD_INPUT = (ConfigError, DataError, TokenLabelStoreError, ResumeError, LaunchError, WeightsError)
 
 
 class RunDirFailure(RuntimeError):

@@ -15,11 +15,10 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import timm
 import torch
-from torch import nn
 
 from ..config import Config, to_yaml
+from ..models.build import build_model
 from . import preempt
 from .checkpoint import (
     MARKER,
@@ -70,22 +69,6 @@ class TrainState:
     world_size: int = 1
     global_batch: int = 0
     extra: dict = field(default_factory=dict)
-
-
-def build_model(cfg: Config) -> nn.Module:
-    m = cfg.model
-    import rmt_dist.models  # noqa: F401  (registers the RMT family with timm)
-
-    kwargs = dict(num_classes=m.num_classes, drop_path_rate=m.drop_path_rate, attn_impl=m.attn_impl,
-                  attention=m.attention)
-    if m.token_label:
-        kwargs.update(token_label=True, mix_token=cfg.tokenlabel.mix_token)
-    model = timm.create_model(m.name, **kwargs)
-    if m.init_checkpoint:
-        from .weights import load_weights
-
-        model.load_state_dict(load_weights(m.init_checkpoint), strict=True)
-    return model
 
 
 def seed_everything(seed: int) -> None:

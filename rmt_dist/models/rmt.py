@@ -529,7 +529,7 @@ def _cfg(crop_pct: float = 0.875, **kwargs: Any) -> dict[str, Any]:
     }
 
 
-_RELEASED = "released weights are on Baidu Pan (github.com/qhfan/RMT); load the .pth via checkpoint_filter_fn"
+_RELEASED = "released weights are on Baidu Pan (github.com/qhfan/RMT); load the .pth with rmt_dist.models.load_into"
 default_cfgs = generate_default_cfgs(
     {
         # The released evaluation crops: plain resize 256 -> crop 224 (0.875), token-label 0.96.

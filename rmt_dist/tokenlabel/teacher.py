@@ -2,34 +2,16 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import torch
 from torch import nn
 
 from .store import TokenLabelStoreError
 
 
-def load_weights(path: str | os.PathLike, ema: bool = False) -> dict[str, torch.Tensor]:
-    """A plain state dict from a .safetensors/.pth file, or a run/checkpoint dir of this project."""
-    path = Path(path)
-    if path.is_dir():
-        from ..export import load_consolidated  # the engine's reader of its sharded checkpoints
-
-        return load_consolidated(path, ema=ema)
-    if not path.is_file():
-        raise TokenLabelStoreError(f"teacher checkpoint {str(path)!r} does not exist")
-    from timm.models import load_state_dict  # .safetensors/.pth, nested model/state_dict/EMA keys, module.
-
-    return load_state_dict(str(path), use_ema=ema)
-
-
 def build_teacher(name: str, checkpoint: str | None, num_classes: int, *, ema: bool = False,
                   pretrained: bool = False) -> nn.Module:
-    import timm
-
-    import rmt_dist  # noqa: F401  (registers the RMT models with timm)
+    from ..models.factory import create_model
+    from ..models.weights import WeightsError, load_into
 
     if checkpoint is None and not pretrained:
         raise TokenLabelStoreError(
@@ -37,28 +19,14 @@ def build_teacher(name: str, checkpoint: str | None, num_classes: int, *, ema: b
             "or --pretrained (timm's hub weights)"
         )
     try:
-        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes)
+        model = create_model(name, pretrained=pretrained, num_classes=num_classes)
     except RuntimeError as e:
         raise TokenLabelStoreError(f"teacher {name!r}: {e}") from None
     if checkpoint is not None:
-        sd = load_weights(checkpoint, ema=ema)
-        from ..models.rmt import RMT, checkpoint_filter_fn
-
-        if isinstance(model, RMT):  # released RMT checkpoints carry buffers this model recomputes
-            sd = checkpoint_filter_fn(sd, model)
-        head = model.get_classifier()
-        head_key = next((k for k, p in model.named_parameters() if p is getattr(head, "weight", None)), None)
-        if head_key is not None and head_key in sd and sd[head_key].shape[0] != num_classes:
-            raise TokenLabelStoreError(
-                f"teacher checkpoint {checkpoint!r} has {sd[head_key].shape[0]} classes but the dataset has "
-                f"{num_classes}; use a teacher trained on the same classes"
-            )
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-        if missing or unexpected:
-            raise TokenLabelStoreError(
-                f"teacher checkpoint {checkpoint!r} does not fit timm model {name!r}: "
-                f"missing {missing[:3]}, unexpected {unexpected[:3]}"
-            )
+        try:  # a class count other than the dataset's is an error here, not a fresh head
+            load_into(model, checkpoint, ema=ema, what="teacher checkpoint", classes_of="the dataset")
+        except WeightsError as e:
+            raise TokenLabelStoreError(f"teacher {name!r}: {e}") from None
     return model.eval()
 
 
