@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -46,7 +47,7 @@ def build_teacher(name: str, checkpoint: str | None, num_classes: int, *, ema: b
 
         if isinstance(model, RMT):  # released RMT checkpoints carry buffers this model recomputes
             sd = checkpoint_filter_fn(sd, model)
-        head = model.get_classifier()
+        head = cast(Any, model).get_classifier()  # timm's model API, not nn.Module's
         head_key = next((k for k, p in model.named_parameters() if p is getattr(head, "weight", None)), None)
         if head_key is not None and head_key in sd and sd[head_key].shape[0] != num_classes:
             raise TokenLabelStoreError(
@@ -73,7 +74,8 @@ def per_location_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """
     from ..models.rmt import RMT
 
-    feats = model.forward_features(images)
+    timm_model = cast(Any, model)  # timm's model API (forward_features/forward_head), not nn.Module's
+    feats = timm_model.forward_features(images)
     nhwc_head = isinstance(model, RMT) or getattr(model, "output_fmt", "NCHW") == "NHWC"
     if isinstance(model, RMT) and model.token_label:
         b, h, w, _ = feats.shape
@@ -84,7 +86,7 @@ def per_location_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         side = int(round(n ** 0.5))
         if side * side != n:
             raise TokenLabelStoreError(f"teacher tokens ({n}) do not form a square grid")
-        return model.forward_head(feats.reshape(b * n, 1, c)).reshape(b, side, side, -1)
+        return timm_model.forward_head(feats.reshape(b * n, 1, c)).reshape(b, side, side, -1)
     if feats.ndim != 4:
         raise TokenLabelStoreError(f"teacher forward_features returned shape {tuple(feats.shape)}; expected a map")
     nhwc = feats if nhwc_head else feats.permute(0, 2, 3, 1)
@@ -92,4 +94,4 @@ def per_location_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     one_by_one = nhwc.reshape(b * h * w, 1, 1, c)
     if not nhwc_head:
         one_by_one = one_by_one.permute(0, 3, 1, 2)
-    return model.forward_head(one_by_one).reshape(b, h, w, -1)
+    return timm_model.forward_head(one_by_one).reshape(b, h, w, -1)
