@@ -16,7 +16,7 @@ import sys
 EXIT_USAGE = 2
 
 
-def evaluate_checkpoint(source: str, data: str, overrides: list[str]) -> dict[str, float]:
+def evaluate_checkpoint(source: str, data: str, overrides: list[str]) -> dict[str, float | str]:
     """Collective when a process group is (or can be) set up; returns the same dict on every rank."""
     import dataclasses
 
@@ -43,7 +43,7 @@ def evaluate_checkpoint(source: str, data: str, overrides: list[str]) -> dict[st
     info = init_distributed(cfg.strategy.backend)
     try:
         loader = build_eval_loader(cfg, rank=info.rank, world_size=info.world_size, device=info.device)
-        results: dict[str, float] = {}
+        results: dict[str, float | str] = {}
         for prefix, ema in (("eval", False), ("eval_ema", True)):
             if ema and not cfg.ema.enabled:
                 continue

@@ -305,3 +305,18 @@ def test_staging_failure_reaches_the_waiting_ranks(digits, tmp_path):
 def test_new_commands_print_help(module):
     r = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0 and r.stdout.startswith(f"usage: python -m {module}") and "RUN_DIR" in r.stdout
+
+
+def test_preflight_reads_init_checkpoint_through_the_trainers_reader(digits, tmp_path):
+    from safetensors.torch import save_file
+
+    from rmt_dist.models.factory import create_model
+
+    good = tmp_path / "w.safetensors"
+    save_file(create_model("rmt_test", num_classes=10).state_dict(), str(good))
+    checks = {c.name: c for c in run_checks(smoke_cfg(digits, tmp_path / "r", f"model.init_checkpoint={good}"))}
+    assert checks["model.init_checkpoint"].ok, checks["model.init_checkpoint"].detail
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    assert "does not load" in failures(smoke_cfg(digits, tmp_path / "r", f"model.init_checkpoint={junk}"))[
+        "model.init_checkpoint"]

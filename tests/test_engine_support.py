@@ -1,5 +1,6 @@
-"""Helpers for the engine tests (no tests here): 2-rank gloo groups by fork, small configs,
-and reading run directories back."""
+"""Helpers for the engine tests: 2-rank gloo groups by fork, small configs, and reading run
+directories back. The tests at the end check that `run_ranks` cannot hide a failing rank:
+every 2-rank test relies on it to fail when a rank does."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import socket
 import traceback
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -68,3 +70,22 @@ def digits_dir(tmp_path_factory) -> Path:
     from data_helpers import digits_betons
 
     return digits_betons(tmp_path_factory.getbasetemp())[0].parent
+
+
+def _fail_on_rank_1(rank: int, world: int) -> None:
+    if rank == 1:
+        raise ValueError("rank 1 refuses")
+
+
+def _write_env(rank: int, world: int, out: str) -> None:
+    Path(out, f"rank{rank}").write_text(f"{os.environ['RANK']}/{os.environ['WORLD_SIZE']}")
+
+
+def test_run_ranks_fails_with_the_failing_ranks_traceback(tmp_path):
+    with pytest.raises(AssertionError, match="rank 1 refuses"):
+        run_ranks(_fail_on_rank_1, 2, tmp=tmp_path)
+
+
+def test_run_ranks_runs_every_rank_with_its_environment(tmp_path):
+    run_ranks(_write_env, 2, str(tmp_path), tmp=tmp_path)
+    assert [(tmp_path / f"rank{r}").read_text() for r in range(2)] == ["0/2", "1/2"]

@@ -3,6 +3,7 @@ tests are in test_engine.py)."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -56,9 +57,15 @@ def _trainer(digits, tmp_path, info, *overrides):
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_bf16_autocast_trains(digits, tmp_path, single_rank, strategy):
     t = _trainer(digits, tmp_path, single_rank, "precision=bf16", f"strategy.name={strategy}")
+    device_type = single_rank.device.type
+    seen = []  # (autocast on, its dtype) inside each forward of the first linear layer
+    linear = next(m for m in t.strategy.module.modules() if isinstance(m, torch.nn.Linear))
+    linear.register_forward_pre_hook(lambda m, args: seen.append(
+        (torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))))
     batches = t.train_loader.epoch(0)
     losses = [t.train_step([next(batches)]).loss for _ in range(3)]
     assert all(torch.isfinite(torch.tensor(losses)))
+    assert seen and all(s == (True, torch.bfloat16) for s in seen), f"forward not under bf16 autocast: {set(seen)}"
     # FSDP2's policy computes in bf16 but keeps fp32 master weights (and an fp32 EMA).
     assert all(p.dtype == torch.float32 for p in t.strategy.module.parameters())
     assert all(v.dtype == torch.float32 for v in t.ema.state.values() if v.is_floating_point())
@@ -84,10 +91,22 @@ def test_fp16_overflow_is_skipped_and_counted(digits, tmp_path, single_rank):
 
 
 def test_gradient_accumulation_counts_optimizer_steps(digits, tmp_path, single_rank):
-    t = _trainer(digits, tmp_path, single_rank, "optim.accum_steps=2", "data.batch_size=16")
+    t = _trainer(digits, tmp_path, single_rank, "optim.accum_steps=2", "data.batch_size=16", "optim.clip_grad=null")
     assert t.steps_per_epoch == t.train_loader.steps_per_epoch // 2
     assert t.cfg.derived.global_batch == 32
     batches = t.train_loader.epoch(0)
-    stats = t.train_step([next(batches), next(batches)])
+    micro = [tuple(x.clone() for x in next(batches)) for _ in range(2)]  # the loader reuses its buffers
+    # The update must use the mean gradient of both micro-batches: compute it on a copy of
+    # the model (fp32, no drop path: deterministic) and compare with what the optimizer sees.
+    reference = copy.deepcopy(t.strategy.module).train()
+    sum(t.criterion(reference(images), targets) / 2 for images, targets in micro).backward()
+    expected = {n: p.grad for n, p in reference.named_parameters() if p.grad is not None}
+    stepped = {}
+    t.strategy.optimizer.register_step_pre_hook(lambda opt, args, kwargs: stepped.update(
+        {n: p.grad.clone() for n, p in t.strategy.module.named_parameters() if p.grad is not None}))
+    stats = t.train_step(micro)
     assert stats.applied and t.state.step == 1
+    assert stepped.keys() == expected.keys()
+    worst = max((stepped[n] - g).abs().max().item() / (g.abs().max().item() + 1e-12) for n, g in expected.items())
+    assert worst < 1e-4, f"the accumulated gradient is not the mean over both micro-batches (rel. error {worst:.3g})"
     t.close()

@@ -180,7 +180,7 @@ def build(cls: type, tree: dict, prov: dict[str, str], prefix: str = "", default
         value = tree[f.name]
         where = prov.get(key, default_where)
         tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             if value is None:
                 value = {}
             if not isinstance(value, dict):

@@ -229,7 +229,7 @@ def record_paths(src: str | os.PathLike, beton: str | os.PathLike) -> int:
         raise DataError(f"{beton} already has its source paths ({paths_file(beton)}); nothing to do")
     samples = list_samples(src)
     root = source_root(src)
-    skipped_tails = set()
+    skipped_tails: set[str] = set()
     for s in meta.get("skipped", []):
         parts = Path(s["path"]).parts
         skipped_tails.update(Path(*parts[i:]).as_posix() for i in range(len(parts)))

@@ -144,7 +144,7 @@ class BatchDecoder:
         self.kind = FILTERS[interpolation]
         self.images = images
         # get_thread_id() ranges over numba's whole pool, whatever set_num_threads says.
-        self.scratch = np.empty((config.NUMBA_NUM_THREADS, max(images.max_pixels, 1) * 3), np.uint8)
+        self.scratch = np.empty((config.NUMBA_NUM_THREADS, max(images.max_pixels, 1) * 3), np.uint8)  # type: ignore[attr-defined]  # numba sets its config at run time
         self.num_threads = num_threads
 
     def decode(self, indices: np.ndarray, boxes: np.ndarray, flips: np.ndarray, out: np.ndarray,

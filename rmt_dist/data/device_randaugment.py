@@ -181,8 +181,10 @@ def _blend_ops(x: torch.Tensor, op: np.ndarray, arg: np.ndarray, fill: np.ndarra
     degenerate = torch.zeros_like(x, dtype=torch.int32)  # Brightness: black
     grey = _grey(x) if np.isin(op, (COLOR, CONTRAST)).any() else None
     if (op == COLOR).any():
+        assert grey is not None
         degenerate = torch.where(code == COLOR, grey.expand_as(degenerate), degenerate)
     if (op == CONTRAST).any():
+        assert grey is not None
         h, w = x.shape[1:3]
         total = grey.sum(dim=(1, 2, 3), keepdim=True, dtype=torch.int64).double()
         mean = torch.trunc(torch.div(total, _const(float(h * w), total)) + 0.5).int()  # int(mean + 0.5)
@@ -254,8 +256,8 @@ def affine(x: torch.Tensor, coef: np.ndarray, fill: np.ndarray, bicubic: bool) -
         rows = []
         for r in range(4):
             cols = [tap(y0 - 1 + r, x0 - 1 + k) for k in range(4)]
-            rows.append(_cubic(*cols, dx))
-        v = _cubic(*rows, dy)
+            rows.append(_cubic(cols[0], cols[1], cols[2], cols[3], dx))
+        v = _cubic(rows[0], rows[1], rows[2], rows[3], dy)
     else:
         top = tap(y0, x0)
         v1 = top + (tap(y0, x0 + 1) - top) * dx

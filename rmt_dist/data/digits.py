@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ def _colourise(gray8: np.ndarray, size: int) -> np.ndarray:
     t = (gray8 / 16.0).astype(np.float32)
     rgb = np.stack([40 + 215 * t, 30 + 190 * t ** 0.7, 90 + 60 * (1 - t)], axis=-1)
     img = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
-    return np.asarray(img.resize((size, size), Image.BILINEAR))
+    return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR))
 
 
 def write_image_folder(out_dir: Path, size: int) -> tuple[Path, Path]:
@@ -68,7 +69,7 @@ def prepare_digits(out_dir: str | Path, size: int = 32, workers: int | None = No
     out_dir.mkdir(parents=True, exist_ok=True)
     train_dir, val_dir = write_image_folder(out_dir, size)
     train, val = out_dir / "train.beton", out_dir / "val.beton"
-    opts = dict(max_resolution=None, compress_probability=0.0, workers=workers or 1)
+    opts: dict[str, Any] = dict(max_resolution=None, compress_probability=0.0, workers=workers or 1)
     if not (train.exists() and meta_path(train).exists()):
         convert(train_dir, train, overwrite=True, **opts)
     if not (val.exists() and meta_path(val).exists()):

@@ -30,9 +30,8 @@ def load_rgb(path: str) -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 img.load()  # decodes fully: raises on truncated data
-                if img.mode != "RGB":
-                    img = img.convert("RGB")
-                pixels = np.asarray(img, dtype=np.uint8)
+                rgb = img if img.mode == "RGB" else img.convert("RGB")
+                pixels = np.asarray(rgb, dtype=np.uint8)
     except BadImage:
         raise
     except UnidentifiedImageError:

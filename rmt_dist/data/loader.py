@@ -112,7 +112,7 @@ def usable_cpus() -> int:
 def worker_threads(requested: int) -> int:
     """cfg.data.num_workers capped by the CPUs this process may use (SLURM/cgroup affinity)
     and by numba's pool size."""
-    return max(1, min(requested, usable_cpus(), numba.config.NUMBA_NUM_THREADS))
+    return max(1, min(requested, usable_cpus(), numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]  # numba sets its config at run time
 
 
 def _open_beton(path: str | None, key: str) -> BetonImages:
@@ -274,10 +274,17 @@ class _Base:
         with _KERNEL_LOCK:
             numba.set_num_threads(self.workers)  # thread-local in numba: set on the launching thread
             if batch.whole:
-                ra = None if batch.ra_ops is None else (batch.ra_ops, batch.ra_args, batch.ra_bicubic, self.fill)
-                self.decoder.decode_whole(batch.indices, batch.boxes, batch.flips, out, batch.crop_bicubic, ra)
+                assert batch.crop_bicubic is not None  # sampled with every tlt-order batch
+                whole_ra = None
+                if batch.ra_ops is not None:
+                    assert batch.ra_args is not None and batch.ra_bicubic is not None  # sampled with ra_ops
+                    whole_ra = (batch.ra_ops, batch.ra_args, batch.ra_bicubic, self.fill)
+                self.decoder.decode_whole(batch.indices, batch.boxes, batch.flips, out, batch.crop_bicubic, whole_ra)
             else:
-                ra = None if batch.ra_ops is None or self.ra_on_device else (batch.ra_ops, batch.ra_args, self.fill)
+                ra = None
+                if batch.ra_ops is not None and not self.ra_on_device:
+                    assert batch.ra_args is not None  # sampled with ra_ops
+                    ra = (batch.ra_ops, batch.ra_args, self.fill)
                 self.decoder.decode(batch.indices, batch.boxes, batch.flips, out, batch.resize, ra)
             if self.finish_on_workers:
                 n = batch.size
@@ -295,6 +302,7 @@ class _Base:
             return x.permute(0, 3, 1, 2) if self.channels_last else x
         x = buffer[:batch.size].to(self.device, non_blocking=True)
         if self.ra_on_device and batch.ra_ops is not None:
+            assert batch.ra_args is not None  # sampled with ra_ops
             x = rand_augment_on_device(x, batch.ra_ops, batch.ra_args, self.fill, self.bicubic)
         x = (x.permute(0, 3, 1, 2).float() - self.mean) * self.inv_std
         return x if self.channels_last else x.contiguous()
@@ -423,6 +431,7 @@ class TrainLoader(_Base):
         labels = torch.from_numpy(self.images.labels[batch.indices]).to(self.device, non_blocking=True)
         if batch.normalized is None:  # on the device; on CPU the workers did it (host_finish)
             if batch.erase_boxes is not None:
+                assert self.erasing is not None  # boxes are drawn only when erasing is on
                 apply_erasing(images, batch.erase_boxes, self.erasing.mode,
                               self._noise_generator(self._seeds(epoch, batch.step)))
             images = apply_mix(images, batch.mix)

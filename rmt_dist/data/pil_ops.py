@@ -14,11 +14,12 @@ arithmetic as Pillow's ImagingBlend).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from numba import njit
 
-_JIT = dict(cache=True, nogil=True, fastmath=False)
+_JIT: dict[str, Any] = dict(cache=True, nogil=True, fastmath=False)
 
 
 @njit(**_JIT)

@@ -18,6 +18,7 @@ followed by an integer crop would give (every output pixel depends only on its o
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from numba import njit
@@ -25,7 +26,7 @@ from numba import njit
 PRECISION_BITS = 32 - 8 - 2  # Pillow's: 8 bits of result, 2 for overshoot
 BICUBIC, BILINEAR = 0, 1
 FILTERS = {"bicubic": BICUBIC, "bilinear": BILINEAR}
-_JIT = dict(cache=True, nogil=True)
+_JIT: dict[str, Any] = dict(cache=True, nogil=True)
 
 
 @njit(**_JIT)

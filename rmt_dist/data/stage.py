@@ -27,6 +27,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .errors import DataError
 
@@ -193,7 +194,7 @@ def stage(cfg, env=os.environ, wait_s: float = STAGE_WAIT_S):
         try:
             root.mkdir(parents=True, exist_ok=True)
             local = {k: str(stage_one(Path(v), root)) for k, v in _sources(cfg).items()}
-            result = {"ok": True, "paths": local}
+            result: dict[str, Any] = {"ok": True, "paths": local}
         except StageError as e:
             result = {"ok": False, "error": str(e)}
         except OSError as e:

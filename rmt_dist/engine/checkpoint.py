@@ -28,6 +28,7 @@ import re
 import shutil
 import zlib
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -40,6 +41,7 @@ MARKER = "COMPLETE"
 POINTER = "latest"
 TRAIN_STATE = "train_state.json"
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
+_E = TypeVar("_E")  # what a rank reports to _agree
 
 
 def step_dir_name(step: int) -> str:
@@ -235,7 +237,9 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def _step_of(path: Path) -> int:
-    return int(_STEP_DIR.match(path.name).group(1))
+    m = _STEP_DIR.match(path.name)
+    assert m is not None, path  # callers pass step_* directories only
+    return int(m.group(1))
 
 
 class CheckpointManager:
@@ -246,7 +250,7 @@ class CheckpointManager:
         self.unreadable: set[Path] = set()  # failed at resume: never counted, never pruned
         self.skipped: dict[Path, str] = {}  # every candidate rejected at resume, with its reason
 
-    def _agree(self, error: str | None) -> str | None:
+    def _agree(self, error: _E | None) -> _E | None:
         """Collective: the first rank's error (rank order), or None when every rank succeeded."""
         return next((e for e in all_gather_object(error) if e), None)
 
@@ -261,7 +265,7 @@ class CheckpointManager:
         """Collective: every rank writes its part and checksums a share of the files; rank 0
         seals it (COMPLETE, then latest). Raises CheckpointSaveError on every rank on failure."""
         path = self.root / step_dir_name(step)
-        failure = None  # (one-line error, fix) on this rank
+        failure: tuple[str, str] | None = None  # (one-line error, fix) on this rank
         if self.info.is_main:
             try:
                 if path.exists():  # left over by an attempt that died before COMPLETE

@@ -1,9 +1,9 @@
 """metrics.jsonl + TensorBoard, written by rank 0; a resumed run continues the same series.
 
 Record keys (design.md): train records carry step, epoch, loss, lr, img_per_s (plus
-grad_norm, skipped_steps, bad_steps, overflow_steps, mem_gb, step_time_s and mfu where
-the device peak is known); eval records carry step, epoch, eval/top1, eval/top5 and,
-with an EMA, eval_ema/top1, eval_ema/top5. TensorBoard tags: "train/<key>" for train
+grad_norm, skipped_steps, bad_steps, overflow_steps, mem_gb, and mfu where the device
+peak is known); eval records carry step, epoch, eval/top1, eval/top5 and, with an EMA,
+eval_ema/top1, eval_ema/top5. TensorBoard tags: "train/<key>" for train
 records, the key itself for eval records.
 """
 
@@ -70,6 +70,7 @@ class MetricsWriter:
     def write(self, record: dict, prefix: str = "") -> None:
         if not self.enabled:
             return
+        assert self._file is not None  # opened in __init__ when enabled
         self._file.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
         self._file.flush()
         if self._tb is not None:

@@ -19,7 +19,8 @@ def no_decay(name: str, param: torch.Tensor) -> bool:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay, keep = [], []
+    decay: list[nn.Parameter] = []
+    keep: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -28,9 +29,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    o = cfg.optim
+    o, lr = cfg.optim, cfg.derived.lr
+    assert lr is not None, "derive(cfg) sets the peak lr"
     # foreach=False keeps the update order per parameter identical whatever the sharding.
-    return torch.optim.AdamW(param_groups(model, o.weight_decay), lr=cfg.derived.lr, betas=tuple(o.betas),
+    return torch.optim.AdamW(param_groups(model, o.weight_decay), lr=lr, betas=(o.betas[0], o.betas[1]),
                              eps=o.eps, weight_decay=o.weight_decay, foreach=False)
 
 
@@ -58,8 +60,9 @@ class LrSchedule:
 
 
 def build_schedule(cfg: Config, steps_per_epoch: int) -> LrSchedule:
-    o = cfg.optim
-    return LrSchedule(peak=cfg.derived.lr, warmup_lr=o.warmup_lr, min_lr=o.min_lr,
+    o, lr = cfg.optim, cfg.derived.lr
+    assert lr is not None, "derive(cfg) sets the peak lr"
+    return LrSchedule(peak=lr, warmup_lr=o.warmup_lr, min_lr=o.min_lr,
                       warmup_steps=o.warmup_epochs * steps_per_epoch, cosine_end=o.epochs * steps_per_epoch,
                       total_steps=(o.epochs + o.cooldown_epochs) * steps_per_epoch)
 

@@ -14,6 +14,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.distributed as dist
@@ -23,6 +24,10 @@ from ..config import Config
 from .distributed import DistInfo
 from .optim import build_optimizer, set_lr
 from .precision import DTYPES, autocast, build_grad_scaler
+
+if TYPE_CHECKING:
+    from torch.distributed.fsdp import FSDPModule
+    from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass
@@ -51,11 +56,11 @@ def prepare_model(model: nn.Module, cfg: Config, device: torch.device) -> nn.Mod
     """The strategy-independent part, in the fixed order: device, grad-ckpt, compile."""
     model = model.to(device)
     if cfg.model.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to takes it; torch's overloads omit it
     if cfg.model.grad_checkpointing:
         if not hasattr(model, "set_grad_checkpointing"):
             raise ValueError(f"model.grad_checkpointing=true but {type(model).__name__} has no set_grad_checkpointing()")
-        model.set_grad_checkpointing(True)
+        cast(Any, model).set_grad_checkpointing(True)  # the model's own method (hasattr above)
     if cfg.model.compile:
         blocks, _ = shard_units(model)
         # Every block's distinct drop-path rate specialises its graph: allow one compile per
@@ -135,8 +140,8 @@ class TorchStrategy:
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         clip = self.cfg.optim.clip_grad
-        norm = torch.nn.utils.clip_grad_norm_(self._params, clip if clip else math.inf)
-        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        norm_t = torch.nn.utils.clip_grad_norm_(self._params, clip if clip else math.inf)
+        norm = float(norm_t.full_tensor() if hasattr(norm_t, "full_tensor") else norm_t)
         set_lr(self.optimizer, lr)
         if self.scaler:
             # Decide on the global norm, not the scaler's per-rank inf check: under FSDP each
@@ -174,7 +179,7 @@ class TorchStrategy:
         sync_buffers(self.module)
 
     def ema_sources(self) -> dict[str, torch.Tensor]:
-        out = {n: p for n, p in self.module.named_parameters()}
+        out: dict[str, torch.Tensor] = {n: p for n, p in self.module.named_parameters()}
         out.update({n: b for n, b in self.module.named_buffers()})
         return out
 
@@ -225,7 +230,8 @@ class TorchStrategy:
             return {n: (t.full_tensor() if hasattr(t, "full_tensor") else local(t)).detach().cpu().clone()
                     for n, t in ema.items()}
         sd = get_model_state_dict(self.wrapped, options=StateDictOptions(full_state_dict=True))
-        return {n: _cpu_fp32(t) for n, t in sd.items()}
+        # A model's state dict holds tensors only; ValueType also covers optimizer state.
+        return {n: _cpu_fp32(t) for n, t in sd.items()}  # type: ignore[arg-type]
 
 
 class DDPStrategy(TorchStrategy):
@@ -238,7 +244,7 @@ class DDPStrategy(TorchStrategy):
         return DistributedDataParallel(model, device_ids=ids)
 
     def _set_sync(self, sync: bool):
-        return contextlib.nullcontext() if sync else self.wrapped.no_sync()
+        return contextlib.nullcontext() if sync else cast("DistributedDataParallel", self.wrapped).no_sync()
 
 
 class FSDPStrategy(TorchStrategy):
@@ -284,7 +290,7 @@ class FSDPStrategy(TorchStrategy):
         return super().ema_sources()
 
     def _set_sync(self, sync: bool):
-        self.wrapped.set_requires_gradient_sync(sync)
+        cast("FSDPModule", self.wrapped).set_requires_gradient_sync(sync)
         return contextlib.nullcontext()
 
 

@@ -91,6 +91,7 @@ def format_summary(s: EvalSummary) -> str | None:
     if s.final_ema is not None:
         parts += [f"final EMA {at(s.final_ema)}", f"best EMA {at(s.best_ema)}"]
         b = s.best_of_both
+        assert b is not None  # an EMA series makes best_of_both
         parts.append(f"best of max(model, EMA) {b.value:.2f} ({b.source}, epoch {b.epoch + 1}) "
                      "[the official max_accuracy]")
     return ", ".join(parts)

@@ -88,6 +88,7 @@ class Trainer:
         if cfg.derived.world_size != info.world_size:
             raise ValueError(f"cfg.derived.world_size={cfg.derived.world_size} but the process group has "
                              f"{info.world_size} ranks: call derive(cfg, world_size) first")
+        assert cfg.derived.global_batch is not None and cfg.derived.ema_decay is not None  # derive() ran
         self.cfg, self.info = cfg, info
         self.accum = cfg.optim.accum_steps
         # Loaders first: a bad dataset or token-label store fails before the model is built.
@@ -340,6 +341,7 @@ class Trainer:
         """Run until the schedule ends (0), run.stop_after_steps (0), a stop request
         (preempt.EXIT_PREEMPTED) or a failure (raises TrainingDiverged)."""
         cfg, s = self.cfg, self.state
+        assert self.cfg.derived.global_batch is not None  # derive() ran (checked in __init__)
         stop_at = cfg.run.stop_after_steps
         if stop_at is not None and s.step >= stop_at:
             log.info("run.stop_after_steps=%d already reached (resumed at step %d): nothing to do", stop_at, s.step)

@@ -68,6 +68,7 @@ def _token_labels(cfg: Config) -> Check:
     from ..data.errors import DataError
     from ..tokenlabel.store import TokenLabelStore, TokenLabelStoreError
 
+    assert cfg.tokenlabel.store is not None  # validate() requires it when token labeling is on
     try:
         store = TokenLabelStore(cfg.tokenlabel.store, beton=cfg.data.train, num_classes=cfg.model.num_classes)
     except (TokenLabelStoreError, DataError) as e:
@@ -79,17 +80,17 @@ def _token_labels(cfg: Config) -> Check:
 
 
 def _init_checkpoint(path: str) -> Check:
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         return Check("model.init_checkpoint", False,
                      f"{path} does not exist; fix the path or set model.init_checkpoint=null for a random init")
     try:
-        from ..engine.weights import load_weights
+        from ..models.weights import read_weights  # the trainer's reader: files, run and checkpoint dirs
 
-        sd = load_weights(path)
+        sd = read_weights(path)
     except Exception as e:  # any reason it cannot be read is a reason the job would stop
         return Check("model.init_checkpoint", False,
                      f"{path} does not load ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                     "point it at a weights file (safetensors, .pth or a project checkpoint)")
+                     "point it at a weights file (safetensors, .pth) or a run/checkpoint dir of this project")
     return Check("model.init_checkpoint", True, f"{path} ({len(sd)} tensors)")
 
 
@@ -119,6 +120,7 @@ def _run_dir(run_dir: Path) -> Check:
 
 def _batch(cfg: Config, train: dict) -> Check:
     d, ws, accum = cfg.data, cfg.derived.world_size, cfg.optim.accum_steps
+    assert ws is not None, "derive(cfg) sets the world size"
     n = int(train.get("num_samples", 0))
     per_rank = n // ws
     steps = per_rank // d.batch_size if d.drop_last else -(-per_rank // d.batch_size)
@@ -144,7 +146,7 @@ def derived_check(cfg: Config, steps_per_epoch: int | None) -> Check:
     if steps_per_epoch:
         total = (o.epochs + o.cooldown_epochs) * steps_per_epoch
         text += f", {o.warmup_epochs * steps_per_epoch} warm-up steps, {total} steps in all"
-    if not (d.lr and d.lr > 0 and 0 < d.ema_decay < 1):
+    if not (d.lr and d.lr > 0 and d.ema_decay is not None and 0 < d.ema_decay < 1):
         return Check("derived", False, f"{text}: the peak lr must be > 0 and the EMA decay in (0, 1); "
                                        "check optim.lr and ema.decay")
     return Check("derived", True, text)
@@ -172,6 +174,7 @@ def run_checks(cfg: Config) -> list[Check]:
         batch = _batch(cfg, train)
         checks.append(batch)
         if batch.ok:
+            assert cfg.derived.world_size is not None  # _batch passed
             per_rank = int(train.get("num_samples", 0)) // cfg.derived.world_size
             steps = (per_rank // cfg.data.batch_size) // cfg.optim.accum_steps
     checks.append(derived_check(cfg, steps))

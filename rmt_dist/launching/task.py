@@ -176,7 +176,8 @@ class TrainTask(submitit.helpers.Checkpointable):
             raise SystemExit(rc)
         raise RuntimeError(f"rank {rank}: training exited with code {rc} (the log above says why)")
 
-    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission | None:
+    # submitit reads None as "do not requeue" (core/job_environment.py _checkpoint), though its annotation omits it.
+    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission | None:  # type: ignore[override]
         """Called by submitit's USR2 handler on rank 0 when the engine did not take the
         signal: resubmit the same task (it resumes from the newest complete checkpoint),
         unless slurm.max_requeues is spent (None tells submitit not to requeue)."""

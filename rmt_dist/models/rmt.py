@@ -34,9 +34,9 @@ Contracts other code relies on:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -142,8 +142,9 @@ class RMTStage(nn.Module):
 
     def set_attn_impl(self, attn_impl: str) -> None:
         self.attn_impl = validate_attn_impl(attn_impl)
-        for block in self.blocks:
-            block.retention.attn_impl = attn_impl
+        for block in cast("Iterable[RMTBlock]", self.blocks):  # nn.ModuleList is untyped
+            # Module.__setattr__ is typed for tensors and modules; a plain attribute is fine at run time.
+            block.retention.attn_impl = attn_impl  # type: ignore[assignment]
 
     def stage_tables(self, x: torch.Tensor) -> RetentionTables:
         _, height, width, _ = x.shape
@@ -263,8 +264,8 @@ class RMT(nn.Module):
             )
             self.feature_info.append(dict(num_chs=dim, reduction=4 * 2**i, module=f"layers.{i}"))
 
-        self.proj = nn.Linear(self.num_features, arch.projection)
-        self.norm = nn.BatchNorm2d(arch.projection)
+        self.proj: nn.Module = nn.Linear(self.num_features, arch.projection)  # Identity once pruned
+        self.norm: nn.Module = nn.BatchNorm2d(arch.projection)
         self.head = nn.Linear(arch.projection, num_classes) if num_classes > 0 else nn.Identity()
         if token_label:
             self.aux_head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
@@ -290,29 +291,29 @@ class RMT(nn.Module):
             elif isinstance(module, nn.Conv2d | nn.BatchNorm2d):
                 module.reset_parameters()
             elif hasattr(module, "reset_gmm"):  # the gmm ablation's mixture parameters
-                module.reset_gmm()
+                cast(Any, module).reset_gmm()
             elif isinstance(module, RMTBlock) and module.layerscale:
                 module.gamma_1.fill_(module.layer_init_value)
                 module.gamma_2.fill_(module.layer_init_value)
-        for stage in self.layers:
+        for stage in self.stages():
             stage.tables.clear()
 
     # -- structure the engine uses --------------------------------------------------
 
     def stages(self) -> Iterator[RMTStage]:
-        yield from self.layers
+        yield from cast("Iterable[RMTStage]", self.layers)  # nn.ModuleList is untyped
 
     def blocks(self) -> Iterator[RMTBlock]:
-        for stage in self.layers:
-            yield from stage.blocks
+        for stage in self.stages():
+            yield from cast("Iterable[RMTBlock]", stage.blocks)
 
     def set_attn_impl(self, attn_impl: str) -> None:
-        for stage in self.layers:
+        for stage in self.stages():
             stage.set_attn_impl(attn_impl)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.layers:
+        for stage in self.stages():
             stage.grad_checkpointing = enable
 
     @torch.jit.ignore
@@ -424,7 +425,7 @@ class RMT(nn.Module):
         take_indices, max_index = feature_take_indices(len(self.layers), indices)
         x = self.forward_stem(x)
         intermediates = []
-        stages = list(self.layers)[: max_index + 1] if stop_early or intermediates_only else list(self.layers)
+        stages = list(self.stages())[: max_index + 1] if stop_early or intermediates_only else list(self.stages())
         for i, stage in enumerate(stages):
             x = stage.forward_blocks(x)
             if i in take_indices:
@@ -443,7 +444,7 @@ class RMT(nn.Module):
         """Drop stages after the last wanted map (and the heads); returns the kept indices."""
         take_indices, max_index = feature_take_indices(len(self.layers), indices)
         self.layers = self.layers[: max_index + 1]
-        self.layers[-1].downsample = None
+        list(self.stages())[-1].downsample = None
         if prune_head:
             self.proj = nn.Identity()
             self.norm = nn.Identity()
@@ -492,7 +493,7 @@ def _check_relpos(key: str, value: torch.Tensor, model: RMT) -> None:
     stage_index = int(key.split(".")[1])
     if stage_index >= len(model.layers):
         return
-    cache = model.layers[stage_index].tables
+    cache = list(model.stages())[stage_index].tables
     if key.endswith(".angle"):
         expected = rotary_angles(cache.head_dim)
     elif key.endswith(".decay"):

@@ -223,7 +223,7 @@ def generate(args: argparse.Namespace) -> StoreMeta:
         rows = np.arange(c * args.chunk_size, min((c + 1) * args.chunk_size, num_samples))
         out = _label_chunk(model, images, decoder, rows, args, device, mean, std, bar)
         tmp = store / "parts" / f".chunk_{c:06d}.tmp{rank}.npz"
-        np.savez(tmp, **out)
+        np.savez(tmp, **out)  # type: ignore[arg-type]  # numpy's stub lets **kwds bind allow_pickle
         os.replace(tmp, _part(store, c))  # atomic: a chunk file exists only when complete
     if bar is not None:
         bar.close()

@@ -172,7 +172,8 @@ def _beton(beton: Path, paths: str | None) -> tuple[int, int, list[str], np.ndar
 
 def _probe(files: list[str], topk: int, num_classes: int) -> tuple[int, int]:
     """Map size (H, W): the most common among the first readable files."""
-    shapes, first_error = Counter(), None
+    shapes: Counter[tuple[int, ...]] = Counter()
+    first_error = None
     for f in files[:PROBE_FILES]:
         try:
             t = _load(f)
@@ -336,9 +337,9 @@ def import_tlt(args: argparse.Namespace) -> StoreMeta:
     if problems and not args.allow_missing:
         summary = _report(problems, num_samples)
         _write_problems(store / "problems.tsv", problems)
-        r, f, why = sorted(problems)[0]
+        r, bad_file, why = sorted(problems)[0]
         raise TokenLabelStoreError(
-            f"{len(problems)} of {num_samples} label files unusable ({summary}); first: {f}: {why} (sample {r}); "
+            f"{len(problems)} of {num_samples} label files unusable ({summary}); first: {bad_file}: {why} (sample {r}); "
             f"all listed in {store / 'problems.tsv'}; fix or restore those files and re-run (finished chunks are "
             f"kept), or pass --allow-missing to train those samples on their ground-truth class")
     if problems:

@@ -129,6 +129,7 @@ def augment_maps(scores: np.ndarray, indices: np.ndarray, flips: np.ndarray, ops
         scores, indices = scores.copy(), indices.copy()
     if ops is None:
         return scores, indices
+    assert args is not None  # the loader samples ops and args together
     b, h, w, _ = scores.shape
     for k in range(b):
         for layer in range(ops.shape[1]):

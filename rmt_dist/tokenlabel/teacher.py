@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 from torch import nn
 
@@ -41,7 +43,8 @@ def per_location_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """
     from ..models.rmt import RMT
 
-    feats = model.forward_features(images)
+    timm_model = cast(Any, model)  # timm's model API (forward_features/forward_head), not nn.Module's
+    feats = timm_model.forward_features(images)
     nhwc_head = isinstance(model, RMT) or getattr(model, "output_fmt", "NCHW") == "NHWC"
     if isinstance(model, RMT) and model.token_label:
         b, h, w, _ = feats.shape
@@ -52,7 +55,7 @@ def per_location_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         side = int(round(n ** 0.5))
         if side * side != n:
             raise TokenLabelStoreError(f"teacher tokens ({n}) do not form a square grid")
-        return model.forward_head(feats.reshape(b * n, 1, c)).reshape(b, side, side, -1)
+        return timm_model.forward_head(feats.reshape(b * n, 1, c)).reshape(b, side, side, -1)
     if feats.ndim != 4:
         raise TokenLabelStoreError(f"teacher forward_features returned shape {tuple(feats.shape)}; expected a map")
     nhwc = feats if nhwc_head else feats.permute(0, 2, 3, 1)
@@ -60,4 +63,4 @@ def per_location_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     one_by_one = nhwc.reshape(b * h * w, 1, 1, c)
     if not nhwc_head:
         one_by_one = one_by_one.permute(0, 3, 1, 2)
-    return model.forward_head(one_by_one).reshape(b, h, w, -1)
+    return timm_model.forward_head(one_by_one).reshape(b, h, w, -1)
