@@ -34,7 +34,7 @@ def _worker(args: argparse.Namespace, impls: list[str]) -> list[dict]:
     import timm
     import torch
 
-    import rmt_dist  # noqa: F401  (registers the models)
+    import rmt_dist.models  # noqa: F401  (registers the RMT models with timm)
 
     torch.manual_seed(0)
     device = torch.device(args.device)

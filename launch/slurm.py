@@ -37,7 +37,7 @@ import sys
 from pathlib import Path
 
 from rmt_dist.config import ConfigError, derive, load_config, to_yaml
-from rmt_dist.launch_env import tasks_per_node, world_size
+from rmt_dist.launching.env import tasks_per_node, world_size
 from rmt_dist.launching.errors import LaunchError
 from rmt_dist.launching.preflight import require, run_checks
 from rmt_dist.launching.record import read_launch, record_launch

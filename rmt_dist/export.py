@@ -13,8 +13,10 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where weights are read: `--help` answers without it
+    import torch
 
 EXIT_USAGE = 2
 
@@ -48,6 +50,8 @@ def _load_dcp(ckpt: Path, template: dict, key: str) -> dict[str, torch.Tensor]:
 
 
 def _load_deepspeed(ckpt: Path, template: dict, ema: bool, zero_stage: int) -> dict[str, torch.Tensor]:
+    import torch
+
     if not ema:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 

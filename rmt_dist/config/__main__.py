@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..launch_env import world_size
+from ..launching.env import world_size
 from . import ConfigError, derive, load_config, to_yaml
 
 

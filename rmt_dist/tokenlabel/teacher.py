@@ -29,7 +29,7 @@ def build_teacher(name: str, checkpoint: str | None, num_classes: int, *, ema: b
                   pretrained: bool = False) -> nn.Module:
     import timm
 
-    import rmt_dist  # noqa: F401  (registers the RMT models with timm)
+    import rmt_dist.models  # noqa: F401  (registers the RMT models with timm)
 
     if checkpoint is None and not pretrained:
         raise TokenLabelStoreError(
