@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_write
 from .errors import DataError
 
 _PAYLOADS_HASHED = 64
@@ -36,9 +37,7 @@ def read_meta(beton: str | os.PathLike) -> dict[str, Any]:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=1) + "\n")
 
 
 def beton_fingerprint(path: str | os.PathLike) -> str:

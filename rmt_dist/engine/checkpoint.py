@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import atomic_write
 from .distributed import DistInfo, all_gather_object, barrier, broadcast_object
 
 log = logging.getLogger(__name__)
@@ -111,22 +112,6 @@ def _disk_hint(e: BaseException, where: Path) -> str:
     return "check the file system of the run dir, then relaunch to resume"
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write-then-rename, so a crash never leaves a half-written file; the temporary file
-    is removed when the write fails (a full disk must not collect .tmp files)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-_atomic_write = atomic_write
 
 
 def file_crc32(path: Path, chunk: int = 8 << 20) -> str:

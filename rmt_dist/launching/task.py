@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 
 import submitit
 
+from ..atomic import atomic_write
 from .dist_env import torch_env_from_slurm
 from .requeue import may_requeue, requeue
 from .rundir import finished_after, mark_finished
@@ -92,11 +93,9 @@ def bad_input_reported(log_folder: str, job_id: str) -> str:
 
 def _report_bad_input(log_folder: str, job_id: str, rank: int, line: str) -> None:
     marker = bad_input_marker(log_folder, job_id)
-    tmp = marker.with_name(f".{marker.name}.tmp{os.getpid()}")
     try:
-        tmp.write_text((line or f"error: rank {rank} exited with code {EXIT_BAD_INPUT} (bad input; see its log)")
-                       + "\n")
-        os.replace(tmp, marker)
+        atomic_write(marker, (line or f"error: rank {rank} exited with code {EXIT_BAD_INPUT} (bad input; see its log)")
+                     + "\n")
     except OSError:
         pass  # the rank's own log still ends with the line
 

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_path
 from .store import StoreMeta, TokenLabelStoreError, generation_key
 from .view import TeacherView, TeacherViewError
 
@@ -251,9 +252,8 @@ def generate(args: argparse.Namespace) -> StoreMeta:
     for c in mine:
         rows = np.arange(c * args.chunk_size, min((c + 1) * args.chunk_size, num_samples))
         out = _label_chunk(model, images, decoder, rows, args, device, mean, std, bar)
-        tmp = store / "parts" / f".chunk_{c:06d}.tmp{rank}.npz"
-        np.savez(tmp, **out)
-        os.replace(tmp, _part(store, c))  # atomic: a chunk file exists only when complete
+        with atomic_path(_part(store, c), suffix=".npz") as tmp:  # a chunk file exists only when complete
+            np.savez(tmp, **out)
     if bar is not None:
         bar.close()
     _barrier(world)
