@@ -43,6 +43,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..atomic import atomic_path, atomic_write
+from ..errors import report
 from .errors import DataError
 from .images import BadImage, load_rgb
 from .meta import beton_fingerprint, meta_path, write_json_atomic
@@ -267,8 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             n = record_paths(a.src, a.out)
         except DataError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+            return report(e)
         print(f"wrote {paths_file(a.out)}: {n} source paths")
         return 0
     try:
@@ -276,8 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                     jpeg_quality=a.jpeg_quality, compress_probability=a.compress_probability,
                     workers=a.workers, overwrite=a.overwrite)
     except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report(e)
     size_mb = r.beton.stat().st_size / 2**20
     print(f"wrote {r.beton}: {r.num_samples} samples, {len(r.skipped)} skipped, {size_mb:.1f} MiB, "
           f"{r.seconds:.1f} s ({r.num_samples / max(r.seconds, 1e-9):.0f} img/s); meta {meta_path(r.beton)}")

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write
+from ..errors import BadInputError, RmtDistError
 from .distributed import DistInfo, all_gather_object, barrier, broadcast_object
 
 log = logging.getLogger(__name__)
@@ -66,11 +67,11 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class CheckpointSaveError(RuntimeError):
+class CheckpointSaveError(RmtDistError, RuntimeError):
     """A checkpoint could not be written; the message is one line with the reason and the fix."""
 
 
-class ResumeError(ValueError):
+class ResumeError(BadInputError, ValueError):
     """Checkpoints exist but none can be resumed from (bad input: exit 2); one line."""
 
 

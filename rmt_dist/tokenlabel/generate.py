@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_path
+from ..errors import report
 from .store import StoreMeta, TokenLabelStoreError, generation_key
 from .view import TeacherView, TeacherViewError
 
@@ -300,8 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         generate(args)
     except TokenLabelStoreError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report(e)
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

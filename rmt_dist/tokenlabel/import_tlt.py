@@ -56,6 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_path, atomic_write
+from ..errors import report
 from .store import StoreMeta, TokenLabelStoreError, generation_key
 from .view import TeacherView, TeacherViewError
 
@@ -380,8 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import_tlt(args)
     except TokenLabelStoreError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report(e)
     return 0
 
 

@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write
+from ..errors import BadInputError
 
 
-class TokenLabelStoreError(ValueError):
+class TokenLabelStoreError(BadInputError, ValueError):
     """A store that is missing, incomplete or made for other data; the message says the fix."""
 
 
