@@ -67,6 +67,14 @@ def test_config_print_and_slurm_dry_run_without_torch():
     assert "would fail" in r.stdout or "ok " in r.stdout
 
 
+def test_dry_run_on_real_betons_fingerprints_them_without_torch(tmp_path_factory, tmp_path):
+    train, val = digits_betons(tmp_path_factory.getbasetemp())
+    r = _python("-c", RUNNER, "launch/slurm.py", "recipes/smoke.yaml", f"data.train={train}", f"data.val={val}",
+                f"run.dir={tmp_path / 'run'}", "--dry-run")
+    assert r.returncode == 0 and "exit 0" in r.stdout, r.stderr[-2000:]
+    assert f"ok          data.train: {train}" in r.stdout, r.stdout
+
+
 def test_models_register_with_timm_on_import_rmt_dist_models():
     r = _python("-c", "import timm, rmt_dist; assert 'rmt_s' not in timm.list_models('rmt_*');"
                       "import rmt_dist.models; assert 'rmt_s' in timm.list_models('rmt_*')")
