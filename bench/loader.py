@@ -30,6 +30,7 @@ all pipelines alike. Results go to docs/perf.md by hand.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -108,7 +109,8 @@ def ours_epoch(beton: Path, batch: int, workers: int, full: bool, host_side_only
                starred: bool = False):
     loader = ours_loader(beton, batch, workers, full, "device" if host_side_only else "host", starred=starred)
     if host_side_only:
-        loader.finish_on_workers = False  # as on a CUDA device: the device normalises, erases and mixes
+        # as on a CUDA device: the device normalises, erases and mixes
+        loader.placement = dataclasses.replace(loader.placement, finish="device")
     state = {"epoch": 0}
 
     def run() -> float:

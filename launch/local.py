@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from rmt_dist.config import ConfigError, derive, load_config
+from rmt_dist.errors import report
 from rmt_dist.launching.errors import LaunchError
 from rmt_dist.launching.rundir import check_not_finished, finished_after, mark_finished
 
@@ -145,8 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except (ConfigError, LaunchError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report(e)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,8 @@ import sys
 from pathlib import Path
 
 from rmt_dist.config import ConfigError, derive, load_config, to_yaml
-from rmt_dist.launch_env import tasks_per_node, world_size
+from rmt_dist.errors import report
+from rmt_dist.launching.env import tasks_per_node, world_size
 from rmt_dist.launching.errors import LaunchError
 from rmt_dist.launching.preflight import require, run_checks
 from rmt_dist.launching.record import read_launch, record_launch
@@ -248,8 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return submit(args)
     except (ConfigError, LaunchError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report(e)
 
 
 if __name__ == "__main__":

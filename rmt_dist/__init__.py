@@ -1,11 +1,10 @@
-"""rmt-dist: train RMT (CVPR 2024) at ImageNet scale."""
+"""rmt-dist: train RMT (CVPR 2024) at ImageNet scale.
 
-import sys as _sys
+Importing this package is cheap and has no side effects: it imports neither torch nor timm,
+so `python -m rmt_dist.config`, every command's `--help` and `launch/slurm.py --dry-run`
+start in well under a second. The RMT models are registered with timm (`rmt_t`, `rmt_s`,
+`rmt_b`, `rmt_l`, `rmt_test`) on `import rmt_dist.models`; code that calls
+`timm.create_model('rmt_s')` imports `rmt_dist.models` (or its factory) first.
+"""
 
 __version__ = "0.1.0"
-# Commands that only read files answer in well under a second without torch/timm; everything
-# else (`import rmt_dist` included) registers RMT with timm here.
-_LIGHT_COMMANDS = ("rmt_dist.status", "rmt_dist.compare")
-_orig = getattr(_sys, "orig_argv", [])
-if not any(_orig[i:i + 2] == ["-m", c] for c in _LIGHT_COMMANDS for i in range(len(_orig))):
-    from . import models  # noqa: F401  (registers RMT with timm)

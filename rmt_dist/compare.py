@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from . import reference as official
+from .errors import EXIT_FAILED, report
 from .status import StatusError, read_config, read_metrics
 
 BEHIND_POINTS = 1.0
@@ -142,15 +143,14 @@ def main(argv: list[str] | None = None) -> int:
         if out.suffix.lower() != ".png":
             raise StatusError(f"--out {str(out)!r}: the plot is written as PNG; give a path ending in .png")
     except StatusError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report(e)
     print(format_table(table, ref_name))
     print(summary(table, ref_name))
     try:
         plot(table, read_metrics(run_dir)[0], ref_name, out, f"{run_dir} vs paper {ref_name}")
     except OSError as e:
         print(f"error: cannot write {out}: {e.strerror or e}; pass --out <writable path>.png", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     print(f"plot: {out}")
     return 0
 

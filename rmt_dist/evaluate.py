@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-EXIT_USAGE = 2
+from .errors import EXIT_BAD_INPUT
 
 
 def evaluate_checkpoint(source: str, data: str, overrides: list[str]) -> dict[str, float | str]:
@@ -64,12 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = p.parse_intermixed_args(argv)
     except SystemExit as e:
-        return 0 if e.code in (0, None) else EXIT_USAGE
+        return 0 if e.code in (0, None) else EXIT_BAD_INPUT
     try:
         results = evaluate_checkpoint(args.source, args.data, args.overrides)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_BAD_INPUT
     print(json.dumps(results))
     return 0
 

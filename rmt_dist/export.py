@@ -13,10 +13,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from .errors import EXIT_BAD_INPUT
 
-EXIT_USAGE = 2
+if TYPE_CHECKING:  # torch is imported where weights are read: `--help` answers without it
+    import torch
+
 
 
 def load_consolidated(path: str | os.PathLike, ema: bool = False) -> dict[str, torch.Tensor]:
@@ -44,10 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = p.parse_args(argv)
     except SystemExit as e:
-        return 0 if e.code in (0, None) else EXIT_USAGE
+        return 0 if e.code in (0, None) else EXIT_BAD_INPUT
     if not args.out.endswith(".safetensors"):
         print(f"error: output {args.out!r} must end in .safetensors", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_BAD_INPUT
     try:
         from rmt_dist.engine.checkpoint import resolve_checkpoint
         from rmt_dist.models.weights import checkpoint_config, read_weights
@@ -57,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = checkpoint_config(ckpt)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_BAD_INPUT
     save_safetensors(weights, args.out, {"model": cfg.model.name, "num_classes": str(cfg.model.num_classes),
                                          "checkpoint": str(ckpt), "ema": str(args.ema)})
     print(f"wrote {args.out}: {len(weights)} tensors from {ckpt}{' (EMA)' if args.ema else ''}")

@@ -25,12 +25,13 @@ from pathlib import Path
 import yaml
 
 from . import reference as official
+from .errors import BadInputError, report
 from .launching.record import read_launch
 
 METRICS = "metrics.jsonl"
 
 
-class StatusError(ValueError):
+class StatusError(BadInputError, ValueError):
     pass
 
 
@@ -236,8 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows = [run_status(d, a.reference) for d in a.run_dirs]
     except StatusError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report(e)
     print(format_rows(rows))
     return 0
 

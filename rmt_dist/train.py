@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-EXIT_USAGE = 2
+from .errors import EXIT_BAD_INPUT, report
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,21 +26,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
     except SystemExit as e:  # argparse exits on --help / bad usage; callers want a return code
-        return int(e.code or 0) if e.code in (0, None) else EXIT_USAGE
+        return int(e.code or 0) if e.code in (0, None) else EXIT_BAD_INPUT
     from rmt_dist.config import ConfigError, load_config
 
     try:
         cfg = load_config(args.recipe, args.overrides)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return report(e)
     from rmt_dist.data.stage import StageError, stage
 
     try:
         cfg = stage(cfg)  # data.stage_dir: node-local copies, before the process group exists
     except StageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return report(e)
     from rmt_dist.engine.run import run
 
     return run(cfg)

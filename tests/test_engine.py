@@ -32,7 +32,7 @@ import pytest
 import torch
 from test_engine_support import config, digits_dir, records, run_ranks, train_losses
 
-import rmt_dist  # noqa: F401  (registers the models before forking)
+import rmt_dist.models  # noqa: F401  (registers the RMT models with timm)
 from rmt_dist.engine.checkpoint import list_step_dirs
 from rmt_dist.engine.distributed import init_distributed, shutdown_distributed
 from rmt_dist.engine.faults import ENV_SIGNAL, ENV_STEPS

@@ -9,7 +9,7 @@ import logging
 import pytest
 import timm
 
-import rmt_dist  # noqa: F401
+import rmt_dist.models  # noqa: F401  (registers the RMT models with timm)
 from rmt_dist.config import ConfigError, derive, load_config
 from rmt_dist.engine.checkpoint import MARKER, TRAIN_STATE, _manifest, resume_candidates
 from rmt_dist.engine.deepspeed_config import deepspeed_config

@@ -10,7 +10,7 @@ import pytest
 import timm
 import torch
 
-import rmt_dist  # noqa: F401
+import rmt_dist.models  # noqa: F401  (registers the RMT models with timm)
 import rmt_dist.models.rmt as rmt_module
 from rmt_dist.models import (
     RMTBlock,

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from test_engine_support import digits_dir, records
 from torch.utils.flop_counter import FlopCounterMode
 
-import rmt_dist  # noqa: F401  (registers the models)
+import rmt_dist.models  # noqa: F401  (registers the RMT models with timm)
 from rmt_dist.models.mixers import ATTENTIONS, attention_class
 from rmt_dist.models.spatial_prior import GaussianMixtureMaskAttention, VanillaAttention, VicinityAttention
 from rmt_dist.train import main

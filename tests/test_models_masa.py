@@ -13,7 +13,7 @@ import pytest
 import timm
 import torch
 
-import rmt_dist  # noqa: F401
+import rmt_dist.models  # noqa: F401  (registers the RMT models with timm)
 from rmt_dist.models import tables as tables_module
 from rmt_dist.models.masa import MaSA, resolve_attn_impl, table_kind
 from rmt_dist.models.tables import build_tables

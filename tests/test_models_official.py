@@ -20,7 +20,7 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import rmt_dist  # noqa: F401
+import rmt_dist.models  # noqa: F401  (registers the RMT models with timm)
 from rmt_dist.models import checkpoint_filter_fn
 from rmt_dist.models.tables import head_decays, rotary_angles
 

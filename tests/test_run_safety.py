@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from test_engine_support import digits_dir, records, train_losses
 
-import rmt_dist  # noqa: F401
+import rmt_dist.models  # noqa: F401  (registers the RMT models with timm)
 from rmt_dist.engine.checkpoint import MARKER, TRAIN_STATE, list_step_dirs
 from rmt_dist.launching.rundir import mark_finished
 from rmt_dist.train import main

@@ -89,7 +89,7 @@ def test_per_location_logits_pool_to_the_models_own_logits(name, token_label):
     heads that are pointwise then pooled (BN in eval mode is pointwise)."""
     import timm
 
-    import rmt_dist  # noqa: F401
+    import rmt_dist.models  # noqa: F401  (registers the RMT models with timm)
     from rmt_dist.tokenlabel.teacher import per_location_logits
 
     kwargs = {"token_label": True} if token_label else {}

@@ -10,7 +10,7 @@ import pytest
 import torch
 from test_engine_support import config, digits_dir, records
 
-import rmt_dist  # noqa: F401
+import rmt_dist.models  # noqa: F401  (registers the RMT models with timm)
 from rmt_dist.config import derive, load_resolved
 from rmt_dist.engine.distributed import init_distributed, shutdown_distributed
 from rmt_dist.engine.trainer import Trainer

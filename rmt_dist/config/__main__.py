@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..launch_env import world_size
+from ..errors import report
+from ..launching.env import world_size
 from . import ConfigError, derive, load_config, to_yaml
 
 
@@ -21,8 +22,7 @@ def main(argv: list[str] | None = None) -> int:
         world = args.world_size or world_size(cfg.slurm)
         cfg = derive(cfg, world)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report(e)
     sys.stdout.write(to_yaml(cfg))
     return 0
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from ..atomic import atomic_write
 from .load import build
 from .schema import Config
 
@@ -31,9 +32,7 @@ def save_config(cfg: Config, path: str | os.PathLike) -> None:
     """Atomic write, so a crash never leaves a half-written config.yaml."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(to_yaml(cfg))
-    os.replace(tmp, path)
+    atomic_write(path, to_yaml(cfg))
 
 
 def load_resolved(path: str | os.PathLike) -> Config:

@@ -42,6 +42,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..atomic import atomic_path, atomic_write
+from ..errors import report
 from .errors import DataError
 from .images import BadImage, load_rgb
 from .meta import beton_fingerprint, meta_path, write_json_atomic
@@ -179,8 +181,7 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, classes: str | os
     if not good:
         raise DataError(f"{src}: none of the {len(samples)} files decodes to an image (first: {skipped[0]})")
 
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(out) as tmp:  # renamed last: OUT exists only once complete, and its meta with it
         dataset = _Images(good, class_map)
         write_beton(tmp, dataset, max_resolution=max_resolution, jpeg_quality=jpeg_quality,
                     compress_probability=compress_probability, workers=workers)
@@ -200,9 +201,6 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, classes: str | os
             "checksum": full_checksum(tmp),  # every byte: python -m rmt_dist.data.verify checks it
         }
         write_json_atomic(meta_path(out), meta)
-        os.replace(tmp, out)  # last: OUT exists only once complete
-    finally:
-        tmp.unlink(missing_ok=True)
     return ConvertResult(out, len(good), skipped, time.perf_counter() - start)
 
 
@@ -212,9 +210,7 @@ def _write_paths(beton: Path, rel_paths: list[str]) -> dict[str, object]:
 
     data = encode_paths(rel_paths)
     path = paths_file(beton)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write(path, data)
     return {"file": path.name, "count": len(rel_paths), "sha256": hashlib.sha256(data).hexdigest()}
 
 
@@ -272,8 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             n = record_paths(a.src, a.out)
         except DataError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+            return report(e)
         print(f"wrote {paths_file(a.out)}: {n} source paths")
         return 0
     try:
@@ -281,8 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                     jpeg_quality=a.jpeg_quality, compress_probability=a.compress_probability,
                     workers=a.workers, overwrite=a.overwrite)
     except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report(e)
     size_mb = r.beton.stat().st_size / 2**20
     print(f"wrote {r.beton}: {r.num_samples} samples, {len(r.skipped)} skipped, {size_mb:.1f} MiB, "
           f"{r.seconds:.1f} s ({r.num_samples / max(r.seconds, 1e-9):.0f} img/s); meta {meta_path(r.beton)}")

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import report
 from .errors import DataError
 
 VAL_FRACTION = 0.2
@@ -85,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train, val = prepare_digits(a.out_dir, a.size)
     except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report(e)
     print(f"digits ready: {train} and {val}")
     return 0
 

@@ -66,7 +66,6 @@ quasi-random order, which would break the exact-order contract.
 from __future__ import annotations
 
 import os
-import queue
 import random
 import threading
 from collections.abc import Iterator
@@ -93,6 +92,8 @@ from .device_randaugment import rand_augment_on_device
 from .errors import DataError
 from .host_finish import erasing_table, finish_on_host
 from .meta import meta_path, read_meta
+from .placement import Placement
+from .prefetch import FloatPool, Prefetcher
 from .randaugment import RandAugmentSpec, fill_color, sample_ops
 from .sampling import center_crop_boxes, eval_indices, random_resized_crop_boxes, train_indices
 
@@ -134,34 +135,6 @@ def _check_classes(images: BetonImages, num_classes: int, key: str) -> None:
             raise DataError(f"{key}: {images.path} has {n} classes but model.num_classes is {num_classes}")
 
 
-class _FloatPool:
-    """Reusable float32 batch tensors for the CPU path. A fresh 40-80 MB tensor per batch
-    costs page faults on every batch (glibc mmaps blocks this large and unmaps them on
-    free), measured at ~25% of the crop+flip throughput on 2 cores. A tensor is reused only
-    once nothing references its storage any more (no view, no caller), so batches the
-    caller keeps stay intact."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.tensors: list[torch.Tensor] = []
-
-    @staticmethod
-    def _in_use(t: torch.Tensor) -> bool:
-        # Free: referenced by our list entry and the temporary storage object only.
-        return torch._C._storage_Use_Count(t.untyped_storage()._cdata) > 2
-
-    def get(self, shape: tuple[int, ...]) -> torch.Tensor:
-        # Hand out views: a view is a second tensor on the storage, so the use count shows
-        # whether the caller (or anything derived from it) still holds the batch.
-        for t in self.tensors:
-            if tuple(t.shape) == shape and not self._in_use(t):
-                return t.view(shape)
-        t = torch.empty(shape, dtype=torch.float32)
-        if len(self.tensors) < self.capacity:
-            self.tensors.append(t)
-        return t.view(shape)
-
-
 @dataclass
 class _Batch:
     step: int
@@ -185,66 +158,10 @@ class _Batch:
         return len(self.indices)
 
 
-class _Prefetcher:
-    """Runs `fill(slot, item) -> result` for each work item on a background thread, into a
-    ring of (pinned, for CUDA) uint8 buffers; `run` yields (result, buffer) in order and
-    recycles a slot once the caller resumes it (the device copy has been issued)."""
-
-    def __init__(self, buffers: list[torch.Tensor], device: torch.device) -> None:
-        self.buffers = buffers
-        self.device = device
-
-    def run(self, items: Any, fill: Any) -> Iterator[tuple[Any, torch.Tensor]]:
-        ready: queue.Queue = queue.Queue()
-        free: queue.Queue = queue.Queue()
-        for slot in range(len(self.buffers)):
-            free.put((slot, None))
-        stop = threading.Event()
-
-        def produce() -> None:
-            try:
-                for item in items:
-                    while True:
-                        try:
-                            slot, event = free.get(timeout=0.2)
-                            break
-                        except queue.Empty:
-                            if stop.is_set():
-                                return
-                    if stop.is_set():
-                        return
-                    if event is not None:
-                        event.synchronize()  # the device copy out of this slot has finished
-                    ready.put((slot, fill(slot, item)))
-                ready.put(None)
-            except BaseException as e:  # surfaced to the consumer
-                ready.put(e)
-
-        thread = threading.Thread(target=produce, name="rmt-data-producer", daemon=True)
-        thread.start()
-        try:
-            while True:
-                got = ready.get()
-                if got is None:
-                    return
-                if isinstance(got, BaseException):
-                    raise got
-                slot, item = got
-                yield item, self.buffers[slot]
-                event = None
-                if self.device.type == "cuda":
-                    event = torch.cuda.Event()
-                    event.record()
-                free.put((slot, event))
-        finally:
-            stop.set()
-            thread.join()
-
-
 class _Base:
     def __init__(self, images: BetonImages, *, batch_size: int, img_size: int, workers: int,
                  device: torch.device, mean: list[float], std: list[float], channels_last: bool,
-                 interpolation: str) -> None:
+                 interpolation: str, placement: Placement) -> None:
         self.images = images
         self.batch_size = batch_size
         self.img_size = img_size
@@ -253,16 +170,12 @@ class _Base:
         self.channels_last = channels_last
         self.decoder = BatchDecoder(images, workers, interpolation)
         self.bicubic = interpolation == "bicubic"
-        self.ra_on_device = False  # TrainLoader: RandAugment after the device copy, not in the workers
-        # On a CPU "device" the caller's thread would normalise, erase and mix with torch,
-        # competing for the same cores: the worker threads do it in one pass instead, unless
-        # RandAugment (which must come first) is left to the device stage.
-        self.finish_on_workers = device.type == "cpu"
+        self.placement = placement  # where RandAugment and the finishing pass run (placement.py)
         pin = device.type == "cuda"
         self.buffers = [torch.empty((batch_size, img_size, img_size, 3), dtype=torch.uint8, pin_memory=pin)
                         for _ in range(BATCHES_AHEAD + 2)]
-        self.prefetcher = _Prefetcher(self.buffers, device)
-        self.float_pool = _FloatPool(BATCHES_AHEAD + 4)
+        self.prefetcher = Prefetcher(self.buffers, device)
+        self.float_pool = FloatPool(BATCHES_AHEAD + 4)
         self.fill = fill_color(mean)  # RandAugment's affine fill: timm's img_mean
         self.mean_np = np.array([m * 255 for m in mean], np.float32)
         self.inv_std_np = np.array([1 / (s * 255) for s in std], np.float32)
@@ -282,11 +195,11 @@ class _Base:
                 self.decoder.decode_whole(batch.indices, batch.boxes, batch.flips, out, batch.crop_bicubic, whole_ra)
             else:
                 ra = None
-                if batch.ra_ops is not None and not self.ra_on_device:
+                if batch.ra_ops is not None and not self.placement.randaugment_on_device:
                     assert batch.ra_args is not None  # sampled with ra_ops
                     ra = (batch.ra_ops, batch.ra_args, self.fill)
                 self.decoder.decode(batch.indices, batch.boxes, batch.flips, out, batch.resize, ra)
-            if self.finish_on_workers:
+            if self.placement.finish_on_host:
                 n = batch.size
                 shape = (n, self.img_size, self.img_size, 3) if self.channels_last else (n, 3, self.img_size, self.img_size)
                 batch.normalized = self.float_pool.get(shape)
@@ -301,7 +214,7 @@ class _Base:
             x = batch.normalized
             return x.permute(0, 3, 1, 2) if self.channels_last else x
         x = buffer[:batch.size].to(self.device, non_blocking=True)
-        if self.ra_on_device and batch.ra_ops is not None:
+        if self.placement.randaugment_on_device and batch.ra_ops is not None:
             assert batch.ra_args is not None  # sampled with ra_ops
             x = rand_augment_on_device(x, batch.ra_ops, batch.ra_args, self.fill, self.bicubic)
         x = (x.permute(0, 3, 1, 2).float() - self.mean) * self.inv_std
@@ -313,9 +226,11 @@ class TrainLoader(_Base):
 
     def __init__(self, images: BetonImages, cfg: Config, rank: int, world_size: int, device: torch.device) -> None:
         d = cfg.data
+        placement = Placement.resolve(device.type, rand_augment=bool(d.auto_augment), augment_order=d.augment_order,
+                                      randaugment_on=d.randaugment_on)
         super().__init__(images, batch_size=d.batch_size, img_size=d.img_size, workers=worker_threads(d.num_workers),
                          device=device, mean=d.mean, std=d.std, channels_last=cfg.model.channels_last,
-                         interpolation=d.interpolation)
+                         interpolation=d.interpolation, placement=placement)
         self.seed, self.rank, self.world_size = cfg.run.seed, rank, world_size
         self.num_classes = cfg.model.num_classes
         self.scale = (float(d.scale[0]), float(d.scale[1]))
@@ -328,9 +243,6 @@ class TrainLoader(_Base):
         self.random_interpolation = d.interpolation == "random"
         if d.interpolation == "random" and d.augment_order != "tlt":
             raise DataError("data.interpolation=random needs data.augment_order=tlt")
-        if self.rand_augment is not None and self.augment_order == "crop_first":
-            self.ra_on_device = d.randaugment_on == "device" or (d.randaugment_on == "auto" and device.type == "cuda")
-            self.finish_on_workers = self.finish_on_workers and not self.ra_on_device
         self.erasing = ErasingSpec(probability=d.reprob, mode=d.remode) if d.reprob > 0 else None
         self.mix = MixSpec(mixup_alpha=d.mixup, cutmix_alpha=d.cutmix, prob=d.mixup_prob,
                            switch_prob=d.mixup_switch_prob, label_smoothing=d.label_smoothing)
@@ -355,10 +267,12 @@ class TrainLoader(_Base):
         elif self.augment_order == "tlt":
             ra = "on the whole image in the workers (augment_order tlt)"
         else:
-            ra = f"{'on the device' if self.ra_on_device else 'in the workers'} ({self.device.type})"
+            ra = f"{'on the device' if self.placement.randaugment_on_device else 'in the workers'} ({self.device.type})"
+        finish = "in the workers" if self.placement.finish_on_host else f"on the device ({self.device.type})"
         return (f"{self.images.path}: {self.images.num_samples} samples, batch {self.batch_size} per rank, "
                 f"{self.steps_per_epoch} steps/epoch, decode threads {self.workers} "
-                f"(data.num_workers capped by the {usable_cpus()} CPUs this process may use), RandAugment {ra}")
+                f"(data.num_workers capped by the {usable_cpus()} CPUs this process may use), RandAugment {ra}, "
+                f"finishing pass (normalise, erase, mix) {finish}")
 
     def indices(self, epoch: int) -> np.ndarray:
         """This rank's sample order for `epoch` (before cutting into batches)."""
@@ -399,7 +313,7 @@ class TrainLoader(_Base):
         if self.erasing is not None:
             batch.erase_boxes = sample_erasing(random.Random(int(seeds[1].generate_state(1, np.uint64)[0])), len(idx),
                                                self.img_size, self.img_size, self.erasing)
-            if self.finish_on_workers:
+            if self.placement.finish_on_host:
                 batch.erase_table, batch.erase_noise = erasing_table(
                     batch.erase_boxes, self.erasing.mode, len(idx), self._noise_generator(seeds))
         if self.mix.active:
@@ -471,7 +385,8 @@ class EvalLoader(_Base):
         d = cfg.data
         super().__init__(images, batch_size=d.eval_batch_size or 2 * d.batch_size, img_size=d.img_size,
                          workers=worker_threads(d.num_workers), device=device, mean=d.mean, std=d.std,
-                         channels_last=cfg.model.channels_last, interpolation=d.interpolation)
+                         channels_last=cfg.model.channels_last, interpolation=d.interpolation,
+                         placement=Placement.resolve(device.type))
         self.crop_pct = d.crop_pct
         self.order = eval_indices(images.num_samples, rank, world_size)
         center_crop_boxes(images.heights[:1], images.widths[:1], self.img_size, self.crop_pct)  # validates crop_pct now

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_path, atomic_write
 from .errors import DataError
 
 STAGE_WAIT_S = 4 * 3600  # a 150 GB beton at a slow 20 MB/s still fits
@@ -81,15 +82,12 @@ def _source_id(src: Path) -> dict:
 
 
 def _copy_file(src: Path, dst: Path, progress: Callable[[int], None]) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
     try:
-        with open(src, "rb") as fi, open(tmp, "wb") as fo:
+        with atomic_path(dst) as tmp, open(src, "rb") as fi, open(tmp, "wb") as fo:
             while chunk := fi.read(CHUNK):
                 fo.write(chunk)
                 progress(len(chunk))
             fo.flush()
-            os.fsync(fo.fileno())
-        os.replace(tmp, dst)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise StageError(f"copying {src} to {dst} failed: {e.strerror or e}; free space there or set "
@@ -160,9 +158,7 @@ def stage_one(src: Path, root: Path) -> Path:
                          "or set data.stage_dir=null")
     _log(f"staged {src} -> {dst}: {total / 1e6:.1f} MB in {secs:.1f} s ({total / 1e6 / max(secs, 1e-6):.0f} MB/s), "
          "verified")
-    tmp = marker.with_name(f".{marker.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(ident))
-    os.replace(tmp, marker)
+    atomic_write(marker, json.dumps(ident))
     return dst
 
 
@@ -201,9 +197,7 @@ def stage(cfg, env=os.environ, wait_s: float = STAGE_WAIT_S):
             result = {"ok": False, "error": f"data.stage_dir {root}: {e.strerror or e}; set data.stage_dir to a "
                                             "writable local directory, or null"}
         if root.is_dir():
-            tmp = done.with_name(f".{done.name}.tmp{os.getpid()}")
-            tmp.write_text(json.dumps(result))
-            os.replace(tmp, done)
+            atomic_write(done, json.dumps(result))
     else:
         end = time.monotonic() + wait_s
         while not done.is_file():

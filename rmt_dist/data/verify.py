@@ -23,6 +23,7 @@ import sys
 import zlib
 from typing import Any
 
+from ..errors import EXIT_BAD_INPUT
 from .errors import DataError
 from .meta import beton_fingerprint, meta_path, read_meta
 
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = p.parse_args(argv)
     except SystemExit as e:
-        return 0 if e.code in (0, None) else 2
+        return 0 if e.code in (0, None) else EXIT_BAD_INPUT
     rc = 0
     for beton in args.betons:
         try:

@@ -33,6 +33,8 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from ..atomic import atomic_write
+from ..errors import BadInputError, RmtDistError
 from .distributed import DistInfo, all_gather_object, barrier, broadcast_object
 
 log = logging.getLogger(__name__)
@@ -67,11 +69,11 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class CheckpointSaveError(RuntimeError):
+class CheckpointSaveError(RmtDistError, RuntimeError):
     """A checkpoint could not be written; the message is one line with the reason and the fix."""
 
 
-class ResumeError(ValueError):
+class ResumeError(BadInputError, ValueError):
     """Checkpoints exist but none can be resumed from (bad input: exit 2); one line."""
 
 
@@ -113,22 +115,6 @@ def _disk_hint(e: BaseException, where: Path) -> str:
     return "check the file system of the run dir, then relaunch to resume"
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write-then-rename, so a crash never leaves a half-written file; the temporary file
-    is removed when the write fails (a full disk must not collect .tmp files)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-_atomic_write = atomic_write
 
 
 def file_crc32(path: Path, chunk: int = 8 << 20) -> str:

@@ -18,12 +18,10 @@ import signal
 import threading
 from collections.abc import Callable
 
+from ..errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED  # noqa: F401  (re-exported)
+
 log = logging.getLogger("rmt_dist.train")
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
-EXIT_PREEMPTED = 75
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 

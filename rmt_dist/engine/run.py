@@ -15,19 +15,15 @@ import logging
 import sys
 from pathlib import Path
 
-from ..config import Config, ConfigError, derive, to_yaml
-from ..data.errors import DataError
+from ..config import Config, derive, to_yaml
+from ..errors import BadInputError
 from ..launching.errors import LaunchError
-from ..models.weights import WeightsError
-from ..tokenlabel.store import TokenLabelStoreError
 from . import preempt
 from .checkpoint import CheckpointSaveError, ResumeError, _disk_hint, atomic_write, describe_error
 from .distributed import DistInfo, broadcast_object, init_distributed, shutdown_distributed
 from .trainer import Trainer, TrainingDiverged
 
 log = logging.getLogger("rmt_dist.train")
-
-BAD_INPUT = (ConfigError, DataError, TokenLabelStoreError, ResumeError, LaunchError, WeightsError)
 
 
 class RunDirFailure(RuntimeError):
@@ -100,7 +96,7 @@ def _start(cfg: Config, info: DistInfo, check_betons: bool):
     if info.is_main:
         try:
             lock = _prepare_run_dir(cfg, check_betons)
-        except BAD_INPUT as e:
+        except BadInputError as e:
             log.error("error: %s", e)
             code = preempt.EXIT_BAD_INPUT
         except RunDirFailure as e:
@@ -139,7 +135,7 @@ def run(cfg: Config, info: DistInfo | None = None, train_loader=None, eval_loade
         if info.is_main:  # every rank raised the same (agreed) error: one line, from rank 0
             log.error("error: %s", e)
         return preempt.EXIT_FAILED
-    except BAD_INPUT as e:  # bad input: one line, no traceback
+    except BadInputError as e:  # bad input: one line, no traceback
         if info.is_main or not isinstance(e, ResumeError):
             log.error("error: %s", e)
         return preempt.EXIT_BAD_INPUT

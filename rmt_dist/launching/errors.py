@@ -1,5 +1,8 @@
 """The one error type launchers print as a single line (`error: ...`) before exiting non-zero."""
 
 
-class LaunchError(RuntimeError):
-    pass
+from ..errors import BadInputError
+
+
+class LaunchError(BadInputError, RuntimeError):
+    """A launch refused before anything ran (exit 2)."""

@@ -12,6 +12,8 @@ import os
 import time
 from pathlib import Path
 
+from ..atomic import atomic_write
+
 LAUNCH_FILE = "launch.json"
 
 
@@ -28,6 +30,4 @@ def record_launch(run_dir: str | os.PathLike, job_id: str, **info: object) -> No
     previous = read_launch(run_dir)
     jobs = [j for j in previous.get("jobs", []) if j != job_id] + [job_id]
     data = {"job_id": job_id, "submitted_at": time.time(), "jobs": jobs, **info}
-    tmp = run_dir / f".{LAUNCH_FILE}.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, run_dir / LAUNCH_FILE)
+    atomic_write(run_dir / LAUNCH_FILE, json.dumps(data, indent=1) + "\n")

@@ -21,6 +21,7 @@ import socket
 import time
 from pathlib import Path
 
+from ..atomic import atomic_write
 from .errors import LaunchError
 
 FINISHED = "FINISHED"
@@ -34,9 +35,7 @@ def mark_finished(run_dir: str | os.PathLike, **info: object) -> None:
     """Written once the training entry point returned 0 with no `run.stop_after_steps` cut."""
     path = Path(run_dir) / FINISHED
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{FINISHED}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps({"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}) + "\n")
 
 
 def check_not_finished(run_dir: str | os.PathLike) -> None:

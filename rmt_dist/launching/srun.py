@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from ..config import ConfigError, load_config
+from ..errors import EXIT_BAD_INPUT, report
 from .task import run_rank
 
 
@@ -23,12 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0].startswith("-"):
         print("usage: python -m rmt_dist.launching.srun RECIPE [key=value ...]", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     try:
         cfg = load_config(argv[0], argv[1:])
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report(e)
     run_dir = str(Path(cfg.run.dir).resolve())
     rc, _ = run_rank(argv[0], [*argv[1:], f"run.dir={run_dir}"], run_dir, cfg.slurm.max_requeues,
                      cfg.run.stop_after_steps)

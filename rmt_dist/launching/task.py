@@ -28,20 +28,20 @@ from collections.abc import Callable, Sequence
 
 import submitit
 
+from ..atomic import atomic_write
+from ..errors import EXIT_BAD_INPUT, EXIT_PREEMPTED
 from .dist_env import torch_env_from_slurm
 from .requeue import may_requeue, requeue
 from .rundir import finished_after, mark_finished
 from .sbatch import bad_input_marker, submitit_folder
 
 DEFAULT_ENTRY = "rmt_dist.train:main"
-# Exit code of a rank that refused a bad input (rmt_dist.engine.preempt.EXIT_BAD_INPUT).
-EXIT_BAD_INPUT = 2
 # After a preemption save, ranks other than 0 wait this long before exiting: srun's
 # --kill-on-bad-exit would otherwise end rank 0 (on their exit code 75) before it has asked
 # SLURM to requeue the job. A requeue (or rank 0's own exit) ends them sooner.
 PREEMPTED_PEER_WAIT_S = 120
 # Exit code the engine returns after a signal-triggered save, when it does not export one.
-FALLBACK_PREEMPTED_RC = 75
+FALLBACK_PREEMPTED_RC = EXIT_PREEMPTED
 
 
 def preempted_exit_code() -> int:
@@ -92,11 +92,9 @@ def bad_input_reported(log_folder: str, job_id: str) -> str:
 
 def _report_bad_input(log_folder: str, job_id: str, rank: int, line: str) -> None:
     marker = bad_input_marker(log_folder, job_id)
-    tmp = marker.with_name(f".{marker.name}.tmp{os.getpid()}")
     try:
-        tmp.write_text((line or f"error: rank {rank} exited with code {EXIT_BAD_INPUT} (bad input; see its log)")
-                       + "\n")
-        os.replace(tmp, marker)
+        atomic_write(marker, (line or f"error: rank {rank} exited with code {EXIT_BAD_INPUT} (bad input; see its log)")
+                     + "\n")
     except OSError:
         pass  # the rank's own log still ends with the line
 

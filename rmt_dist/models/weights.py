@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import BadInputError
+
 log = logging.getLogger(__name__)
 
 _MODEL_KEYS = ("model", "state_dict", "module")
@@ -39,7 +41,7 @@ _EMA_KEYS = ("model_ema", "state_dict_ema", "ema", "module_ema")
 _PREFIXES = ("module.", "_orig_mod.")
 
 
-class WeightsError(ValueError):
+class WeightsError(BadInputError, ValueError):
     """Weights that cannot be read, or do not fit the model: one line naming the source."""
 
 

@@ -1,8 +1,29 @@
-"""Token labeling (Jiang et al., NeurIPS 2021) for the starred RMT models."""
+"""Token labeling (Jiang et al., NeurIPS 2021) for the starred RMT models.
 
-from .loss import TokenLabelLoss, mixtoken_lam, soft_cross_entropy
-from .store import StoreMeta, TokenLabelStore, TokenLabelStoreError
-from .targets import crop_aligned_targets, mix_ground_truth
+Names are resolved lazily so the store tools (`python -m rmt_dist.tokenlabel.import_tlt`,
+`--help`, the launcher's pre-flight) do not pay for torch imports they do not use.
+"""
 
-__all__ = ["StoreMeta", "TokenLabelLoss", "TokenLabelStore", "TokenLabelStoreError", "crop_aligned_targets",
-           "mix_ground_truth", "mixtoken_lam", "soft_cross_entropy"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "StoreMeta": "store",
+    "TokenLabelStore": "store",
+    "TokenLabelStoreError": "store",
+    "TokenLabelLoss": "loss",
+    "mixtoken_lam": "loss",
+    "soft_cross_entropy": "loss",
+    "crop_aligned_targets": "targets",
+    "mix_ground_truth": "targets",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'rmt_dist.tokenlabel' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

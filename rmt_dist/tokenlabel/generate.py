@@ -36,11 +36,26 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from ..atomic import atomic_path
+from ..errors import report
 from .store import StoreMeta, TokenLabelStoreError, generation_key
-from .teacher import build_teacher, per_location_logits
 from .view import TeacherView, TeacherViewError
+
+# torch and the teacher are imported when labelling starts, not at import: `--help` and
+# argument errors answer without them (tests replace these two names).
+
+
+def build_teacher(*args, **kwargs):
+    from .teacher import build_teacher as build
+
+    return build(*args, **kwargs)
+
+
+def per_location_logits(model, x):
+    from .teacher import per_location_logits as logits
+
+    return logits(model, x)
 
 
 def teacher_view(args: argparse.Namespace) -> TeacherView:
@@ -66,6 +81,8 @@ def _beton_info(beton: Path) -> tuple[int, int]:
 
 
 def _dist() -> tuple[int, int]:
+    import torch
+
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -74,6 +91,8 @@ def _dist() -> tuple[int, int]:
 
 
 def _barrier(world: int) -> None:
+    import torch
+
     if world > 1:
         torch.distributed.barrier()
 
@@ -97,6 +116,8 @@ def view_boxes(view: TeacherView, heights: np.ndarray, widths: np.ndarray) -> np
 
 def _batches(images, decoder, rows: np.ndarray, img_size: int, batch_size: int, view: TeacherView):
     """(uint8 NHWC batch, labels) of each image's view resized to img_size, in `rows` order."""
+    import torch
+
     for start in range(0, len(rows), batch_size):
         idx = rows[start:start + batch_size]
         boxes = view_boxes(view, images.heights[idx], images.widths[idx])
@@ -105,8 +126,16 @@ def _batches(images, decoder, rows: np.ndarray, img_size: int, batch_size: int, 
         yield torch.from_numpy(out), torch.from_numpy(images.labels[idx])
 
 
-@torch.no_grad()
 def _label_chunk(model, images, decoder, rows, args, device, mean, std, bar) -> dict[str, np.ndarray]:
+    import torch
+
+    with torch.no_grad():
+        return _label_rows(model, images, decoder, rows, args, device, mean, std, bar)
+
+
+def _label_rows(model, images, decoder, rows, args, device, mean, std, bar) -> dict[str, np.ndarray]:
+    import torch
+
     scores, idx = [], []
     correct = 0
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -155,6 +184,8 @@ def _consolidate(store: Path, meta: StoreMeta, num_chunks: int, chunk_size: int)
 
 
 def generate(args: argparse.Namespace) -> StoreMeta:
+    import torch
+
     beton, store = Path(args.beton), Path(args.store)
     num_samples, num_classes = _beton_info(beton)
     view = teacher_view(args)
@@ -222,9 +253,8 @@ def generate(args: argparse.Namespace) -> StoreMeta:
     for c in mine:
         rows = np.arange(c * args.chunk_size, min((c + 1) * args.chunk_size, num_samples))
         out = _label_chunk(model, images, decoder, rows, args, device, mean, std, bar)
-        tmp = store / "parts" / f".chunk_{c:06d}.tmp{rank}.npz"
-        np.savez(tmp, **out)  # type: ignore[arg-type]  # numpy's stub lets **kwds bind allow_pickle
-        os.replace(tmp, _part(store, c))  # atomic: a chunk file exists only when complete
+        with atomic_path(_part(store, c), suffix=".npz") as tmp:  # a chunk file exists only when complete
+            np.savez(tmp, **out)  # type: ignore[arg-type]  # numpy's stub lets **kwds bind allow_pickle
     if bar is not None:
         bar.close()
     _barrier(world)
@@ -266,11 +296,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    import torch
+
     try:
         generate(args)
     except TokenLabelStoreError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report(e)
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

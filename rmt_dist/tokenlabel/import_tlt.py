@@ -55,6 +55,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_path, atomic_write
+from ..errors import report
 from .store import StoreMeta, TokenLabelStoreError, generation_key
 from .view import TeacherView, TeacherViewError
 
@@ -140,10 +142,9 @@ def import_chunk(job: dict) -> dict:
     if not problems or job["allow_missing"]:
         store = Path(job["store"])
         out = _part(store, job["chunk"], fallback=bool(problems))
-        tmp = store / "parts" / f".{out.name}.tmp{os.getpid()}.npz"
-        np.savez(tmp, rows=rows, scores=scores, indices=indices, agree=np.asarray(agree),
-                 problems=np.asarray([f"{r}\t{f}\t{why}" for r, f, why in problems], dtype=str))
-        os.replace(tmp, out)  # atomic: a part exists only when complete
+        with atomic_path(out, suffix=".npz") as tmp:  # a part exists only when complete
+            np.savez(tmp, rows=rows, scores=scores, indices=indices, agree=np.asarray(agree),
+                     problems=np.asarray([f"{r}\t{f}\t{why}" for r, f, why in problems], dtype=str))
     return {"chunk": job["chunk"], "n": len(rows), "problems": problems, "agree": agree}
 
 
@@ -192,9 +193,7 @@ def _probe(files: list[str], topk: int, num_classes: int) -> tuple[int, int]:
 
 
 def _write_problems(path: Path, problems: list[tuple[int, str, str]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text("sample\tfile\treason\n" + "".join(f"{r}\t{f}\t{why}\n" for r, f, why in sorted(problems)))
-    os.replace(tmp, path)
+    atomic_write(path, "sample\tfile\treason\n" + "".join(f"{r}\t{f}\t{why}\n" for r, f, why in sorted(problems)))
 
 
 def _report(problems: list[tuple[int, str, str]], total: int) -> str:
@@ -383,8 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import_tlt(args)
     except TokenLabelStoreError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report(e)
     return 0
 
 

@@ -29,8 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write
+from ..errors import BadInputError
 
-class TokenLabelStoreError(ValueError):
+
+class TokenLabelStoreError(BadInputError, ValueError):
     """A store that is missing, incomplete or made for other data; the message says the fix."""
 
 
@@ -70,9 +73,7 @@ class StoreMeta:
 
     def write(self, store: Path) -> None:
         store.mkdir(parents=True, exist_ok=True)
-        tmp = store / f".meta.json.tmp{os.getpid()}"
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        os.replace(tmp, store / "meta.json")
+        atomic_write(store / "meta.json", json.dumps(asdict(self), indent=2) + "\n")
 
 
 def generation_key(meta: StoreMeta) -> dict:

@@ -23,11 +23,13 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..errors import BadInputError
+
 ViewKind = Literal["squash", "center_crop"]
 VIEW_KINDS: tuple[str, ...] = ("squash", "center_crop")
 
 
-class TeacherViewError(ValueError):
+class TeacherViewError(BadInputError, ValueError):
     """A view description that is not one of the documented kinds."""
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .config.schema import SlurmConfig
+from ..config.schema import SlurmConfig
 
 
 def tasks_per_node(slurm: SlurmConfig) -> int:
