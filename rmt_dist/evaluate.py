@@ -29,14 +29,14 @@ def evaluate_checkpoint(source: str, data: str, overrides: list[str]) -> dict[st
     from rmt_dist.engine.trainer import build_model
     from rmt_dist.export import _checkpoint_config, load_consolidated
 
-    from .config import Config, to_dict
+    from .config import to_dict
 
     ckpt = resolve_checkpoint(source)
     cfg = _checkpoint_config(ckpt)
     tree = to_dict(cfg)
     apply_overrides(tree, {}, overrides)
     try:
-        cfg = build(Config, tree, {})
+        cfg = build(type(cfg), tree, {})
     except ConfigError as e:
         raise ValueError(str(e)) from None
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, val=data),
