@@ -21,8 +21,8 @@ from .schema import (
 )
 
 __all__ = [
-    "CheckpointConfig", "Config", "ConfigError", "DataConfig", "DerivedConfig", "EmaConfig",
-    "ModelConfig", "OptimConfig", "RunConfig", "RunPlan", "SlurmConfig", "StrategyConfig", "TokenLabelConfig", "derive",
-    "global_batch", "load_config", "load_resolved", "parse_override", "save_config", "to_dict",
-    "to_yaml", "valid_keys",
+    "CheckpointConfig", "Config", "ConfigError", "DataConfig", "DerivedConfig", "EmaConfig", "ModelConfig",
+    "OptimConfig", "RunConfig", "RunPlan", "SlurmConfig", "StrategyConfig", "TokenLabelConfig", "derive",
+    "global_batch", "load_config", "load_resolved", "parse_override", "save_config", "to_dict", "to_yaml",
+    "valid_keys",
 ]

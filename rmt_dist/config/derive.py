@@ -26,4 +26,5 @@ def derive(cfg: Config, world_size: int) -> DerivedConfig:
     lr = o.lr * gb / o.lr_ref_batch if o.lr_ref_batch else o.lr
     decay = e.decay ** (gb / e.decay_ref_batch) if e.decay_ref_batch else e.decay
     sections = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(Config)}
-    return DerivedConfig(**sections, derived=RunPlan(world_size=world_size, global_batch=gb, lr=lr, ema_decay=decay))
+    plan = RunPlan(world_size=world_size, global_batch=gb, lr=lr, ema_decay=decay)
+    return DerivedConfig(**sections, derived=plan)

@@ -177,13 +177,15 @@ def build(cls: type, tree: dict, prov: dict[str, str], prefix: str = "", default
     for k in tree:
         if k not in names:
             key = prefix + k
-            raise _unknown(prov.get(key, default_where), key)
+            below = [w for p, w in prov.items() if p.startswith(key + ".")]  # a section: where its keys came from
+            raise _unknown(prov.get(key) or (below[0] if below else default_where), key)
     kwargs = {}
     for f in dataclasses.fields(cls):
         key = prefix + f.name
         if f.name not in tree:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{prov.get(prefix.rstrip('.'), default_where)}: missing required value {key}")
+                where = prov.get(prefix.rstrip("."), default_where)
+                raise ConfigError(f"{where}: missing required value {key}")
             continue
         value = tree[f.name]
         where = prov.get(key, default_where)
