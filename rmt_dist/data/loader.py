@@ -58,8 +58,8 @@ moves the map with the flip and the geometric ops, as tlt does with its label op
 
 FFCV's own Loader is not used: its numba augmentations draw from per-thread RNGs that
 cannot be replayed, and it cannot start mid-epoch. We keep FFCV's file format, reader,
-and its decode/resize kernels. `data.os_cache` has no effect: samples are always read
-through a memory map (the OS page cache); FFCV's process cache only pays with its
+and its decode/resize kernels. No FFCV process cache (the removed `data.os_cache`): samples
+are always read through a memory map (the OS page cache); FFCV's process cache only pays with its
 quasi-random order, which would break the exact-order contract.
 """
 
