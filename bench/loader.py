@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -39,6 +40,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The schema's defaults (the official augmentations) for a 10-class model; the rest comes as overrides.
+BENCH_RECIPE = Path(__file__).resolve().parent / "loader.yaml"
 
 
 def make_photos(root: Path, n: int, seed: int = 0) -> Path:
@@ -90,18 +93,16 @@ def bench_decode_only(beton: Path, workers: int) -> float:
 
 def ours_loader(beton: Path, batch: int, workers: int, full: bool, randaugment_on: str = "host", device: str = "cpu",
                 starred: bool = False):
-    from rmt_dist.config import Config
+    from rmt_dist.config import load_config
     from rmt_dist.data import build_train_loader
 
-    cfg = Config()
-    cfg.model.num_classes = 10
-    d = cfg.data
-    d.train, d.batch_size, d.num_workers, d.img_size = str(beton), batch, workers, 224
-    d.repeated_aug, d.randaugment_on = False, randaugment_on
+    data = dict(train=str(beton), batch_size=batch, num_workers=workers, img_size=224, repeated_aug=False,
+                randaugment_on=randaugment_on)
     if not full:
-        d.auto_augment, d.reprob, d.mixup, d.cutmix = None, 0.0, 0.0, 0.0
+        data.update(auto_augment=None, reprob=0.0, mixup=0.0, cutmix=0.0)
     if starred:
-        d.augment_order, d.interpolation, d.mixup, d.cutmix = "tlt", "random", 0.0, 0.0
+        data.update(augment_order="tlt", interpolation="random", mixup=0.0, cutmix=0.0)
+    cfg = load_config(BENCH_RECIPE, [*(f"data.{k}={json.dumps(v)}" for k, v in data.items())])
     return build_train_loader(cfg, device=device)
 
 

@@ -29,14 +29,14 @@ def evaluate_checkpoint(source: str, data: str, overrides: list[str]) -> dict[st
     from rmt_dist.models.factory import create
     from rmt_dist.models.weights import checkpoint_config, load_into
 
-    from .config import Config, to_dict
+    from .config import to_dict
 
     ckpt = resolve_checkpoint(source)
     cfg = checkpoint_config(ckpt)
     tree = to_dict(cfg)
     apply_overrides(tree, {}, overrides)
     try:
-        cfg = build(Config, tree, {})
+        cfg = build(type(cfg), tree, {})
     except ConfigError as e:
         raise ValueError(str(e)) from None
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, val=data))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -66,20 +67,14 @@ def digits_betons(base: Path) -> tuple[Path, Path]:
     return prepare_digits(base / "digits", size=32)
 
 
-def data_config(train: Path, val: Path | None = None, **data: object):
-    """A Config for the loader tests: the smoke recipe's data section with overrides."""
-    from rmt_dist.config import Config
+LOADER_RECIPE = Path(__file__).parent / "fixtures" / "loader.yaml"
 
-    cfg = Config()
-    cfg.run.dir = "/nonexistent"
-    cfg.model.name = "rmt_test"
-    cfg.model.num_classes = 10
-    d = cfg.data
-    d.train, d.val = str(train), (str(val) if val else None)
-    d.batch_size, d.num_workers, d.img_size, d.crop_pct = 16, 2, 32, 1.0
-    d.auto_augment, d.reprob, d.mixup, d.cutmix, d.repeated_aug = None, 0.0, 0.0, 0.0, False
-    for k, v in data.items():
-        if not hasattr(d, k):
-            raise KeyError(k)
-        setattr(d, k, v)
-    return cfg
+
+def data_config(train: Path, val: Path | None = None, *, overrides: tuple[str, ...] | list[str] = (),
+                **data: object):
+    """A Config for the loader tests: tests/fixtures/loader.yaml with `data.<key>=value` for each
+    keyword, then `overrides` (key.sub=value, any section), validated like any recipe."""
+    from rmt_dist.config import load_config
+
+    data = {"train": str(train), "val": str(val) if val else None, **data}
+    return load_config(LOADER_RECIPE, [*(f"data.{k}={json.dumps(v)}" for k, v in data.items()), *overrides])

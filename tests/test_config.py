@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
+import yaml
 
-from rmt_dist.config import ConfigError, derive, load_config, load_resolved, parse_override, save_config
+from rmt_dist.config import (
+    Config,
+    ConfigError,
+    DerivedConfig,
+    RunPlan,
+    derive,
+    load_config,
+    load_resolved,
+    parse_override,
+    save_config,
+    to_yaml,
+)
 from rmt_dist.config.__main__ import main as config_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,3 +210,76 @@ def test_cli_as_a_module_exits_nonzero_with_one_line():
                        cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 2
     assert p.stderr.strip().count("\n") == 0 and "ddp, fsdp, deepspeed" in p.stderr
+
+
+# --- frozen config, typed run plan, removed keys ----------------------------------------------------
+
+def test_config_is_frozen_and_variants_come_from_replace(base):
+    cfg = load_config(base)
+    for section in dataclasses.fields(cfg):  # every section, and the top level
+        value = getattr(cfg, section.name)
+        target, name = (value, dataclasses.fields(value)[0].name) if dataclasses.is_dataclass(value) else (cfg, "precision")
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(target, name, getattr(target, name))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.data = cfg.data
+    assert isinstance(cfg.data.scale, tuple) and isinstance(cfg.optim.betas, tuple)  # no in-place edits either
+    run = derive(cfg, 2)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        run.derived.lr = 1.0
+    other = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_size=7))
+    assert other.data.batch_size == 7 and cfg.data.batch_size == 128
+
+
+def test_derive_returns_a_typed_run_plan(base):
+    cfg = load_config(base, ["data.batch_size=64", "optim.accum_steps=2"])
+    assert type(cfg) is Config and not hasattr(cfg, "derived"), "a recipe has no run plan until derive"
+    run = derive(cfg, 4)
+    assert isinstance(run, DerivedConfig) and isinstance(run.derived, RunPlan)
+    assert run.derived == RunPlan(world_size=4, global_batch=512, lr=pytest.approx(5e-4), ema_decay=0.99996)
+    hints = typing.get_type_hints(RunPlan)
+    assert hints == {"world_size": int, "global_batch": int, "lr": float, "ema_decay": float}
+    assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(RunPlan)), "no None placeholders"
+    assert all(getattr(run, f.name) == getattr(cfg, f.name) for f in dataclasses.fields(Config))
+    assert derive(run, 8).derived.global_batch == 1024, "re-deriving replaces the plan"
+    msg = err(base, ["derived.lr=0.1"])
+    assert msg.startswith("command line: derived is computed at launch") and "optim.lr" in msg
+
+
+@pytest.mark.parametrize("key, fix", [("data.os_cache", "memory map"), ("tokenlabel.teacher", "--teacher"),
+                                      ("tokenlabel.teacher_checkpoint", "--checkpoint"),
+                                      ("tokenlabel.teacher_img_size", "--img-size"), ("tokenlabel.topk", "--topk")])
+def test_removed_keys_are_refused_with_the_reason(tmp_path, base, key, fix):
+    section, name = key.split(".")
+    r = write(tmp_path, "r.yaml", f"base: base.yaml\n{section}:\n  {name}: 5\n")
+    msg = err(r)
+    assert msg.startswith(f"{r}: {key} was removed: ") and fix in msg and "delete it from the recipe" in msg
+    msg = err(base, [f"{key}=5"])
+    assert msg.startswith(f"command line: {key} was removed: ") and fix in msg
+
+
+def test_old_config_yaml_with_removed_keys_still_loads(tmp_path, caplog, monkeypatch):
+    """A run dir written before the removal still exports, evaluates and reports (load_resolved)."""
+    old = ROOT / "tests/fixtures/config_before_removed_keys.yaml"
+    monkeypatch.setattr(logging.getLogger("rmt_dist"), "propagate", True)  # run() turns it off
+    with caplog.at_level(logging.WARNING, logger="rmt_dist.config"):
+        cfg = load_resolved(old)
+    removed = ["data.os_cache", "tokenlabel.teacher", "tokenlabel.teacher_checkpoint", "tokenlabel.teacher_img_size",
+               "tokenlabel.topk"]
+    warned = {r.getMessage() for r in caplog.records if r.levelno == logging.WARNING}  # a set: handlers may repeat
+    assert len(warned) == len(removed) and all(any(f"ignoring {k} (removed: " in w for w in warned) for k in removed)
+    want = derive(load_config(ROOT / "recipes/smoke.yaml", ["run.dir=runs/smoke_old"]), 2)
+    assert cfg == want  # every other value as written, the plan included
+    save_config(cfg, tmp_path / "config.yaml")  # the run's next write drops them for good
+    assert "os_cache" not in (tmp_path / "config.yaml").read_text() and load_resolved(tmp_path / "config.yaml") == cfg
+
+
+def test_config_yaml_without_a_run_plan_is_refused(tmp_path, base):
+    (tmp_path / "config.yaml").write_text(to_yaml(load_config(base)))
+    with pytest.raises(ConfigError, match="no derived section"):
+        load_resolved(tmp_path / "config.yaml")
+    tree = yaml.safe_load(to_yaml(derive(load_config(base), 2)))
+    del tree["derived"]["lr"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(tree))
+    with pytest.raises(ConfigError, match="missing required value derived.lr"):
+        load_resolved(tmp_path / "config.yaml")

@@ -66,8 +66,7 @@ def test_order_depends_only_on_seed_and_epoch(digits):
     b = build_train_loader(data_config(*digits), rank=1, world_size=2)
     assert np.array_equal(a.indices(5), b.indices(5))
     assert not np.array_equal(a.indices(5), a.indices(6))
-    cfg = data_config(*digits)
-    cfg.run.seed = 1
+    cfg = data_config(*digits, overrides=["run.seed=1"])
     assert not np.array_equal(build_train_loader(cfg, rank=1, world_size=2).indices(5), a.indices(5))
 
 
@@ -115,11 +114,10 @@ def test_crop_and_flip_meta_reproduce_the_images(digits, stored):
 
 
 def test_channels_last_and_device_placement(digits):
-    cfg = data_config(*digits)
-    cfg.model.channels_last = True
+    cfg = data_config(*digits, overrides=["model.channels_last=true"])
     x, _ = next(iter(build_train_loader(cfg).epoch(0)))
     assert x.is_contiguous(memory_format=torch.channels_last) and x.device.type == "cpu"
-    cfg.model.channels_last = False
+    cfg = data_config(*digits, overrides=["model.channels_last=false"])
     x, _ = next(iter(build_train_loader(cfg).epoch(0)))
     assert x.is_contiguous()
 
@@ -130,8 +128,8 @@ def test_randaugment_on_the_device_gives_the_workers_batches(digits, channels_la
     then torch normalise/erase/mix) yields bit-identical batches to the worker path."""
     loaders = {}
     for where in ("host", "device", "auto"):
-        cfg = data_config(*digits, randaugment_on=where, **FULL_AUG)
-        cfg.model.channels_last = channels_last
+        cfg = data_config(*digits, randaugment_on=where, overrides=[f"model.channels_last={channels_last}"],
+                          **FULL_AUG)
         loaders[where] = build_train_loader(cfg, rank=1, world_size=2)
     assert "RandAugment on the device (cpu)" in loaders["device"].describe()
     assert "RandAugment in the workers (cpu)" in loaders["auto"].describe()  # auto on CPU: the workers
@@ -166,9 +164,7 @@ def test_bad_settings_fail_with_the_fix(digits, tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         build_train_loader(data_config(tmp_path / "missing.beton"))
     with pytest.raises(DataError, match="num_classes"):
-        cfg = data_config(*digits)
-        cfg.model.num_classes = 5
-        build_train_loader(cfg)
+        build_train_loader(data_config(*digits, overrides=["model.num_classes=5"]))
     with pytest.raises(DataError, match="even batch"):
         build_train_loader(data_config(*digits, batch_size=15, mixup=0.8))
     with pytest.raises(DataError, match="fewer than one batch"):

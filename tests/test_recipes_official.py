@@ -40,9 +40,9 @@ def check_shared(cfg) -> None:
     assert cfg.derived.ema_decay == pytest.approx(0.99996 ** 4)
     d = cfg.data
     assert (cfg.model.num_classes, d.img_size, d.auto_augment) == (1000, 224, "rand-m9-mstd0.5-inc1")
-    assert d.scale == [0.08, 1.0] and d.ratio == pytest.approx([3 / 4, 4 / 3]) and d.hflip == 0.5
+    assert d.scale == (0.08, 1.0) and d.ratio == pytest.approx([3 / 4, 4 / 3]) and d.hflip == 0.5
     assert (d.reprob, d.remode) == (0.25, "pixel")
-    assert d.mean == [0.485, 0.456, 0.406] and d.std == [0.229, 0.224, 0.225]
+    assert d.mean == (0.485, 0.456, 0.406) and d.std == (0.229, 0.224, 0.225)
 
 
 def cosine_over_all_epochs(cfg, epochs: int) -> None:

@@ -19,6 +19,13 @@ CLASSES = MAP_H * MAP_W  # class id of cell (r, c) = r * MAP_W + c
 SIZES = [(96, 160), (128, 128), (160, 96)]  # (height, width): landscape, square, portrait
 
 
+def token_labels(store, size: int, smoothing: float | None = 0.0) -> list[str]:
+    """Overrides for token labeling from `store` on a `size` x `size` grid (data_config's `overrides`)."""
+    out = [f"model.num_classes={CLASSES}", "model.token_label=true", "tokenlabel.enabled=true",
+           f"tokenlabel.store={store}", f"tokenlabel.size={size}"]
+    return out if smoothing is None else [*out, f"tokenlabel.label_smoothing={smoothing}"]
+
+
 def coordinate_image(h: int, w: int) -> np.ndarray:
     """R encodes x, G encodes y, both as fractions of the image side (pixel centres)."""
     x = (np.arange(w) + 0.5) / w
@@ -73,10 +80,8 @@ def centre_view_store(setup, tmp_path_factory):
 
 def test_dense_targets_follow_the_image_crop(setup):
     beton, store = setup
-    cfg = data_config(beton, img_size=128, batch_size=8, scale=[0.2, 1.0], label_smoothing=0.0, num_workers=1)
-    cfg.model.num_classes = CLASSES
-    cfg.tokenlabel.enabled, cfg.tokenlabel.store, cfg.tokenlabel.size = True, str(store), 4
-    cfg.tokenlabel.label_smoothing = 0.0
+    cfg = data_config(beton, img_size=128, batch_size=8, scale=[0.2, 1.0], label_smoothing=0.0, num_workers=1,
+                      overrides=token_labels(store, 4))
     loader = TokenLabelTrainLoader(build_train_loader(cfg), cfg)
     mean = torch.tensor(cfg.data.mean).view(1, 3, 1, 1)
     std = torch.tensor(cfg.data.std).view(1, 3, 1, 1)
@@ -105,9 +110,7 @@ def test_token_grid_must_match_the_model(setup):
     from rmt_dist.tokenlabel import TokenLabelStoreError
 
     beton, store = setup
-    cfg = data_config(beton, img_size=128, batch_size=8)
-    cfg.model.num_classes = CLASSES
-    cfg.tokenlabel.enabled, cfg.tokenlabel.store, cfg.tokenlabel.size = True, str(store), 7
+    cfg = data_config(beton, img_size=128, batch_size=8, overrides=token_labels(store, 7, smoothing=None))
     with pytest.raises(TokenLabelStoreError, match="tokenlabel.size=4"):
         TokenLabelTrainLoader(build_train_loader(cfg), cfg)
 
@@ -118,12 +121,10 @@ def geometric_tlt_loader(beton, store, layers: int = 1):
 
     from rmt_dist.data.randaugment import GEOMETRIC_OPS
 
-    cfg = data_config(beton, img_size=128, batch_size=8, scale=[0.2, 1.0], label_smoothing=0.0, num_workers=1)
-    cfg.model.num_classes = CLASSES
-    cfg.data.augment_order, cfg.data.interpolation = "tlt", "random"
-    cfg.data.auto_augment = f"rand-m9-n{layers}-p1.0-mstd1.0-inc1"
-    cfg.tokenlabel.enabled, cfg.tokenlabel.store, cfg.tokenlabel.size = True, str(store), 4
-    cfg.tokenlabel.label_smoothing = 0.0
+    cfg = data_config(beton, img_size=128, batch_size=8, scale=[0.2, 1.0], label_smoothing=0.0, num_workers=1,
+                      augment_order="tlt", interpolation="random",
+                      auto_augment=f"rand-m9-n{layers}-p1.0-mstd1.0-inc1",
+                      overrides=token_labels(store, 4))
     base = build_train_loader(cfg)
     base.rand_augment = replace(base.rand_augment, ops=GEOMETRIC_OPS)
     return TokenLabelTrainLoader(base, cfg), cfg

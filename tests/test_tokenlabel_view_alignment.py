@@ -55,10 +55,10 @@ def check_alignment(beton, store, num_classes: int, source_xy, tol: float, rects
     the teacher's view, the dense target's top class must sit at the token's source location, within
     `tol` of the view's side (+ the 1/255 coordinate quantisation). source_xy(classes [T, T], h, w)
     gives a class's source (x, y) fractions. Returns how many tokens were checked."""
-    cfg = data_config(beton, img_size=128, batch_size=8, scale=[0.2, 1.0], label_smoothing=0.0, num_workers=1)
-    cfg.model.num_classes = num_classes
-    cfg.tokenlabel.enabled, cfg.tokenlabel.store, cfg.tokenlabel.size = True, str(store), TOKENS
-    cfg.tokenlabel.label_smoothing = 0.0
+    cfg = data_config(beton, img_size=128, batch_size=8, scale=[0.2, 1.0], label_smoothing=0.0, num_workers=1,
+                      overrides=[f"model.num_classes={num_classes}", "model.token_label=true",
+                                 "tokenlabel.enabled=true", f"tokenlabel.store={store}", f"tokenlabel.size={TOKENS}",
+                                 "tokenlabel.label_smoothing=0.0"])
     loader = TokenLabelTrainLoader(build_train_loader(cfg), cfg)
     mean = torch.tensor(cfg.data.mean).view(1, 3, 1, 1)
     std = torch.tensor(cfg.data.std).view(1, 3, 1, 1)

@@ -1,4 +1,5 @@
-"""Typed recipes: `load_config(recipe, overrides)` -> Config; `derive(cfg, world_size)`."""
+"""Typed, frozen recipes: `load_config(recipe, overrides)` -> Config; `derive(cfg, world_size)` ->
+DerivedConfig (the Config plus its RunPlan: world size, global batch, peak lr, EMA decay)."""
 
 from .derive import derive, global_batch
 from .errors import ConfigError
@@ -8,19 +9,20 @@ from .schema import (
     CheckpointConfig,
     Config,
     DataConfig,
-    Derived,
+    DerivedConfig,
     EmaConfig,
     ModelConfig,
     OptimConfig,
     RunConfig,
+    RunPlan,
     SlurmConfig,
     StrategyConfig,
     TokenLabelConfig,
 )
 
 __all__ = [
-    "CheckpointConfig", "Config", "ConfigError", "DataConfig", "Derived", "EmaConfig", "ModelConfig",
-    "OptimConfig", "RunConfig", "SlurmConfig", "StrategyConfig", "TokenLabelConfig", "derive",
-    "global_batch", "load_config", "load_resolved", "parse_override", "save_config", "to_dict",
-    "to_yaml", "valid_keys",
+    "CheckpointConfig", "Config", "ConfigError", "DataConfig", "DerivedConfig", "EmaConfig", "ModelConfig",
+    "OptimConfig", "RunConfig", "RunPlan", "SlurmConfig", "StrategyConfig", "TokenLabelConfig", "derive",
+    "global_batch", "load_config", "load_resolved", "parse_override", "save_config", "to_dict", "to_yaml",
+    "valid_keys",
 ]

@@ -14,6 +14,8 @@ from .errors import ConfigError
 def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) is Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is tuple:  # the frozen config's sequences are lists in YAML
+        return f"list[{_type_name(typing.get_args(tp)[0])}]"
     if isinstance(tp, type):
         return tp.__name__
     return str(tp).replace("typing.", "")
@@ -52,11 +54,16 @@ def coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         )
     if origin is list:
         (item_tp,) = typing.get_args(tp)
-        if isinstance(value, tuple):
-            value = list(value)
-        if not isinstance(value, list):
+        if not isinstance(value, (list, tuple)):
             raise _bad(where, key, value, tp)
         return [coerce(v, item_tp, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if origin is tuple:  # tuple[X, ...]: YAML gives a list, the frozen config keeps a tuple
+        item_tp, rest = typing.get_args(tp)
+        if rest is not Ellipsis:
+            raise TypeError(f"unsupported schema type {tp!r} for {key}: use tuple[X, ...]")
+        if not isinstance(value, (list, tuple)):
+            raise _bad(where, key, value, tp)
+        return tuple(coerce(v, item_tp, f"{key}[{i}]", where) for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
             raise _bad(where, key, value, tp)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .schema import Config, Derived
+from .schema import Config, DerivedConfig, RunPlan
 
 
 def global_batch(cfg: Config, world_size: int) -> int:
@@ -12,8 +12,8 @@ def global_batch(cfg: Config, world_size: int) -> int:
     return cfg.data.batch_size * world_size * cfg.optim.accum_steps
 
 
-def derive(cfg: Config, world_size: int) -> Config:
-    """Return a copy of `cfg` with `derived` filled for a run on `world_size` ranks.
+def derive(cfg: Config, world_size: int) -> DerivedConfig:
+    """`cfg` with its RunPlan for a run on `world_size` ranks (re-derives a DerivedConfig).
 
     - lr: optim.lr x global_batch / optim.lr_ref_batch (the official linear scaling rule);
     - ema_decay: ema.decay ** (global_batch / ema.decay_ref_batch), so the EMA averages
@@ -25,4 +25,6 @@ def derive(cfg: Config, world_size: int) -> Config:
     o, e = cfg.optim, cfg.ema
     lr = o.lr * gb / o.lr_ref_batch if o.lr_ref_batch else o.lr
     decay = e.decay ** (gb / e.decay_ref_batch) if e.decay_ref_batch else e.decay
-    return dataclasses.replace(cfg, derived=Derived(world_size=world_size, global_batch=gb, lr=lr, ema_decay=decay))
+    sections = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(Config)}
+    plan = RunPlan(world_size=world_size, global_batch=gb, lr=lr, ema_decay=decay)
+    return DerivedConfig(**sections, derived=plan)

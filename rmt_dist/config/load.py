@@ -20,7 +20,7 @@ import yaml
 
 from .coerce import coerce
 from .errors import ConfigError
-from .schema import REQUIRED, Config
+from .schema import REMOVED_KEYS, REQUIRED, Config
 
 CLI = "command line"
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -39,6 +39,12 @@ def valid_keys(cls: type = Config, prefix: str = "") -> list[str]:
 
 
 def _unknown(where: str, key: str) -> ConfigError:
+    if key in REMOVED_KEYS:
+        fix = "drop the override" if where == CLI else "delete it from the recipe"
+        return ConfigError(f"{where}: {key} was removed: {REMOVED_KEYS[key]}; {fix}")
+    if key == "derived" or key.startswith("derived."):
+        return ConfigError(f"{where}: {key} is computed at launch from the recipe and the world size "
+                           "(rmt_dist/config/derive.py); set optim.lr, ema.decay or data.batch_size instead")
     hint = difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.6)
     extra = f" (did you mean {hint[0]}?)" if hint else ""
     return ConfigError(f"{where}: unknown key {key!r}{extra}")
@@ -171,11 +177,15 @@ def build(cls: type, tree: dict, prov: dict[str, str], prefix: str = "", default
     for k in tree:
         if k not in names:
             key = prefix + k
-            raise _unknown(prov.get(key, default_where), key)
+            below = [w for p, w in prov.items() if p.startswith(key + ".")]  # a section: where its keys came from
+            raise _unknown(prov.get(key) or (below[0] if below else default_where), key)
     kwargs = {}
     for f in dataclasses.fields(cls):
         key = prefix + f.name
         if f.name not in tree:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                where = prov.get(prefix.rstrip("."), default_where)
+                raise ConfigError(f"{where}: missing required value {key}")
             continue
         value = tree[f.name]
         where = prov.get(key, default_where)

@@ -4,7 +4,12 @@ Not equal to it: drop_path_rate 0.1 (RMT-S: 0.15), crop_pct 0.9 (0.875) and prec
 (fp16); the shipped recipes set the official values (docs/recipes.md gives each source).
 
 Every field a recipe may set lives here. `load.py` turns YAML + overrides into these
-objects and rejects anything not declared; `derive.py` fills `Config.derived`.
+objects and rejects anything not declared; `derive.py` turns a Config into a
+DerivedConfig, whose `derived` RunPlan holds the values computed for a launch size.
+
+Frozen: nothing changes a config after validation. Code that needs a variant builds one
+with `dataclasses.replace` (or `load_config` with overrides); sequences are tuples.
+Keys that were removed are listed in REMOVED_KEYS with the reason and what to use instead.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ StrategyName = Literal["ddp", "fsdp", "deepspeed"]
 Precision = Literal["fp32", "bf16", "fp16"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     name: str = REQUIRED  # a timm registry name, e.g. rmt_s, rmt_l, rmt_test
     num_classes: int = 1000
@@ -36,7 +41,7 @@ class ModelConfig:
     init_checkpoint: str | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     train: str = REQUIRED  # path to the training .beton
     val: str | None = None  # path to the validation .beton; null disables eval
@@ -49,11 +54,11 @@ class DataConfig:
     # bicubic per op and per crop (tlt's train_interpolation='random'; needs augment_order: tlt).
     # The eval resize uses it too (bicubic when `random`).
     interpolation: Literal["bicubic", "bilinear", "random"] = "bicubic"
-    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
-    ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333333333333333])
+    scale: tuple[float, ...] = (0.08, 1.0)
+    ratio: tuple[float, ...] = (0.75, 1.3333333333333333)
     hflip: float = 0.5
-    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
     auto_augment: str | None = "rand-m9-mstd0.5-inc1"
     # Where RandAugment runs: batched torch ops on the device (auto on CUDA: the host CPUs
     # then only decode, crop and flip), or in the host decode workers (auto on CPU).
@@ -75,11 +80,10 @@ class DataConfig:
     repeated_aug: bool = True
     num_repeats: int = 3
     drop_last: bool = True
-    os_cache: bool = True  # FFCV: rely on the page cache (dataset fits in RAM) vs. its own process cache
     stage_dir: str | None = None  # node-local copy of betons + token labels ({node} = node name); data/stage.py
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimConfig:
     name: Literal["adamw"] = "adamw"
     lr: float = 5e-4  # per `lr_ref_batch` images; the peak lr is derived from the global batch
@@ -87,7 +91,7 @@ class OptimConfig:
     warmup_lr: float = 1e-6
     min_lr: float = 1e-5
     weight_decay: float = 0.05
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    betas: tuple[float, ...] = (0.9, 0.999)
     eps: float = 1e-8
     epochs: int = 300
     warmup_epochs: int = 5
@@ -96,7 +100,7 @@ class OptimConfig:
     accum_steps: int = 1
 
 
-@dataclass
+@dataclass(frozen=True)
 class EmaConfig:
     enabled: bool = True
     decay: float = 0.99996  # per step at `decay_ref_batch` images; derived for the global batch
@@ -105,7 +109,7 @@ class EmaConfig:
     every_steps: int = 1
 
 
-@dataclass
+@dataclass(frozen=True)
 class TokenLabelConfig:
     enabled: bool = False
     store: str | None = None  # label store made by `python -m rmt_dist.tokenlabel.generate`
@@ -115,14 +119,9 @@ class TokenLabelConfig:
     mix_token: bool = True
     ground_truth: bool = False  # mix the ground-truth one-hot into the cls target (official option)
     label_smoothing: float = 0.1
-    # Generation (the teacher that makes the store).
-    teacher: str | None = None  # timm model name
-    teacher_checkpoint: str | None = None
-    teacher_img_size: int = 224
-    topk: int = 5
 
 
-@dataclass
+@dataclass(frozen=True)
 class StrategyConfig:
     name: StrategyName = "ddp"
     zero_stage: int = 2  # deepspeed only: 1, 2 or 3
@@ -131,7 +130,7 @@ class StrategyConfig:
     backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl with CUDA, else gloo
 
 
-@dataclass
+@dataclass(frozen=True)
 class CheckpointConfig:
     every_steps: int = 1000
     at_epoch_end: bool = True
@@ -140,7 +139,7 @@ class CheckpointConfig:
     resume: bool = True  # resume from the newest complete checkpoint in run.dir
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
     dir: str = REQUIRED
     seed: int = 0
@@ -152,7 +151,7 @@ class RunConfig:
     reference: str | None = None  # the paper's run to compare with (rmt_dist/reference/official_logs.json)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SlurmConfig:
     nodes: int = 1
     gpus_per_node: int = 8  # one task per GPU; 0 for CPU-only jobs
@@ -169,18 +168,10 @@ class SlurmConfig:
     job_name: str = "rmt-dist"
 
 
-@dataclass
-class Derived:
-    """Values computed from the others at launch (derive.py); recorded, never set by hand."""
-
-    world_size: int | None = None
-    global_batch: int | None = None
-    lr: float | None = None  # peak lr
-    ema_decay: float | None = None
-
-
-@dataclass
+@dataclass(frozen=True)
 class Config:
+    """A validated recipe (load_config); `derive(cfg, world_size)` makes the DerivedConfig a run needs."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -191,4 +182,40 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     run: RunConfig = field(default_factory=RunConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
-    derived: Derived = field(default_factory=Derived)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Values computed from the recipe for a launch size (derive.py); recorded, never set by hand."""
+
+    world_size: int
+    global_batch: int  # images per optimizer step across all ranks
+    lr: float  # peak lr
+    ema_decay: float  # EMA decay per optimizer step
+
+
+@dataclass(frozen=True, kw_only=True)
+class DerivedConfig(Config):
+    """A Config with its RunPlan: what the trainer, the launchers and config.yaml hold.
+
+    Only derive() and load_resolved() make one, so code typed DerivedConfig reads
+    `cfg.derived.lr` without checking that derive ran."""
+
+    derived: RunPlan
+
+
+# Keys recipes may no longer set: {dotted key: why it went and what to use instead}.
+# load_config refuses them with this text; load_resolved drops them from an older
+# config.yaml with a warning, so runs written before the removal still export and evaluate.
+REMOVED_KEYS: dict[str, str] = {
+    "data.os_cache": "it had no effect: samples are always read through a memory map (the OS page cache), "
+                     "see rmt_dist/data/loader.py",
+    "tokenlabel.teacher": "nothing read it: the teacher is chosen when making the store "
+                          "(python -m rmt_dist.tokenlabel.generate --teacher NAME)",
+    "tokenlabel.teacher_checkpoint": "nothing read it: pass the teacher's weights when making the store "
+                                     "(python -m rmt_dist.tokenlabel.generate --checkpoint PATH)",
+    "tokenlabel.teacher_img_size": "nothing read it: set the teacher's input side when making the store "
+                                   "(python -m rmt_dist.tokenlabel.generate --img-size N)",
+    "tokenlabel.topk": "nothing read it: set k when making the store (python -m rmt_dist.tokenlabel.generate "
+                       "--topk K); the trainer reads it from the store",
+}

@@ -58,8 +58,8 @@ moves the map with the flip and the geometric ops, as tlt does with its label op
 
 FFCV's own Loader is not used: its numba augmentations draw from per-thread RNGs that
 cannot be replayed, and it cannot start mid-epoch. We keep FFCV's file format, reader,
-and its decode/resize kernels. `data.os_cache` has no effect: samples are always read
-through a memory map (the OS page cache); FFCV's process cache only pays with its
+and its decode/resize kernels. No FFCV process cache (the removed `data.os_cache`): samples
+are always read through a memory map (the OS page cache); FFCV's process cache only pays with its
 quasi-random order, which would break the exact-order contract.
 """
 
@@ -68,7 +68,7 @@ from __future__ import annotations
 import os
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,7 +160,7 @@ class _Batch:
 
 class _Base:
     def __init__(self, images: BetonImages, *, batch_size: int, img_size: int, workers: int,
-                 device: torch.device, mean: list[float], std: list[float], channels_last: bool,
+                 device: torch.device, mean: Sequence[float], std: Sequence[float], channels_last: bool,
                  interpolation: str, placement: Placement) -> None:
         self.images = images
         self.batch_size = batch_size

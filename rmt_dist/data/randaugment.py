@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -214,6 +215,6 @@ def source_window(op, arg, h, w, y0, y1, x0, x1):
     return sy0, sy1, sx0, sx1
 
 
-def fill_color(mean: list[float]) -> np.ndarray:
+def fill_color(mean: Sequence[float]) -> np.ndarray:
     """timm's img_mean hparam: the mean pixel as uint8."""
     return np.array([min(255, round(255 * m)) for m in mean], np.uint8)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import Config
+from ..config import DerivedConfig
 
 
 def no_decay(name: str, param: torch.Tensor) -> bool:
@@ -28,11 +28,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    o, lr = cfg.optim, cfg.derived.lr
-    assert lr is not None, "derive(cfg) sets the peak lr"
+def build_optimizer(model: nn.Module, cfg: DerivedConfig) -> torch.optim.Optimizer:
+    o = cfg.optim
     # foreach=False keeps the update order per parameter identical whatever the sharding.
-    return torch.optim.AdamW(param_groups(model, o.weight_decay), lr=lr, betas=(o.betas[0], o.betas[1]),
+    return torch.optim.AdamW(param_groups(model, o.weight_decay), lr=cfg.derived.lr, betas=(o.betas[0], o.betas[1]),
                              eps=o.eps, weight_decay=o.weight_decay, foreach=False)
 
 
@@ -59,10 +58,9 @@ class LrSchedule:
         return self.min_lr + 0.5 * (self.peak - self.min_lr) * (1 + math.cos(math.pi * t))
 
 
-def build_schedule(cfg: Config, steps_per_epoch: int) -> LrSchedule:
-    o, lr = cfg.optim, cfg.derived.lr
-    assert lr is not None, "derive(cfg) sets the peak lr"
-    return LrSchedule(peak=lr, warmup_lr=o.warmup_lr, min_lr=o.min_lr,
+def build_schedule(cfg: DerivedConfig, steps_per_epoch: int) -> LrSchedule:
+    o = cfg.optim
+    return LrSchedule(peak=cfg.derived.lr, warmup_lr=o.warmup_lr, min_lr=o.min_lr,
                       warmup_steps=o.warmup_epochs * steps_per_epoch, cosine_end=o.epochs * steps_per_epoch,
                       total_steps=(o.epochs + o.cooldown_epochs) * steps_per_epoch)
 

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..config import Config
+from ..config import Config, DerivedConfig
 from .distributed import DistInfo
 from .optim import build_optimizer, set_lr
 from .precision import DTYPES, autocast, build_grad_scaler
@@ -106,7 +106,7 @@ class TorchStrategy:
 
     name = "torch"
 
-    def __init__(self, model: nn.Module, cfg: Config, info: DistInfo):
+    def __init__(self, model: nn.Module, cfg: DerivedConfig, info: DistInfo):
         self.cfg, self.info = cfg, info
         self.module = model  # names without wrapper prefixes
         self.wrapped = self._wrap(model)
@@ -312,7 +312,7 @@ class DeepSpeedStrategy:
 
     name = "deepspeed"
 
-    def __init__(self, model: nn.Module, cfg: Config, info: DistInfo):
+    def __init__(self, model: nn.Module, cfg: DerivedConfig, info: DistInfo):
         import os
 
         import deepspeed
@@ -526,7 +526,7 @@ class DeepSpeedStrategy:
 STRATEGIES = {"ddp": DDPStrategy, "fsdp": FSDPStrategy, "deepspeed": DeepSpeedStrategy}
 
 
-def parallelize(model: nn.Module, cfg: Config, info: DistInfo):
+def parallelize(model: nn.Module, cfg: DerivedConfig, info: DistInfo):
     """The one place where a single-device model becomes a distributed one."""
     model = prepare_model(model, cfg, info.device)
     return STRATEGIES[cfg.strategy.name](model, cfg, info)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..config import Config, to_yaml
+from ..config import DerivedConfig, to_yaml
 from ..models.build import build_model
 from . import preempt
 from .checkpoint import (
@@ -84,7 +84,7 @@ class Trainer:
     pass objects with the same interface (`steps_per_epoch`, `epoch(e, start_step)`, and
     an iterable of (images, labels))."""
 
-    def __init__(self, cfg: Config, info: DistInfo, train_loader=None, eval_loader=None):
+    def __init__(self, cfg: DerivedConfig, info: DistInfo, train_loader=None, eval_loader=None):
         if cfg.derived.world_size != info.world_size:
             raise ValueError(f"cfg.derived.world_size={cfg.derived.world_size} but the process group has "
                              f"{info.world_size} ranks: call derive(cfg, world_size) first")

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config.schema import Config
+from ..config.schema import Config, DerivedConfig
 from .errors import LaunchError
 
 
@@ -118,7 +118,7 @@ def _run_dir(run_dir: Path) -> Check:
     return Check("run.dir", True, f"{run_dir} (writable, {state})")
 
 
-def _batch(cfg: Config, train: dict) -> Check:
+def _batch(cfg: DerivedConfig, train: dict) -> Check:
     d, ws, accum = cfg.data, cfg.derived.world_size, cfg.optim.accum_steps
     assert ws is not None, "derive(cfg) sets the world size"
     n = int(train.get("num_samples", 0))
@@ -139,21 +139,21 @@ def _batch(cfg: Config, train: dict) -> Check:
                  f"per step; {steps // accum} steps per epoch")
 
 
-def derived_check(cfg: Config, steps_per_epoch: int | None) -> Check:
+def derived_check(cfg: DerivedConfig, steps_per_epoch: int | None) -> Check:
     d, o = cfg.derived, cfg.optim
     text = (f"world size {d.world_size}, global batch {d.global_batch}, peak lr {d.lr:.6g}, "
             f"EMA decay per step {d.ema_decay:.8g}, {o.epochs}+{o.cooldown_epochs} epochs")
     if steps_per_epoch:
         total = (o.epochs + o.cooldown_epochs) * steps_per_epoch
         text += f", {o.warmup_epochs * steps_per_epoch} warm-up steps, {total} steps in all"
-    if not (d.lr and d.lr > 0 and d.ema_decay is not None and 0 < d.ema_decay < 1):
+    if not (d.lr > 0 and 0 < d.ema_decay < 1):
         return Check("derived", False, f"{text}: the peak lr must be > 0 and the EMA decay in (0, 1); "
                                        "check optim.lr and ema.decay")
     return Check("derived", True, text)
 
 
-def run_checks(cfg: Config) -> list[Check]:
-    """Every check for `cfg` (which must be derived for its world size); never raises for a bad input."""
+def run_checks(cfg: DerivedConfig) -> list[Check]:
+    """Every check for `cfg` (derived for its world size); never raises for a bad input."""
     # The run dir first: a finished run is refused whatever else is wrong.
     checks: list[Check] = [_run_dir(Path(cfg.run.dir).resolve())]
     train_check, train = _beton(cfg.data.train, "data.train")
@@ -181,7 +181,7 @@ def run_checks(cfg: Config) -> list[Check]:
     return checks
 
 
-def require(cfg: Config) -> list[Check]:
+def require(cfg: DerivedConfig) -> list[Check]:
     """`run_checks`, raising PreflightError with the first failure's line."""
     checks = run_checks(cfg)
     for c in checks:
