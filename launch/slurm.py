@@ -37,8 +37,8 @@ import sys
 from pathlib import Path
 
 from rmt_dist.config import ConfigError, derive, load_config, to_yaml
+from rmt_dist.config.job_size import tasks_per_node, world_size
 from rmt_dist.errors import report
-from rmt_dist.launching.env import tasks_per_node, world_size
 from rmt_dist.launching.errors import LaunchError
 from rmt_dist.launching.preflight import require, run_checks
 from rmt_dist.launching.record import read_launch, record_launch

@@ -18,7 +18,7 @@ from data_helpers import digits_betons
 
 from rmt_dist import reference as official
 from rmt_dist.config import derive, load_config
-from rmt_dist.launching.env import world_size
+from rmt_dist.config.job_size import world_size
 from rmt_dist.launching.errors import LaunchError
 from rmt_dist.launching.preflight import run_checks
 from rmt_dist.launching.sweep import point_run_dirs, points

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from rmt_dist.config import load_config
+from rmt_dist.config.job_size import tasks_per_node, world_size
 from rmt_dist.launching.dist_env import master_port, torch_env_from_slurm
-from rmt_dist.launching.env import tasks_per_node, world_size
 from rmt_dist.launching.hostlist import expand
 from rmt_dist.launching.requeue import may_requeue
 from rmt_dist.launching.rundir import FINISHED, finished_after, mark_finished

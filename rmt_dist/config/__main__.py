@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from ..errors import report
-from ..launching.env import world_size
 from . import ConfigError, derive, load_config, to_yaml
+from .job_size import world_size
 
 
 def main(argv: list[str] | None = None) -> int:

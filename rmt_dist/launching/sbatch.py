@@ -6,8 +6,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from ..config.job_size import tasks_per_node
 from ..config.schema import SlurmConfig
-from .env import tasks_per_node
 
 # Seconds between SLURM's warning signal (USR2, which submitit and the engine both treat
 # as "save now and requeue") and the time limit: enough for one checkpoint of RMT-L.

@@ -40,21 +40,6 @@ DEFAULT_ENTRY = "rmt_dist.train:main"
 # --kill-on-bad-exit would otherwise end rank 0 (on their exit code 75) before it has asked
 # SLURM to requeue the job. A requeue (or rank 0's own exit) ends them sooner.
 PREEMPTED_PEER_WAIT_S = 120
-# Exit code the engine returns after a signal-triggered save, when it does not export one.
-FALLBACK_PREEMPTED_RC = EXIT_PREEMPTED
-
-
-def preempted_exit_code() -> int:
-    try:
-        from rmt_dist.engine import preempt
-    except ImportError:
-        return FALLBACK_PREEMPTED_RC
-    for name in ("EXIT_PREEMPTED", "PREEMPTED_EXIT_CODE", "EXIT_CODE"):
-        if isinstance(getattr(preempt, name, None), int):
-            return getattr(preempt, name)
-    return FALLBACK_PREEMPTED_RC
-
-
 def _resolve(entry: str) -> Callable[[list[str]], int]:
     module, _, func = entry.partition(":")
     return getattr(importlib.import_module(module), func or "main")
@@ -124,7 +109,7 @@ def run_rank(recipe: str, overrides: Sequence[str], run_dir: str, max_requeues: 
         _report_bad_input(log_folder, job_id, rank, errors.line)
     if rank == 0 and finished_after(rc, stop_after_steps):
         mark_finished(run_dir, job_id=job_id)
-    if rank == 0 and rc == preempted_exit_code():
+    if rank == 0 and rc == EXIT_PREEMPTED:
         refused = bad_input_reported(log_folder, job_id)
         if refused:  # another rank stopped on a bad input, and that ended the job: a requeue would too
             _log(f"job {job_id} not requeued: a rank refused its input ({refused})")
@@ -159,7 +144,7 @@ class TrainTask(submitit.helpers.Checkpointable):
                             self.stop_after_steps, self.entry, getattr(self, "log_folder", None))
         if rc == 0:
             return rc
-        if rc == preempted_exit_code():
+        if rc == EXIT_PREEMPTED:
             # No submitit result: the job goes on after the requeue (SLURM ends this run).
             sys.stdout.flush()
             if rank != 0:

@@ -1,8 +1,8 @@
-"""How many processes a SLURM recipe launches (shared by the launcher and config printing)."""
+"""How many processes a SLURM recipe launches: read by derive-time printing (python -m rmt_dist.config) and the launchers."""
 
 from __future__ import annotations
 
-from ..config.schema import SlurmConfig
+from .schema import SlurmConfig
 
 
 def tasks_per_node(slurm: SlurmConfig) -> int:
