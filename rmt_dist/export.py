@@ -55,6 +55,8 @@ def _load_deepspeed(ckpt: Path, template: dict, ema: bool, zero_stage: int) -> d
         return {k: sd[k].to(template[k].dtype) for k in template}
     if zero_stage != 3:
         return torch.load(ckpt / "ema.pt", map_location="cpu", weights_only=True)
+    from rmt_dist.engine.parallel.zero3_layout import join_partitions
+
     parts = [torch.load(f, map_location="cpu", weights_only=True) for f in sorted(ckpt.glob("ema_rank_*.pt"))]
     if not parts:
         raise ValueError(f"{ckpt}: no ema_rank_*.pt files (was the run trained with ema.enabled=false?)")
@@ -62,8 +64,8 @@ def _load_deepspeed(ckpt: Path, template: dict, ema: bool, zero_stage: int) -> d
     for name, full in template.items():
         if parts[0][name].shape == full.shape:  # buffers (and unpartitioned tensors) are whole on every rank
             out[name] = parts[0][name]
-        else:  # ZeRO-3 partitions: flat, equal-sized, zero-padded at the end
-            out[name] = torch.cat([p[name] for p in parts])[: full.numel()].view(full.shape)
+        else:  # ZeRO-3 partitions (rmt_dist.engine.parallel.zero3_layout)
+            out[name] = join_partitions([p[name] for p in parts], full.numel(), full.shape)
     return out
 
 
