@@ -25,11 +25,14 @@ device (the loader is not measured). Two paths per model, each built fresh:
     model          torch.compile of the whole model: 1 graph, recompiled once on the second
                    step (the stage tables are cached on the first), each a compile of all blocks.
 
-MFU = images/s x 6 x MACs per image / peak. MACs are the released code's documented
+Models are prepared (channels_last, compile mode) by the engine's one preparation
+function, rmt_dist.engine.parallel.prepare.prepare_model, and MFU is rmt_dist.engine.perf's
+arithmetic: images/s x 6 x MACs per image / peak. MACs are the released code's documented
 values at 224 (2.65/4.80/10.41/19.55 G, the figures issue 9's targets use), otherwise
-counted with torch.utils.flop_counter on the meta device. The peak is --peak-tflops, or
-else measured here with a large matmul in the compute dtype (issue 9 quotes its H200
-targets against the ~790 TFLOP/s measured that way, not the 989 TFLOP/s data sheet).
+counted with torch.utils.flop_counter on the meta device (perf.count_train_flops). The
+peak is --peak-tflops, or else measured here with a large matmul in the compute dtype
+(perf.matmul_peak_flops: issue 9 quotes its H200 targets against the ~790 TFLOP/s measured
+that way, not the 989 TFLOP/s data sheet of perf.PEAK_FLOPS that training logs use).
 CUDA: timed with torch.cuda.synchronize, memory = torch.cuda.max_memory_allocated over
 the timed steps. CPU: wall time, memory '-'. A row that runs out of memory prints OOM.
 """
@@ -48,14 +51,18 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from rmt_dist.engine.parallel.prepare import (
+    COMPILE_MODES,
+    StochasticDepth,  # noqa: F401  (the shared-blocks drop path)
+    prepare_model,
+)
+from rmt_dist.engine.perf import count_train_flops, device_peak_flops, matmul_peak_flops, mfu
 from rmt_dist.models.factory import create_model
 
 # MACs at 224x224 of the released code (design.md); flop_counter misses the norms (~0.5%).
 KNOWN_MACS_224 = {"rmt_t": 2.65e9, "rmt_s": 4.80e9, "rmt_b": 10.41e9, "rmt_l": 19.55e9}
 PATHS = ("reference", "fast")
-COMPILE_MODES = ("none", "blocks", "shared-blocks", "model")
 
 
 @dataclass
@@ -71,30 +78,6 @@ class Row:
     compile: str = "none"
     graphs: int | None = None  # dynamo graphs compiled in the warm-up (None: eager)
     recompiles_timed: int | None = None  # graphs compiled during the timed steps (should be 0)
-
-
-class StochasticDepth(nn.Module):
-    """timm's DropPath (per-sample keep mask scaled by 1/keep) with the keep probability in a
-    buffer: dynamo treats a buffer as a graph input, a float attribute as a constant to guard
-    on, so blocks differing only in their rate share one compiled graph."""
-
-    def __init__(self, drop_prob: float) -> None:
-        super().__init__()
-        self.register_buffer("keep_prob", torch.tensor(1.0 - drop_prob), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            return x
-        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        keep = torch.rand(shape, device=x.device) < self.keep_prob
-        return x * (keep / self.keep_prob).to(x.dtype)
-
-
-def share_block_graphs(model: nn.Module) -> None:
-    """Give every block a StochasticDepth (blocks without drop path get keep 1, the same
-    graph as their stage's others at the cost of one multiply)."""
-    for block in model.blocks():
-        block.drop_path = StochasticDepth(getattr(block.drop_path, "drop_prob", 0.0))
 
 
 def unique_graphs() -> int:
@@ -155,33 +138,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def macs_per_image(name: str, img: int) -> float:
     if img == 224 and name in KNOWN_MACS_224:
         return KNOWN_MACS_224[name]
-    from torch.utils.flop_counter import FlopCounterMode
-
     with torch.device("meta"):
-        model = create_model(name, num_classes=1000).eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.empty(1, 3, img, img, device="meta"))
-    return counter.get_total_flops() / 2
+        model = create_model(name, num_classes=1000)
+    return count_train_flops(model, img) / 6  # 3 x forward FLOPs = 3 x 2 x MACs
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def matmul_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
-    """Best FLOP/s of a large square matmul: the attainable peak MFU is quoted against."""
-    n = 8192 if device.type == "cuda" else 1024
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    best = float("inf")
-    for _ in range(3):
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(3):
-            a @ b
-        _sync(device)
-        best = min(best, (time.perf_counter() - start) / 3)
-    return 2 * n**3 / best
 
 
 def build(name: str, path: str, args: argparse.Namespace, device: torch.device):
@@ -190,28 +154,13 @@ def build(name: str, path: str, args: argparse.Namespace, device: torch.device):
     fast = path == "fast"
     attn_impl = args.fast_attn_impl if fast else "reference"
     kwargs = {} if args.drop_path_rate is None else {"drop_path_rate": args.drop_path_rate}
-    model = create_model(name, num_classes=1000, attn_impl=attn_impl, **kwargs).to(device)
+    model = create_model(name, num_classes=1000, attn_impl=attn_impl, **kwargs)
     model.train()
-    if fast and args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    run = model
-    backend = getattr(args, "compile_backend", "inductor")
-    if fast and args.compile in ("blocks", "shared-blocks"):
-        # Per block, as the engine's prepare_model (small graphs, sharding hooks stay outside),
-        # but with static shapes: with dynamic=None the second stage's shape makes dynamo
-        # recompile the block with symbolic sizes, and inductor (torch 2.13) then fails in
-        # get_stride_order ("cannot determine truth value of Relational: 32*s16*s27 < 32").
-        # `blocks`: dynamo guards on each block's DropPath probability, so every block with
-        # drop path > 0 is its own graph; past the default recompile_limit of 8 the remaining
-        # blocks would silently run eager. Allow one graph per block.
-        if args.compile == "shared-blocks":
-            share_block_graphs(model)
-        blocks = list(model.blocks())
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, len(blocks) + 8)
-        for block in blocks:
-            block.compile(dynamic=False, backend=backend)
-    elif fast and args.compile == "model":
-        run = torch.compile(model, backend=backend)
+    # The engine's preparation (static-shape per-block compile with one graph allowed per
+    # block, or shared graphs per stage; see prepare.py), on the fast path only.
+    run = prepare_model(model, device, channels_last=fast and args.channels_last,
+                        compile=args.compile if fast else "none",
+                        backend=getattr(args, "compile_backend", "inductor"))
     return model, run
 
 
@@ -261,7 +210,7 @@ def measure(name: str, path: str, args: argparse.Namespace, device: torch.device
         path=path,
         img_per_s=img_per_s,
         ms_per_step=1000 * seconds,
-        mfu=img_per_s * flops_per_image / peak if peak else None,
+        mfu=mfu(img_per_s, flops_per_image, peak) if peak else None,
         peak_mem_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         warmup_s=warmup_s,
         compile=args.compile if path == "fast" else "none",
@@ -362,6 +311,8 @@ def describe(args: argparse.Namespace, device: torch.device, peak: float | None,
         machine = f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
     from rmt_dist.models.masa import resolve_attn_impl
 
+    sheet = device_peak_flops(device)
+
     fast_impl = f"{args.fast_attn_impl} ({resolve_attn_impl(args.fast_attn_impl, device.type)})"
     channels = "channels_last" if args.channels_last else "NCHW"
     return "\n".join([
@@ -370,7 +321,8 @@ def describe(args: argparse.Namespace, device: torch.device, peak: float | None,
         f"AdamW {args.adamw}",
         f"- reference: attn_impl=reference, eager, NCHW; fast: attn_impl={fast_impl}, compile={args.compile} "
         f"({args.compile_backend}), {channels}",
-        f"- MFU peak: {_fmt(peak and peak / 1e12, '.3g')} TFLOP/s ({peak_source}); 6 x MACs per image",
+        f"- MFU peak: {_fmt(peak and peak / 1e12, '.3g')} TFLOP/s ({peak_source}; data sheet: "
+        f"{_fmt(sheet and sheet / 1e12, '.3g')} TFLOP/s); 6 x MACs per image",
         f"- command: `python bench/train_step.py {' '.join(sys.argv[1:])}`",
     ])
 

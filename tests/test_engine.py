@@ -35,7 +35,7 @@ from test_engine_support import config, digits_dir, records, run_ranks, train_lo
 import rmt_dist.models  # noqa: F401  (registers the RMT models with timm)
 from rmt_dist.engine.checkpoint import list_step_dirs
 from rmt_dist.engine.distributed import init_distributed, shutdown_distributed
-from rmt_dist.engine.faults import ENV_SIGNAL, ENV_STEPS
+from rmt_dist.engine.faults import ENV_SIGNAL, ENV_STEPS, Faults
 from rmt_dist.engine.preempt import EXIT_PREEMPTED
 from rmt_dist.engine.run import run
 from rmt_dist.engine.trainer import Trainer
@@ -109,7 +109,8 @@ def _float_items(sd: dict) -> dict:
 def _ema_by_hand(rank, world, strategy, run_dir: Path, info) -> dict:
     cfg, derive = _cfg(run_dir, strategy, "ema.decay=0.9", "checkpoint.resume=false")
     cfg = derive(cfg, world)
-    trainer = Trainer(cfg, info)
+    # A NaN loss at step 2 on the last rank only: every rank must skip the update.
+    trainer = Trainer(cfg, info, faults=Faults(nan_steps={2} if rank == world - 1 else set()))
     s = trainer.strategy
     decay = cfg.derived.ema_decay
     weights = s.full_state_dict()
@@ -120,11 +121,12 @@ def _ema_by_hand(rank, world, strategy, run_dir: Path, info) -> dict:
         assert torch.equal(ema[k], weights[k]), f"EMA must start as a copy of the weights ({k})"
     batches = trainer.train_loader.epoch(0)
     for step in (1, 2, 3):
-        if step == 2:  # a NaN on the last rank only: every rank must skip the update
-            trainer.inject_nan.steps, trainer.inject_nan.active = {2}, rank == world - 1
         before = weights
+        lr = trainer.schedule(step - 1)  # the position before the step
         stats = trainer.train_step([next(batches)])
-        trainer.state.step_in_epoch += 1
+        # train_step moves the state on (a skipped step too): step and position in the epoch.
+        assert (trainer.state.step, trainer.state.step_in_epoch, stats.step, stats.lr) == (step, step, step, lr)
+        assert trainer.state.bad_steps == (step >= 2) and trainer.state.bad_streak == (step == 2)
         weights = s.full_state_dict()
         ema = s.full_state_dict(ema=trainer.ema.state)
         if step == 2:

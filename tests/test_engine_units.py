@@ -94,3 +94,87 @@ def test_metrics_truncated_past_the_resumed_step(tmp_path):
     path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 8)) + '{"step": 8, "lo')
     assert truncate_after(path, 5) == 3
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3, 4, 5]
+
+
+def test_train_state_round_trips_and_converts_a_world_size_change():
+    from rmt_dist.engine.train_state import TrainState
+
+    s = TrainState(world_size=2, global_batch=128)
+    for bad in (False, True, True):
+        s.count(bad=bad, overflow=False)
+    s.count(bad=False, overflow=True)
+    assert (s.step, s.step_in_epoch, s.bad_steps, s.bad_streak, s.overflow_steps) == (4, 4, 2, 0, 1)
+    saved = s.state_dict()
+    same = TrainState(world_size=2, global_batch=128)
+    same.load_state_dict(saved, steps_per_epoch=10)
+    assert same == s
+    # Half the ranks, half the global batch: the same images seen = twice the steps (capped at the epoch's end).
+    fewer = TrainState(world_size=1, global_batch=64)
+    fewer.load_state_dict(saved, steps_per_epoch=10)
+    assert (fewer.step, fewer.step_in_epoch, fewer.bad_steps, fewer.world_size) == (4, 8, 2, 1)
+    fewer.load_state_dict(saved, steps_per_epoch=6)
+    assert fewer.step_in_epoch == 6
+    fewer.next_epoch()
+    assert (fewer.epoch, fewer.step_in_epoch) == (1, 0)
+
+
+def test_save_policy_saves_on_schedule_epoch_end_run_end_and_stops():
+    from types import SimpleNamespace
+
+    from rmt_dist.engine.save_policy import SavePolicy
+
+    ckpt = SimpleNamespace(every_steps=4, at_epoch_end=True, save_on_signal=False)
+    p = SavePolicy.from_config(ckpt, total_steps=30)
+    never = dict(epoch_end=False, stopping=False, stop_requested=False)
+    assert [s for s in range(1, 31) if p.wants_save(s, **never)] == [4, 8, 12, 16, 20, 24, 28, 30]
+    assert p.wants_save(5, epoch_end=True, stopping=False, stop_requested=False)
+    assert p.wants_save(5, epoch_end=False, stopping=True, stop_requested=False)  # run.stop_after_steps
+    assert not p.wants_save(5, epoch_end=False, stopping=True, stop_requested=True)  # a signal, save_on_signal off
+    p = SavePolicy.from_config(SimpleNamespace(every_steps=4, at_epoch_end=False, save_on_signal=True), 30)
+    assert p.wants_save(5, epoch_end=False, stopping=True, stop_requested=True)
+    assert not p.wants_save(5, epoch_end=True, stopping=False, stop_requested=False)
+
+
+def test_pruning_keeps_keep_last_and_the_last_good_checkpoint_before_a_nan_streak(tmp_path):
+    from rmt_dist.engine.save_policy import Saved, to_prune
+
+    def ck(step, streak=0, complete=True):
+        return Saved(tmp_path / f"step_{step}", step, complete, streak)
+
+    older = [ck(8, streak=4), ck(6, streak=2), ck(5, complete=False), ck(4), ck(2)]
+    # Saving step 10 inside the streak: keep 10 and 8 (keep_last=2), and 4, the last good one.
+    assert to_prune(ck(10, streak=6), older, keep_last=2) == [tmp_path / n for n in ("step_6", "step_5", "step_2")]
+    # Outside a streak only keep_last counts.
+    assert to_prune(ck(10), older, keep_last=2) == [tmp_path / n for n in ("step_6", "step_5", "step_4", "step_2")]
+
+
+def test_zero3_partitions_join_and_cut_back():
+    import torch
+
+    from rmt_dist.engine.parallel.zero3_layout import join_partitions, partition_of
+
+    full = torch.arange(10.0).view(2, 5)
+    parts = [partition_of(full, r, 4) for r in range(3)]  # ceil(10 / 3) = 4, the last padded
+    assert [p.tolist() for p in parts] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 0]]
+    assert torch.equal(join_partitions(parts, 10, (2, 5)), full)
+
+
+def test_every_strategy_offers_the_whole_protocol():
+    from rmt_dist.engine.parallel.deepspeed_zero import DeepSpeedStrategy
+    from rmt_dist.engine.parallel.protocol import Strategy
+    from rmt_dist.engine.parallel.torch_native import DDPStrategy, FSDPStrategy
+
+    wanted = {n for n in vars(Strategy) if not n.startswith("_")} | set(Strategy.__annotations__)
+    for cls in (DDPStrategy, FSDPStrategy, DeepSpeedStrategy):
+        init = cls.__init__.__code__.co_names  # attributes set in __init__ (module, scaler)
+        missing = {n for n in wanted if not hasattr(cls, n) and n not in init}
+        assert not missing, f"{cls.__name__} lacks {sorted(missing)}"
+
+
+def test_layout_mismatch_refuses_other_strategies_and_zero_stages():
+    from rmt_dist.engine.parallel.protocol import layout_mismatch
+
+    ddp, zero2 = {"strategy": "ddp", "zero_stage": None}, {"strategy": "deepspeed", "zero_stage": 2}
+    assert layout_mismatch(ddp, ddp) is None and layout_mismatch({}, zero2) is None  # old checkpoints
+    assert "relaunch with strategy.name=ddp" in layout_mismatch(ddp, zero2)
+    assert "relaunch with strategy.zero_stage=2" in layout_mismatch(zero2, {"strategy": "deepspeed", "zero_stage": 3})

@@ -301,22 +301,16 @@ class CheckpointManager:
         return path
 
     def _prune(self, newest: Path) -> None:
-        """Keep `newest`, the keep_last - 1 next complete ones, and always the newest
-        checkpoint saved outside a streak of skipped non-finite steps (the last one known
-        good); directories that failed to load at resume are left for the user to inspect."""
-        kept = 1
-        good_kept = _bad_streak(newest) == 0
-        for path in list_step_dirs(self.root):
-            if path == newest or path in self.unreadable or _step_of(path) > _step_of(newest):
-                continue
-            complete = invalid_reason(path) is None
-            if complete and kept < self.keep_last:
-                kept += 1
-                good_kept = good_kept or _bad_streak(path) == 0
-                continue
-            if complete and not good_kept and _bad_streak(path) == 0:
-                good_kept = True  # the last checkpoint from before the streak
-                continue
+        """Delete what save_policy.to_prune says; directories that failed to load at resume
+        are left for the user to inspect."""
+        from .save_policy import Saved, to_prune
+
+        def saved(path: Path) -> Saved:
+            return Saved(path, _step_of(path), invalid_reason(path) is None, _bad_streak(path))
+
+        older = [saved(p) for p in list_step_dirs(self.root)
+                 if p != newest and p not in self.unreadable and _step_of(p) <= _step_of(newest)]
+        for path in to_prune(saved(newest), older, self.keep_last):
             shutil.rmtree(path, ignore_errors=True)
 
     def candidates(self) -> list[Path]:

@@ -1,4 +1,11 @@
-"""Throughput, memory and MFU (model FLOPs utilization, only where the device peak is known)."""
+"""Throughput, memory and MFU (model FLOPs utilization), the one home of the MFU arithmetic.
+
+    MFU = images/s x training FLOPs per image / (peak FLOP/s per device x devices)
+
+Training FLOPs per image = 3 x the forward's FLOPs (forward + backward), counted with
+torch.utils.flop_counter on the meta device (= 6 x MACs). The peak is the data sheet's
+(PEAK_FLOPS, the one table) in training logs; bench/train_step.py may quote a measured
+matmul peak instead (matmul_peak_flops), and says which in its header."""
 
 from __future__ import annotations
 
@@ -19,25 +26,57 @@ PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A
 
 
 def device_peak_flops(device: torch.device) -> float | None:
+    """The data-sheet peak of `device`, or None (CPU, or a GPU not in PEAK_FLOPS)."""
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
-def train_flops_per_image(cfg: Config) -> float | None:
-    """Forward FLOPs of one image x 3 (forward + backward), counted on the meta device."""
+def matmul_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
+    """Best FLOP/s of a large square matmul: the attainable peak (issue 9 quotes its H200
+    targets against the ~790 TFLOP/s measured this way, not the 989 TFLOP/s data sheet)."""
+    n = 8192 if device.type == "cuda" else 1024
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    best = float("inf")
+    for _ in range(3):
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(3):
+            a @ b
+        _sync(device)
+        best = min(best, (time.perf_counter() - start) / 3)
+    return 2 * n**3 / best
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def mfu(img_per_s: float, train_flops_per_image: float, peak_per_device: float, devices: int = 1) -> float:
+    return img_per_s * train_flops_per_image / (peak_per_device * devices)
+
+
+def count_train_flops(model: nn.Module, img_size: int) -> float:
+    """Training FLOPs of one image: 3 x the forward's, counted on the meta device (`model` is
+    built there; it is put in eval mode)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    x = torch.empty(1, 3, img_size, img_size, device="meta")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.eval()(x)
+    return 3.0 * counter.get_total_flops()
+
+
+def train_flops_per_image(cfg: Config) -> float | None:
+    """Training FLOPs of one image of the recipe's model (count_train_flops), or None."""
     from ..models.factory import create
 
     try:
         with torch.device("meta"):
             model = create(cfg.model, mix_token=cfg.tokenlabel.mix_token)  # no init_checkpoint on meta
-        x = torch.empty(1, 3, cfg.data.img_size, cfg.data.img_size, device="meta")
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model.eval()(x)
-        return 3.0 * counter.get_total_flops()
+        return count_train_flops(model, cfg.data.img_size)
     except Exception as e:  # noqa: BLE001  (MFU is a nicety; never fail a run over it)
         log.info("MFU not reported: counting FLOPs failed (%s)", e)
         return None
@@ -67,7 +106,7 @@ class PerfMeter:
         img_per_s = self.images / dt  # global images (all ranks)
         out = {"img_per_s": img_per_s, "mem_gb": self.memory_gb()}
         if self.peak and self.flops_per_image:
-            out["mfu"] = img_per_s * self.flops_per_image / (self.peak * self.info.world_size)
+            out["mfu"] = mfu(img_per_s, self.flops_per_image, self.peak, self.info.world_size)
         self.start_window()
         return out
 

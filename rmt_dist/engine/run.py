@@ -21,6 +21,7 @@ from ..launching.errors import LaunchError
 from . import preempt
 from .checkpoint import CheckpointSaveError, ResumeError, _disk_hint, atomic_write, describe_error
 from .distributed import DistInfo, broadcast_object, init_distributed, shutdown_distributed
+from .faults import faults_from_env
 from .trainer import Trainer, TrainingDiverged
 
 log = logging.getLogger("rmt_dist.train")
@@ -127,7 +128,8 @@ def run(cfg: Config, info: DistInfo | None = None, train_loader=None, eval_loade
             log.info("run dir %s: %s on %d rank(s), %s, global batch %d, peak lr %.3e, EMA decay %s",
                      cfg.run.dir, cfg.model.name, info.world_size, cfg.strategy.name, cfg.derived.global_batch,
                      cfg.derived.lr, cfg.derived.ema_decay)
-        trainer = Trainer(cfg, info, train_loader=train_loader, eval_loader=eval_loader)
+        trainer = Trainer(cfg, info, train_loader=train_loader, eval_loader=eval_loader,
+                          faults=faults_from_env(info.rank, info.world_size))
         return trainer.train()
     except _StartFailed as e:
         return e.code

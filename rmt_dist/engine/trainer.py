@@ -1,9 +1,10 @@
 """The Trainer: one rank's training loop with `train_step` (one optimizer step) and `train`.
 
-Position bookkeeping: `step` counts optimizer steps done (1-based in logs), `epoch` and
-`step_in_epoch` say where the data stream is; the learning rate is a pure function of
-the position, so resume needs no scheduler state. A checkpoint at step k holds the state
-after step k; resuming continues with step k + 1 from batch k's successor.
+Its position and counters are a TrainState (train_state.py); the learning rate is a pure
+function of the position, so resume needs no scheduler state. A checkpoint at step k holds
+the state after step k; resuming continues with step k + 1 from batch k's successor. When
+to save is save_policy.py's, what the user sees reporting.py's, how the model is
+distributed the Strategy's (parallel/): the trainer names no strategy.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -32,12 +33,14 @@ from .criterion import build_criterion
 from .distributed import DistInfo, all_gather_object, all_reduce_sum, broadcast_object
 from .ema import Ema
 from .evaluation import evaluate
-from .faults import NanInjector, SignalInjector
+from .faults import Faults
 from .metrics import MetricsWriter
 from .optim import build_schedule
+from .parallel import parallelize
 from .perf import PerfMeter
-from .strategy import parallelize
-from .summary import summary_line
+from .reporting import Reporter
+from .save_policy import SavePolicy
+from .train_state import TrainState
 
 log = logging.getLogger("rmt_dist.train")
 
@@ -58,17 +61,6 @@ class StepStats:
     stop_requested: bool  # some rank got SIGTERM/SIGUSR2 or request_stop()
 
 
-@dataclass
-class TrainState:
-    step: int = 0
-    epoch: int = 0
-    step_in_epoch: int = 0
-    bad_streak: int = 0
-    bad_steps: int = 0
-    overflow_steps: int = 0
-    world_size: int = 1
-    global_batch: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:
@@ -82,9 +74,12 @@ class Trainer:
 
     `train_loader`/`eval_loader` default to the FFCV loaders of rmt_dist.data; tests may
     pass objects with the same interface (`steps_per_epoch`, `epoch(e, start_step)`, and
-    an iterable of (images, labels))."""
+    an iterable of (images, labels)). `faults` (tests) injects NaN losses and signals.
 
-    def __init__(self, cfg: DerivedConfig, info: DistInfo, train_loader=None, eval_loader=None):
+    `state` is the TrainState: `trainer.state.state_dict()` / `load_state_dict(...)`."""
+
+    def __init__(self, cfg: DerivedConfig, info: DistInfo, train_loader=None, eval_loader=None,
+                 faults: Faults | None = None):
         if cfg.derived.world_size != info.world_size:
             raise ValueError(f"cfg.derived.world_size={cfg.derived.world_size} but the process group has "
                              f"{info.world_size} ranks: call derive(cfg, world_size) first")
@@ -107,13 +102,14 @@ class Trainer:
         self.total_steps = self.schedule.total_steps
         self.total_epochs = cfg.optim.epochs + cfg.optim.cooldown_epochs
         self.criterion = build_criterion(cfg)
-        self.inject_nan = NanInjector(info.rank, info.world_size)
-        self.inject_signal = SignalInjector(info.rank, info.world_size)
+        self.faults = faults
         self.state = TrainState(world_size=info.world_size, global_batch=cfg.derived.global_batch)
+        self.save_policy = SavePolicy.from_config(cfg.checkpoint, self.total_steps)
         self.checkpoints = CheckpointManager(cfg.run.dir, cfg.checkpoint.keep_last, info)
         self.resumed_from = self._resume() if cfg.checkpoint.resume else None
-        self.metrics = MetricsWriter(cfg.run.dir, info.is_main, self.state.step, cfg.run.tensorboard)
-        self.perf = PerfMeter(self.strategy.module, cfg, info)
+        self.report = Reporter(info.is_main, self.total_steps, cfg.run.log_every,
+                               MetricsWriter(cfg.run.dir, info.is_main, self.state.step, cfg.run.tensorboard),
+                               PerfMeter(self.strategy.module, cfg, info))
         self.last_saved_step = self.state.step if self.resumed_from else -1
         self.eval_results: list[dict] = []
 
@@ -140,12 +136,9 @@ class Trainer:
         return self._eval_loader
 
     # -- checkpoints ------------------------------------------------------------------
-    def _train_state_dict(self) -> dict:
-        s = self.state
-        return {"step": s.step, "epoch": s.epoch, "step_in_epoch": s.step_in_epoch, "bad_streak": s.bad_streak,
-                "bad_steps": s.bad_steps, "overflow_steps": s.overflow_steps, "world_size": self.info.world_size,
-                "global_batch": self.cfg.derived.global_batch, "strategy": self.cfg.strategy.name,
-                "zero_stage": self.cfg.strategy.zero_stage if self.cfg.strategy.name == "deepspeed" else None,
+    def checkpoint_train_state(self) -> dict:
+        """train_state.json of a checkpoint: the TrainState, the strategy's layout, the model's identity."""
+        return {**self.state.state_dict(), **self.strategy.checkpoint_identity(),
                 "model": {"name": self.cfg.model.name, "num_classes": self.cfg.model.num_classes,
                           "token_label": self.cfg.model.token_label}}
 
@@ -153,7 +146,7 @@ class Trainer:
         """Load the newest checkpoint that verifies and loads; fall back to older ones. When
         checkpoints exist and none can be used, refuse (ResumeError) instead of silently
         starting from step 0 and pruning them; a strategy or model change is refused with
-        the fix (a world-size change is converted in _restore_position)."""
+        the fix (a world-size change is converted by TrainState.load_state_dict)."""
         failed: list[str] = []
         for path in self.checkpoints.candidates():
             mismatch = broadcast_object(self._mismatch(path) if self.info.is_main else None)
@@ -194,15 +187,8 @@ class Trainer:
 
         ts = read_train_state(path)
         cfg = self.cfg
-        saved = ts.get("strategy")
-        if saved and saved != cfg.strategy.name:
-            return (f"was saved with strategy.name={saved} but this run has strategy.name={cfg.strategy.name}; "
-                    f"relaunch with strategy.name={saved} (checkpoints do not convert between strategies), or "
-                    "pass run.dir=<new dir>")
-        stage = ts.get("zero_stage")
-        if saved == "deepspeed" and stage is not None and stage != cfg.strategy.zero_stage:
-            return (f"was saved with strategy.zero_stage={stage} but this run has strategy.zero_stage="
-                    f"{cfg.strategy.zero_stage}; relaunch with strategy.zero_stage={stage}, or pass run.dir=<new dir>")
+        if refusal := self.strategy.refuses(ts):
+            return refusal
         model = ts.get("model")
         if model is None and (path / "config.yaml").is_file():
             try:
@@ -219,18 +205,13 @@ class Trainer:
     def _restore_position(self, path) -> None:
         ts = read_train_state(path)
         s = self.state
-        s.step, s.epoch, s.bad_streak = ts["step"], ts["epoch"], ts.get("bad_streak", 0)
-        s.bad_steps, s.overflow_steps = ts.get("bad_steps", 0), ts.get("overflow_steps", 0)
-        if ts["world_size"] == self.info.world_size:
-            s.step_in_epoch = ts["step_in_epoch"]
+        s.load_state_dict(ts, self.steps_per_epoch)
+        if s.same_layout(ts):
             rank_state = self.checkpoints.load_rank_state(path)
             if rank_state:
                 set_rng_state(rank_state["rng"])
                 self.strategy.load_extra_state(rank_state)
         else:
-            # Same images seen so far in this epoch, counted in the new global batch.
-            seen = ts["step_in_epoch"] * ts["global_batch"]
-            s.step_in_epoch = min(seen // self.cfg.derived.global_batch, self.steps_per_epoch)
             seed_everything(self.cfg.run.seed + 1000003 * self.info.rank + s.step)
             if self.info.is_main:
                 log.warning("resuming a %d-rank checkpoint on %d ranks: the data order changes from here on and the "
@@ -250,7 +231,7 @@ class Trainer:
             return False
         t0 = time.perf_counter()
         path = self.checkpoints.save(self.state.step, self.strategy, self.ema.state if self.ema else None,
-                                     self._train_state_dict(), to_yaml(self.cfg))
+                                     self.checkpoint_train_state(), to_yaml(self.cfg))
         self.last_saved_step = self.state.step
         if self.info.is_main:
             log.info("saved checkpoint %s (%.1f s)", path, time.perf_counter() - t0)
@@ -261,7 +242,8 @@ class Trainer:
         return self.state.epoch * self.steps_per_epoch + self.state.step_in_epoch
 
     def train_step(self, micro_batches: list) -> StepStats:
-        """Forward/backward over `accum_steps` micro-batches, then one (possibly skipped) update."""
+        """Forward/backward over `accum_steps` micro-batches, then one (possibly skipped) update;
+        the state moves on by one step (also in the epoch: `train` rolls the epoch over)."""
         step = self.state.step + 1
         lr = self.schedule(self.position())
         self.strategy.train(True)
@@ -269,11 +251,15 @@ class Trainer:
         # (a NaN batch would poison them). The buffers are tiny, so a copy per step is cheap.
         buffers = list(self.strategy.module.buffers())
         saved_buffers = [b.detach().clone() for b in buffers]
-        loss_sum, bad, stop = 0.0, False, False
+        loss_sum, bad, stop, backwards = 0.0, False, False, 0
         n = len(micro_batches)
-        self.inject_signal(step)
+        faults = self.faults
+        if faults:
+            faults.step_started(step)
         for i, (images, targets) in enumerate(micro_batches):
-            loss = self.inject_nan(self.criterion(self.strategy.forward(images), targets), step)
+            loss = self.criterion(self.strategy.forward(images), targets)
+            if faults:
+                loss = faults.loss(loss, step)
             value = float(loss.detach())
             # One collective per micro-batch: the loss (for the log), non-finite flags, stop requests.
             total, nonfinite, stops = all_reduce_sum(
@@ -287,18 +273,13 @@ class Trainer:
             # With accumulation the remaining backwards still run, so every strategy's
             # accumulation state stays consistent; the update is dropped below.
             self.strategy.backward(loss, n, sync=i == n - 1)
+            backwards += 1
         if bad:
-            if n == 1 or self.strategy.name != "deepspeed":
-                self.strategy.abandon_step()
-                outcome_norm, applied, overflow = float("nan"), False, False
-            else:
-                out = self.strategy.finish_step(lr)  # DeepSpeed's overflow check skips NaN gradients
-                outcome_norm, applied, overflow = out.grad_norm, out.applied, False
-                if applied:
-                    raise TrainingDiverged(f"step {step}: non-finite loss with optim.accum_steps={n} under ZeRO stage "
-                                           f"{self.cfg.strategy.zero_stage} and {self.cfg.precision}, which DeepSpeed "
-                                           "cannot skip; the last good checkpoint is intact (use accum_steps=1 or "
-                                           "ZeRO stage 1/2)")
+            out = self.strategy.skip_step(lr, backwards)
+            outcome_norm, applied, overflow = out.grad_norm, out.applied, False
+            if applied:
+                raise TrainingDiverged(f"step {step}: non-finite loss with optim.accum_steps={n} "
+                                       f"{self.strategy.cannot_skip_hint()}")
         else:
             out = self.strategy.finish_step(lr)
             outcome_norm, applied, overflow = out.grad_norm, out.applied, out.overflow
@@ -311,14 +292,7 @@ class Trainer:
             self.strategy.after_step()
             if self.ema:
                 self.ema.update(self.strategy.ema_sources(), step)
-        s = self.state
-        s.step = step
-        if bad:
-            s.bad_steps += 1
-            s.bad_streak += 1
-        else:
-            s.bad_streak = 0
-        s.overflow_steps += int(overflow)
+        self.state.count(bad, overflow)
         mean_loss = loss_sum / n if not bad or applied else float("nan")
         return StepStats(step, mean_loss, lr, outcome_norm, applied, bad, overflow, stop)
 
@@ -346,10 +320,7 @@ class Trainer:
         if stop_at is not None and s.step >= stop_at:
             log.info("run.stop_after_steps=%d already reached (resumed at step %d): nothing to do", stop_at, s.step)
             return preempt.EXIT_OK
-        progress = self._progress()
-        self.perf.start_window()
-        t_start = self._t_start = time.perf_counter()
-        start_step = self._start_step = s.step
+        self.report.start(s.step)
         exit_code = preempt.EXIT_OK
         try:
             while s.epoch < self.total_epochs:
@@ -359,15 +330,7 @@ class Trainer:
                 while s.step_in_epoch < self.steps_per_epoch:
                     micro = [next(it) for _ in range(self.accum)]
                     stats = self.train_step(micro)
-                    s.step_in_epoch += 1
-                    self.perf.count(self.cfg.derived.global_batch)
-                    if progress is not None:
-                        progress.update(1)
-                    if stats.bad and self.info.is_main:
-                        log.warning("step %d skipped: non-finite loss or gradient norm (%d in a row)", s.step,
-                                    s.bad_streak)
-                    if s.step % cfg.run.log_every == 0 or s.step == start_step + 1:
-                        self._log_train(stats, progress)
+                    self.report.step_done(stats, s, cfg.derived.global_batch)
                     if stats.bad and s.bad_streak >= cfg.run.max_bad_steps:
                         raise TrainingDiverged(
                             f"{s.bad_streak} consecutive steps (up to step {s.step}) had a non-finite loss or gradient "
@@ -377,9 +340,7 @@ class Trainer:
                     if epoch_end:
                         self._end_epoch()
                     stopping = stats.stop_requested or (stop_at is not None and s.step >= stop_at)
-                    want_save = (s.step % cfg.checkpoint.every_steps == 0 or (epoch_end and cfg.checkpoint.at_epoch_end)
-                                 or s.step >= self.total_steps
-                                 or (stopping and (not stats.stop_requested or cfg.checkpoint.save_on_signal)))
+                    want_save = self.save_policy.wants_save(s.step, epoch_end, stopping, stats.stop_requested)
                     if want_save and self.last_saved_step != s.step:
                         if not self.save_checkpoint() and (stopping or s.step >= self.total_steps):
                             # The run's last save was refused: its end state is lost, not done.
@@ -402,9 +363,8 @@ class Trainer:
                 if stopping:
                     break
         finally:
-            if progress is not None:
-                progress.close()
-        self._summary(start_step, time.perf_counter() - t_start)
+            seconds = self.report.stop()
+        self.report.summary(s, seconds, self.eval_results, self.last_saved_step)
         return exit_code
 
     def _last_good(self) -> str:
@@ -421,60 +381,8 @@ class Trainer:
             results = self.evaluate()
             record = {"step": s.step, "epoch": s.epoch, **results, "eval_time_s": time.perf_counter() - t0}
             self.eval_results.append(record)
-            self.metrics.write(record)
-            if self.info.is_main:
-                log.info("eval after epoch %d (step %d): %s", finished, s.step,
-                         "  ".join(f"{k} {v:.2f}" for k, v in results.items() if k.endswith(("top1", "top5"))))
-        s.epoch += 1
-        s.step_in_epoch = 0
-
-    def _log_train(self, stats: StepStats, progress) -> None:
-        perf = self.perf.end_window()
-        s = self.state
-        record = {"step": s.step, "epoch": s.epoch, "loss": stats.loss,
-                  "lr": stats.lr, "grad_norm": stats.grad_norm, "img_per_s": perf["img_per_s"],
-                  "skipped_steps": s.bad_steps + s.overflow_steps, "bad_steps": s.bad_steps,
-                  "overflow_steps": s.overflow_steps, **{k: v for k, v in perf.items() if k != "img_per_s"}}
-        self.metrics.write(record, prefix="train/")
-        if self.info.is_main:
-            line = (f"step {s.step}/{self.total_steps} epoch {s.epoch} loss {stats.loss:.4f} lr {stats.lr:.3e} "
-                    f"grad_norm {stats.grad_norm:.3f} img/s {perf['img_per_s']:.1f} eta {self._eta()}")
-            if progress is not None:
-                progress.set_postfix(loss=f"{stats.loss:.4f}", lr=f"{stats.lr:.2e}")
-                progress.write(line)
-            else:
-                log.info(line)
-
-    def _eta(self) -> str:
-        done = self.state.step - self._start_step
-        if done <= 0:
-            return "?"
-        left = (time.perf_counter() - self._t_start) / done * (self.total_steps - self.state.step)
-        return time.strftime("%H:%M:%S", time.gmtime(left)) if left < 86400 else f"{left / 86400:.1f}d"
-
-    def _progress(self):
-        if not self.info.is_main:
-            return None
-        import sys
-
-        from tqdm import tqdm
-
-        if not sys.stderr.isatty():  # batch logs (SLURM): the log lines carry the ETA instead
-            return None
-        return tqdm(total=self.total_steps, initial=self.state.step, desc="train", unit="step", dynamic_ncols=True,
-                    leave=False)
-
-    def _summary(self, start_step: int, seconds: float) -> None:
-        if not self.info.is_main:
-            return
-        s = self.state
-        parts = [f"{s.step - start_step} steps (to step {s.step}/{self.total_steps}) in {seconds:.1f} s",
-                 f"skipped {s.bad_steps} non-finite + {s.overflow_steps} fp16-overflow steps"]
-        if accuracy := summary_line(getattr(self.metrics, "path", None), self.eval_results):
-            parts.append(accuracy)
-        if self.last_saved_step >= 0:
-            parts.append(f"last checkpoint at step {self.last_saved_step}")
-        log.info("summary: %s", "; ".join(parts))
+            self.report.eval_done(record, finished, results)
+        s.next_epoch()
 
     def close(self) -> None:
-        self.metrics.close()
+        self.report.close()

@@ -251,6 +251,8 @@ def _load_deepspeed(ckpt: Path, template: dict, ema: bool, zero_stage: int) -> d
         if not (ckpt / "ema.pt").is_file():
             raise WeightsError(f"{ckpt}: no ema.pt (was the run trained with ema.enabled=false?)")
         return torch.load(ckpt / "ema.pt", map_location="cpu", weights_only=True)
+    from ..engine.parallel.zero3_layout import join_partitions
+
     parts = [torch.load(f, map_location="cpu", weights_only=True) for f in sorted(ckpt.glob("ema_rank_*.pt"))]
     if not parts:
         raise WeightsError(f"{ckpt}: no ema_rank_*.pt files (was the run trained with ema.enabled=false?)")
@@ -258,6 +260,6 @@ def _load_deepspeed(ckpt: Path, template: dict, ema: bool, zero_stage: int) -> d
     for name, full in template.items():
         if parts[0][name].shape == full.shape:  # buffers (and unpartitioned tensors) are whole on every rank
             out[name] = parts[0][name]
-        else:  # ZeRO-3 partitions: flat, equal-sized, zero-padded at the end
-            out[name] = torch.cat([p[name] for p in parts])[: full.numel()].view(full.shape)
+        else:  # ZeRO-3 partitions (engine/parallel/zero3_layout.py)
+            out[name] = join_partitions([p[name] for p in parts], full.numel(), full.shape)
     return out

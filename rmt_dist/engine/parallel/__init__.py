@@ -1,0 +1,40 @@
+"""Distribution applied from outside the model, in one place and one fixed order:
+
+    activation checkpointing -> compile -> shard/wrap (ddp | fsdp | deepspeed)
+
+    prepare.py          model preparation (device, channels_last, checkpointing, compile)
+    protocol.py         Strategy: the methods the trainer calls, nothing else
+    torch_native.py     DDP and FSDP2 (torch optimizer, GradScaler, DCP checkpoints)
+    deepspeed_zero.py   DeepSpeed ZeRO 1-3 (its precision, checkpoints and their conversion)
+    zero3_layout.py     how ZeRO-3 cuts a tensor into per-rank partitions (also read by export)
+
+The model code itself knows nothing of distribution. Submodules import torch; this file
+imports them only when `parallelize` is called.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ...config import DerivedConfig
+    from ..distributed import DistInfo
+    from .protocol import Strategy
+
+
+def parallelize(model: nn.Module, cfg: DerivedConfig, info: DistInfo) -> Strategy:
+    """The one place where a single-device model becomes a distributed one."""
+    from .prepare import prepare_model
+
+    model = prepare_model(model, info.device, channels_last=cfg.model.channels_last,
+                          grad_checkpointing=cfg.model.grad_checkpointing,
+                          compile="blocks" if cfg.model.compile else "none")
+    if cfg.strategy.name == "deepspeed":
+        from .deepspeed_zero import DeepSpeedStrategy
+
+        return DeepSpeedStrategy(model, cfg, info)
+    from .torch_native import TORCH_STRATEGIES
+
+    return TORCH_STRATEGIES[cfg.strategy.name](model, cfg, info)

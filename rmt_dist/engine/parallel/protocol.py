@@ -1,0 +1,89 @@
+"""The Strategy protocol: exactly what the Trainer (and CheckpointManager) call on a strategy."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+
+@dataclass
+class StepOutcome:
+    grad_norm: float  # before clipping; nan when the step was abandoned before backward
+    applied: bool  # False: the update was skipped (non-finite loss/gradients, fp16 overflow)
+    overflow: bool = False  # fp16 loss-scale overflow (a normal event, not a bad step)
+
+
+class Strategy(Protocol):
+    module: nn.Module  # the model, parameter names without wrapper prefixes
+    scaler: Any  # torch GradScaler for fp16 under ddp/fsdp, else None
+
+    def train(self, mode: bool = True) -> None: ...
+
+    def forward(self, images: torch.Tensor) -> Any: ...
+
+    def backward(self, loss: torch.Tensor, accum_steps: int, sync: bool) -> None: ...
+
+    def finish_step(self, lr: float) -> StepOutcome:
+        """Clip, step (or skip on non-finite gradients, on every rank alike), zero the gradients."""
+        ...
+
+    def skip_step(self, lr: float, backwards_done: int) -> StepOutcome:
+        """A step whose loss was non-finite on some rank after `backwards_done` backwards:
+        drop it. `applied=True` in the result means the strategy could not drop it."""
+        ...
+
+    def cannot_skip_hint(self) -> str:
+        """Why skip_step may apply an update, and the fix (for the error line)."""
+        ...
+
+    def after_step(self) -> None:
+        """Called after every applied optimizer step."""
+        ...
+
+    def settle(self) -> None:
+        """Bring the parameters back to their at-rest layout (after an eval forward)."""
+        ...
+
+    def ema_sources(self) -> dict[str, torch.Tensor]: ...
+
+    def ema_swapped(self, ema) -> contextlib.AbstractContextManager[None]: ...
+
+    def params_finite(self) -> bool: ...
+
+    def save(self, path: Path, ema: dict | None) -> None: ...
+
+    def load(self, path: Path, ema: dict | None) -> None: ...
+
+    def extra_state(self) -> dict: ...
+
+    def load_extra_state(self, extra: dict) -> None: ...
+
+    def full_state_dict(self, ema: dict | None = None) -> dict[str, torch.Tensor]: ...
+
+    def checkpoint_identity(self) -> dict:
+        """What a checkpoint records about the layout it was written in (train_state.json)."""
+        ...
+
+    def refuses(self, saved: dict) -> str | None:
+        """Why a checkpoint with train state `saved` cannot be loaded by this strategy (with
+        the fix), or None. World-size changes are converted, never refused."""
+        ...
+
+
+def layout_mismatch(saved: dict, mine: dict) -> str | None:
+    """`saved` (a checkpoint's train state) vs `mine` (checkpoint_identity()): the refusal
+    line with its fix, or None. Checkpoints do not convert between strategies or ZeRO stages."""
+    name, stage = saved.get("strategy"), saved.get("zero_stage")
+    if name and name != mine["strategy"]:
+        return (f"was saved with strategy.name={name} but this run has strategy.name={mine['strategy']}; "
+                f"relaunch with strategy.name={name} (checkpoints do not convert between strategies), or "
+                "pass run.dir=<new dir>")
+    if name and stage is not None and mine.get("zero_stage") is not None and stage != mine["zero_stage"]:
+        return (f"was saved with strategy.zero_stage={stage} but this run has strategy.zero_stage="
+                f"{mine['zero_stage']}; relaunch with strategy.zero_stage={stage}, or pass run.dir=<new dir>")
+    return None
