@@ -20,10 +20,10 @@ def evaluate_checkpoint(source: str, data: str, overrides: list[str]) -> dict[st
     """Collective when a process group is (or can be) set up; returns the same dict on every rank."""
     import dataclasses
 
+    from rmt_dist.checkpoint_format.dirs import resolve_checkpoint
     from rmt_dist.config import ConfigError
     from rmt_dist.config.load import apply_overrides, build
     from rmt_dist.data import build_eval_loader
-    from rmt_dist.engine.checkpoint import resolve_checkpoint
     from rmt_dist.engine.distributed import init_distributed, shutdown_distributed
     from rmt_dist.engine.evaluation import evaluate
     from rmt_dist.models.factory import create

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: output {args.out!r} must end in .safetensors", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
-        from rmt_dist.engine.checkpoint import resolve_checkpoint
+        from rmt_dist.checkpoint_format.dirs import resolve_checkpoint
         from rmt_dist.models.weights import checkpoint_config, read_weights
 
         ckpt = resolve_checkpoint(args.source)

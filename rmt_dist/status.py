@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from . import reference as official
+from .checkpoint_format.dirs import MARKER, invalid_reason, list_step_dirs, step_of
 from .errors import BadInputError, report
 from .launching.record import read_launch
 
@@ -84,30 +85,11 @@ def steps_per_epoch_from_evals(evals: list[dict]) -> int | None:
     return None
 
 
-def checkpoint_problem(path: Path) -> str | None:
-    """Why a checkpoint dir is not complete (checkpoint.py's COMPLETE manifest, read without torch)."""
-    try:
-        manifest = json.loads((path / "COMPLETE").read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return "no valid COMPLETE marker"
-    for name, entry in manifest.items():
-        size = entry.get("size") if isinstance(entry, dict) else entry  # {size, crc32}; older: size only
-        f = path / name
-        if not f.is_file() or f.stat().st_size != size:
-            return f"{name} missing or truncated"
-    return None
-
-
 def newest_checkpoint(run_dir: Path) -> tuple[str, int, float] | None:
     """(name, step, age in seconds) of the newest complete checkpoint."""
-    root = run_dir / "checkpoints"
-    if not root.is_dir():
-        return None
-    dirs = sorted((p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"step_\d{8,}", p.name)),
-                  key=lambda p: int(p.name[5:]), reverse=True)
-    for p in dirs:
-        if checkpoint_problem(p) is None:
-            return p.name, int(p.name[5:]), time.time() - (p / "COMPLETE").stat().st_mtime
+    for p in list_step_dirs(run_dir / "checkpoints"):  # newest first
+        if invalid_reason(p) is None:
+            return p.name, step_of(p), time.time() - (p / MARKER).stat().st_mtime
     return None
 
 

@@ -11,7 +11,7 @@ import timm
 
 import rmt_dist.models  # noqa: F401  (registers the RMT models with timm)
 from rmt_dist.config import ConfigError, derive, load_config
-from rmt_dist.engine.checkpoint import MARKER, TRAIN_STATE, _manifest, resume_candidates
+from rmt_dist.engine.checkpoint import MARKER, TRAIN_STATE, resume_candidates, sizes_manifest
 from rmt_dist.engine.deepspeed_config import deepspeed_config
 from rmt_dist.engine.faults import parse_steps
 from rmt_dist.engine.metrics import truncate_after
@@ -74,7 +74,7 @@ def _fake_checkpoint(root, step, complete=True):
     (path / "dcp" / "data").write_bytes(b"x" * 100)
     (path / TRAIN_STATE).write_text(json.dumps({"step": step}))
     if complete:
-        (path / MARKER).write_text(json.dumps({"step": step, "files": _manifest(path)}))
+        (path / MARKER).write_text(json.dumps({"step": step, "files": sizes_manifest(path)}))
     return path
 
 
@@ -151,7 +151,7 @@ def test_pruning_keeps_keep_last_and_the_last_good_checkpoint_before_a_nan_strea
 def test_zero3_partitions_join_and_cut_back():
     import torch
 
-    from rmt_dist.engine.parallel.zero3_layout import join_partitions, partition_of
+    from rmt_dist.checkpoint_format.zero3 import join_partitions, partition_of
 
     full = torch.arange(10.0).view(2, 5)
     parts = [partition_of(full, r, 4) for r in range(3)]  # ceil(10 / 3) = 4, the last padded

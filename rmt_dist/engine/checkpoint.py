@@ -24,9 +24,7 @@ import json
 import logging
 import os
 import random
-import re
 import shutil
-import zlib
 from pathlib import Path
 from typing import TypeVar
 
@@ -34,24 +32,31 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write
+from ..checkpoint_format.dirs import (  # noqa: F401  (re-exported: the engine's readers and tests use them)
+    MARKER,
+    POINTER,
+    TRAIN_STATE,
+    checksum_reason,
+    describe_error,
+    file_crc32,
+    invalid_reason,
+    list_files,
+    list_step_dirs,
+    rank_file,
+    read_manifest,
+    read_train_state,
+    resolve_checkpoint,
+    resume_candidates,
+    sizes_manifest,
+    step_dir_name,
+    step_of,
+)
 from ..errors import BadInputError, RmtDistError
 from .distributed import DistInfo, all_gather_object, barrier, broadcast_object
 
 log = logging.getLogger(__name__)
 
-MARKER = "COMPLETE"
-POINTER = "latest"
-TRAIN_STATE = "train_state.json"
-_STEP_DIR = re.compile(r"^step_(\d{8,})$")
 _E = TypeVar("_E")  # what a rank reports to _agree
-
-
-def step_dir_name(step: int) -> str:
-    return f"step_{step:08d}"
-
-
-def rank_file(rank: int) -> str:
-    return f"rank_{rank:05d}.pt"
 
 
 def rng_state() -> dict:
@@ -75,20 +80,6 @@ class CheckpointSaveError(RmtDistError, RuntimeError):
 
 class ResumeError(BadInputError, ValueError):
     """Checkpoints exist but none can be resumed from (bad input: exit 2); one line."""
-
-
-def describe_error(e: BaseException) -> str:
-    """One line for an error from writing or reading a checkpoint (DCP wraps the real one)."""
-    failures = getattr(e, "failures", None)  # torch.distributed.checkpoint's CheckpointException
-    if isinstance(failures, dict) and failures:
-        rank, wrapped = sorted(failures.items())[0]
-        inner = wrapped[0] if isinstance(wrapped, tuple) else wrapped
-        return f"{describe_error(inner)} (rank {rank})"
-    if isinstance(e, OSError) and e.errno is not None:
-        where = f": {e.filename}" if e.filename else ""
-        return f"{e.strerror or os.strerror(e.errno)} (errno {e.errno}){where}"
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 def _disk_hint(e: BaseException, where: Path) -> str:
@@ -115,117 +106,6 @@ def _disk_hint(e: BaseException, where: Path) -> str:
     return "check the file system of the run dir, then relaunch to resume"
 
 
-
-
-def file_crc32(path: Path, chunk: int = 8 << 20) -> str:
-    crc = 0
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            crc = zlib.crc32(block, crc)
-    return f"{crc:08x}"
-
-
-def _files(path: Path) -> list[str]:
-    return [str(f.relative_to(path)) for f in sorted(path.rglob("*")) if f.is_file() and f.name != MARKER]
-
-
-def _manifest(path: Path) -> dict[str, int]:
-    """{file: size} (the cheap part of COMPLETE; the checksums are added by the save)."""
-    return {name: (path / name).stat().st_size for name in _files(path)}
-
-
-def _read_manifest(path: Path) -> dict[str, dict]:
-    """{file: {"size": n, "crc32": hex or absent}}; older checkpoints stored sizes only."""
-    raw = json.loads((path / MARKER).read_text())["files"]
-    return {k: (v if isinstance(v, dict) else {"size": v}) for k, v in raw.items()}
-
-
-def invalid_reason(path: Path) -> str | None:
-    """Why `path` cannot be resumed from (cheap: marker, files, sizes), or None."""
-    marker = path / MARKER
-    if not marker.is_file():
-        return "no COMPLETE marker (the save was interrupted)"
-    try:
-        manifest = _read_manifest(path)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return "unreadable COMPLETE marker"
-    for name, entry in manifest.items():
-        f = path / name
-        if not f.is_file():
-            return f"{name} is missing"
-        if f.stat().st_size != entry.get("size"):
-            return f"{name} has {f.stat().st_size} bytes, the manifest says {entry.get('size')} (truncated or corrupt)"
-    try:
-        json.loads((path / TRAIN_STATE).read_text())
-    except (OSError, ValueError):
-        return f"{TRAIN_STATE} is unreadable"
-    return None
-
-
-def checksum_reason(path: Path, names: list[str] | None = None) -> str | None:
-    """The first of `names` (default: all) whose crc32 differs from the manifest, or None."""
-    try:
-        manifest = _read_manifest(path)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return "unreadable COMPLETE marker"
-    for name in names if names is not None else sorted(manifest):
-        want = manifest.get(name, {}).get("crc32")
-        if want is None:
-            continue
-        try:
-            got = file_crc32(path / name)
-        except OSError as e:
-            return f"{name} is unreadable ({describe_error(e)})"
-        if got != want:
-            return f"{name} fails its checksum (crc32 {got}, the manifest says {want}): the file is corrupt"
-    return None
-
-
-def list_step_dirs(root: Path) -> list[Path]:
-    """Checkpoint directories, newest step first."""
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
-    return [p for _, p in sorted(found, reverse=True)]
-
-
-def resume_candidates(root: Path, skipped: dict[Path, str] | None = None) -> list[Path]:
-    """Complete checkpoints, newest first; every skipped directory is named in a warning
-    (and, with `skipped`, recorded there with its reason)."""
-    good = []
-    for path in list_step_dirs(root):
-        reason = invalid_reason(path)
-        if reason:
-            log.warning("checkpoint %s skipped: %s", path, reason)
-            if skipped is not None:
-                skipped[path] = reason
-        else:
-            good.append(path)
-    return good
-
-
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A run dir, its checkpoints/ dir, or one checkpoint dir -> the checkpoint dir to read
-    (the newest that is complete and passes its checksums)."""
-    p = Path(path)
-    if (p / MARKER).is_file() or (p / TRAIN_STATE).is_file():
-        reason = invalid_reason(p) or checksum_reason(p)
-        if reason:
-            raise ValueError(f"checkpoint {p} is not usable: {reason}")
-        return p
-    root = p / "checkpoints" if (p / "checkpoints").is_dir() else p
-    for candidate in resume_candidates(root):
-        reason = checksum_reason(candidate)
-        if reason is None:
-            return candidate
-        log.warning("checkpoint %s skipped: %s", candidate, reason)
-    raise ValueError(f"no complete checkpoint under {p} (expected a run dir or a checkpoints/step_* dir)")
-
-
-def _step_of(path: Path) -> int:
-    m = _STEP_DIR.match(path.name)
-    assert m is not None, path  # callers pass step_* directories only
-    return int(m.group(1))
 
 
 class CheckpointManager:
@@ -275,7 +155,7 @@ class CheckpointManager:
         if failure := self._agree(failure):
             raise self._fail(path, step, *failure)
         # Checksums right after writing, each rank reading its share of the files.
-        names = broadcast_object(_files(path) if self.info.is_main else None)
+        names = broadcast_object(list_files(path) if self.info.is_main else None)
         try:
             sums = {n: file_crc32(path / n) for n in names[self.info.rank::self.info.world_size]}
         except OSError as e:
@@ -306,10 +186,10 @@ class CheckpointManager:
         from .save_policy import Saved, to_prune
 
         def saved(path: Path) -> Saved:
-            return Saved(path, _step_of(path), invalid_reason(path) is None, _bad_streak(path))
+            return Saved(path, step_of(path), invalid_reason(path) is None, _bad_streak(path))
 
         older = [saved(p) for p in list_step_dirs(self.root)
-                 if p != newest and p not in self.unreadable and _step_of(p) <= _step_of(newest)]
+                 if p != newest and p not in self.unreadable and step_of(p) <= step_of(newest)]
         for path in to_prune(saved(newest), older, self.keep_last):
             shutil.rmtree(path, ignore_errors=True)
 
@@ -327,7 +207,7 @@ class CheckpointManager:
 
     def verify(self, path: Path) -> str | None:
         """Collective: the checksums of `path`, each rank reading a share; the first mismatch or None."""
-        names = broadcast_object(sorted(_read_manifest(path)) if self.info.is_main else None)
+        names = broadcast_object(sorted(read_manifest(path)) if self.info.is_main else None)
         return self._agree(checksum_reason(path, names[self.info.rank::self.info.world_size]))
 
     def load_rank_state(self, path: Path) -> dict | None:
@@ -340,7 +220,3 @@ def _bad_streak(path: Path) -> int:
         return int(json.loads((path / TRAIN_STATE).read_text()).get("bad_streak", 0))
     except (OSError, ValueError, TypeError):
         return 0
-
-
-def read_train_state(path: Path) -> dict:
-    return json.loads((path / TRAIN_STATE).read_text())

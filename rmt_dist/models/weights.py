@@ -105,7 +105,7 @@ def load_into(model: nn.Module, source: str | os.PathLike, ema: bool = False, *,
 def read_checkpoint_dir(path: str | os.PathLike, ema: bool = False) -> tuple[str, dict[str, torch.Tensor]]:
     """(kind, full CPU tensors) of the model or its EMA from a run dir or checkpoint dir of this
     project, read without a process group."""
-    from rmt_dist.engine.checkpoint import TRAIN_STATE, resolve_checkpoint
+    from rmt_dist.checkpoint_format.dirs import TRAIN_STATE, resolve_checkpoint
 
     try:
         ckpt = resolve_checkpoint(path)
@@ -251,7 +251,7 @@ def _load_deepspeed(ckpt: Path, template: dict, ema: bool, zero_stage: int) -> d
         if not (ckpt / "ema.pt").is_file():
             raise WeightsError(f"{ckpt}: no ema.pt (was the run trained with ema.enabled=false?)")
         return torch.load(ckpt / "ema.pt", map_location="cpu", weights_only=True)
-    from ..engine.parallel.zero3_layout import join_partitions
+    from ..checkpoint_format.zero3 import join_partitions
 
     parts = [torch.load(f, map_location="cpu", weights_only=True) for f in sorted(ckpt.glob("ema_rank_*.pt"))]
     if not parts:
@@ -260,6 +260,6 @@ def _load_deepspeed(ckpt: Path, template: dict, ema: bool, zero_stage: int) -> d
     for name, full in template.items():
         if parts[0][name].shape == full.shape:  # buffers (and unpartitioned tensors) are whole on every rank
             out[name] = parts[0][name]
-        else:  # ZeRO-3 partitions (engine/parallel/zero3_layout.py)
+        else:  # ZeRO-3 partitions (checkpoint_format/zero3.py)
             out[name] = join_partitions([p[name] for p in parts], full.numel(), full.shape)
     return out

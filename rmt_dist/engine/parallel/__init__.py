@@ -6,7 +6,7 @@
     protocol.py         Strategy: the methods the trainer calls, nothing else
     torch_native.py     DDP and FSDP2 (torch optimizer, GradScaler, DCP checkpoints)
     deepspeed_zero.py   DeepSpeed ZeRO 1-3 (its precision, checkpoints and their conversion)
-    zero3_layout.py     how ZeRO-3 cuts a tensor into per-rank partitions (also read by export)
+    (ZeRO-3's partition layout lives in rmt_dist/checkpoint_format/zero3.py: the weights reader shares it)
 
 The model code itself knows nothing of distribution. Submodules import torch; this file
 imports them only when `parallelize` is called.

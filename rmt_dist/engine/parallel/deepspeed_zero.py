@@ -11,13 +11,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ...checkpoint_format.zero3 import join_partitions, partition_of
 from ...config import DerivedConfig
 from ..distributed import DistInfo
 from ..optim import build_optimizer
 from ..precision import DTYPES
 from .protocol import StepOutcome, layout_mismatch
 from .torch_native import cpu_fp32, sync_buffers
-from .zero3_layout import join_partitions, partition_of
 
 
 def _forget_stale_deepspeed_groups() -> None:
