@@ -62,8 +62,15 @@ def read_json(path: Path, default=None):
 
 # ---- env ------------------------------------------------------------------------------------
 
-DISTRIBUTIONS = {"triton": "triton", "timm": "timm", "numpy": "numpy", "numba": "numba",
-                 "opencv": "opencv-python-headless", "scikit-learn": "scikit-learn", "einops": "einops"}
+DISTRIBUTIONS = {
+    "triton": "triton",
+    "timm": "timm",
+    "numpy": "numpy",
+    "numba": "numba",
+    "opencv": "opencv-python-headless",
+    "scikit-learn": "scikit-learn",
+    "einops": "einops",
+}
 
 
 def _version(distribution: str) -> str | None:
@@ -78,17 +85,26 @@ def _version(distribution: str) -> str | None:
 
 def nvidia_smi() -> dict:
     try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=30, check=True,
-        ).stdout.strip().splitlines()
+        out = (
+            subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()
+        )
     except (OSError, subprocess.SubprocessError):
         return {}
     name, driver, memory = (part.strip() for part in out[0].split(","))
     return {"gpu": name, "driver": driver, "gpu_memory": memory}
 
 
-def matmul_peak_tflops(device: str, n: int, dtype_name: str = "bfloat16", rounds: int = 3, reps: int = 10) -> float:
+def matmul_peak_tflops(
+    device: str, n: int, dtype_name: str = "bfloat16", rounds: int = 3, reps: int = 10
+) -> float:
     """Best round's mean TFLOP/s of n x n x n products (three warm-ups first): the attainable
     peak MFU is quoted against (KINDS.md measured ~790 on an H200 this way)."""
     import torch
@@ -113,9 +129,14 @@ def env_info(device: str) -> dict:
     import torch
 
     info = {
-        "gpu": None, "driver": None, "gpu_memory": None,
-        "python": platform.python_version(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
-        "torch": torch.__version__, "cuda": torch.version.cuda,
+        "gpu": None,
+        "driver": None,
+        "gpu_memory": None,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         **{key: _version(dist) for key, dist in DISTRIBUTIONS.items()},
         **{f"has_{m}": importlib.util.find_spec(m) is not None for m in ABSENT_ON_GPU_MACHINE},
@@ -125,8 +146,11 @@ def env_info(device: str) -> dict:
         info.update({k: v for k, v in nvidia_smi().items() if v})
         props = torch.cuda.get_device_properties(0)
         info["gpu"] = info["gpu"] or props.name
-        info.update(sm_count=props.multi_processor_count, capability=f"{props.major}.{props.minor}",
-                    gpu_memory_gib=props.total_memory / 2**30)
+        info.update(
+            sm_count=props.multi_processor_count,
+            capability=f"{props.major}.{props.minor}",
+            gpu_memory_gib=props.total_memory / 2**30,
+        )
         n = 8192
     else:
         info["gpu"] = f"none: CPU dry run ({platform.processor() or platform.machine()})"
@@ -137,6 +161,7 @@ def env_info(device: str) -> dict:
 
 
 # ---- CUDA tests -----------------------------------------------------------------------------
+
 
 def _absent_module(message: str) -> str | None:
     for name in ABSENT_ON_GPU_MACHINE:
@@ -160,8 +185,14 @@ def junit_results(junit: Path) -> list[dict]:
         if outcome == "error" and (missing := _absent_module(message)):
             outcome, message = "skipped", f"module needs {missing}, which this machine lacks"
         name = f"{case.get('classname', '')}::{case.get('name', '')}".strip(":")
-        results.append({"test": name, "outcome": outcome, "seconds": float(case.get("time") or 0),
-                        "message": message.strip()[:2000]})
+        results.append(
+            {
+                "test": name,
+                "outcome": outcome,
+                "seconds": float(case.get("time") or 0),
+                "message": message.strip()[:2000],
+            }
+        )
     return results
 
 
@@ -174,16 +205,27 @@ def verbose_results(output: str) -> list[dict]:
     results = []
     for line in output.splitlines():
         if m := VERBOSE_LINE.match(line):
-            results.append({"test": m[1], "outcome": m[2].lower().replace("xpass", "passed").replace(
-                "xfail", "skipped"), "seconds": None, "message": "from pytest -v output (no junit XML)"})
+            results.append(
+                {
+                    "test": m[1],
+                    "outcome": m[2].lower().replace("xpass", "passed").replace("xfail", "skipped"),
+                    "seconds": None,
+                    "message": "from pytest -v output (no junit XML)",
+                }
+            )
     return results
 
 
 def tests_json(junit: Path, rc: int, output: str = "", timed_out: bool = False) -> dict:
     results = junit_results(junit) if junit.exists() else verbose_results(output)
     summary = {k: sum(r["outcome"] == k for r in results) for k in ("passed", "failed", "error", "skipped")}
-    return {"pytest_rc": rc, "timed_out": timed_out, "junit_found": junit.exists(),
-            "summary": summary, "tests": results}
+    return {
+        "pytest_rc": rc,
+        "timed_out": timed_out,
+        "junit_found": junit.exists(),
+        "summary": summary,
+        "tests": results,
+    }
 
 
 def cuda_test_files(tests_dir: Path = Path("tests")) -> list[Path]:
@@ -196,16 +238,31 @@ def run_cuda_tests(out: Path, parts: Path, budget: float, per_test_s: int = 150)
     junit = parts / "cuda_tests.xml"
     junit.unlink(missing_ok=True)
     files = [str(p) for p in cuda_test_files()]
-    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", "-rfEs", "-k", "cuda",
-           "--continue-on-collection-errors", f"--junitxml={junit}", *files]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-v",
+        "-rfEs",
+        "-k",
+        "cuda",
+        "--continue-on-collection-errors",
+        f"--junitxml={junit}",
+        *files,
+    ]
     if importlib.util.find_spec("pytest_timeout"):
         cmd.insert(5, f"--timeout={per_test_s}")
     print("CUDA tests:", " ".join(cmd[1:]), flush=True)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     end_groups_on_sigterm([proc])
     lines: list[str] = []
     deadline = time.monotonic() + budget
     timed_out = False
+
     def pump() -> None:
         for line in proc.stdout:
             lines.append(line)
@@ -241,6 +298,7 @@ def stage_status(result: dict) -> int:
 
 # ---- device RandAugment ---------------------------------------------------------------------
 
+
 def sample_batch(batch: int, size: int, seed: int = 0):
     """uint8 (batch, size, size, 3) crops of scikit-learn's two sample photos."""
     import numpy as np
@@ -252,7 +310,7 @@ def sample_batch(batch: int, size: int, seed: int = 0):
     for k in range(batch):
         src = photos[k % 2]
         top, left = rng.integers(0, src.shape[0] - size), rng.integers(0, src.shape[1] - size)
-        crops.append(src[top:top + size, left:left + size])
+        crops.append(src[top : top + size, left : left + size])
     return np.ascontiguousarray(np.stack(crops))
 
 
@@ -285,7 +343,9 @@ def time_randaugment(device: str, batch: int, size: int, batches: int, spec: str
                 ms.append(1000 * (time.perf_counter() - start))
         ms.sort()
         result["bicubic" if bicubic else "bilinear"] = {
-            "ms_per_batch_median": ms[len(ms) // 2], "ms_per_batch_min": ms[0], "ms_per_batch_max": ms[-1],
+            "ms_per_batch_median": ms[len(ms) // 2],
+            "ms_per_batch_min": ms[0],
+            "ms_per_batch_max": ms[-1],
             "img_per_s": batch / (ms[len(ms) // 2] / 1000),
         }
     if cuda:
@@ -295,19 +355,38 @@ def time_randaugment(device: str, batch: int, size: int, batches: int, spec: str
 
 # ---- precompile ---------------------------------------------------------------------------
 
+
 def precompile(parts: Path, models: list[str], budget: float, train_args: list[str]) -> int:
     """One fast-path step of each model, in parallel processes: fills the inductor cache, so
     the timed runs that follow compile from it. Each process writes precompile_MODEL.json;
     its warm-up time is that model's cold compile (plus one step)."""
-    env = {**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": os.environ.get("TORCHINDUCTOR_COMPILE_THREADS", "4"),
-           "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+    env = {
+        **os.environ,
+        "TORCHINDUCTOR_COMPILE_THREADS": os.environ.get("TORCHINDUCTOR_COMPILE_THREADS", "4"),
+        "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
+    }
     procs = {}
     for model in models:
         log = open(parts / f"precompile_{model}.log", "w")  # noqa: SIM115  (closed below)
-        cmd = [sys.executable, "bench/train_step.py", *train_args, "--models", model, "--paths", "fast",
-               "--steps", "1", "--warmup", "1", "--json", str(parts / f"precompile_{model}.json")]
-        procs[model] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True), log)
+        cmd = [
+            sys.executable,
+            "bench/train_step.py",
+            *train_args,
+            "--models",
+            model,
+            "--paths",
+            "fast",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--json",
+            str(parts / f"precompile_{model}.json"),
+        ]
+        procs[model] = (
+            subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True),
+            log,
+        )
     end_groups_on_sigterm([proc for proc, _ in procs.values()])
     deadline = time.monotonic() + budget
     rc = 0
@@ -327,16 +406,30 @@ def precompile(parts: Path, models: list[str], budget: float, train_args: list[s
 
 # ---- collect --------------------------------------------------------------------------------
 
+
 def read_stages(parts: Path) -> list[dict]:
     stages = []
     path = parts / "stages.tsv"
     for line in path.read_text().splitlines() if path.exists() else []:
         name, budget, rc, wall = line.split("\t")
         rc_i = int(rc) if rc.lstrip("-").isdigit() else None
-        stages.append({"stage": name, "budget_s": int(budget), "rc": rc_i, "wall_s": int(wall),
-                       "status": "skipped: out of time" if rc == "skipped" else
-                       "not selected (GPU_CHECK_ONLY)" if rc == "not-selected" else
-                       "timed out" if rc_i in (124, 137) else "ok" if rc_i == 0 else f"failed (rc {rc})"})
+        stages.append(
+            {
+                "stage": name,
+                "budget_s": int(budget),
+                "rc": rc_i,
+                "wall_s": int(wall),
+                "status": "skipped: out of time"
+                if rc == "skipped"
+                else "not selected (GPU_CHECK_ONLY)"
+                if rc == "not-selected"
+                else "timed out"
+                if rc_i in (124, 137)
+                else "ok"
+                if rc_i == 0
+                else f"failed (rc {rc})",
+            }
+        )
     return stages
 
 
@@ -354,8 +447,9 @@ def targets(rows: list[dict]) -> dict:
         "fast_vs_reference": speedups,
         "rmt_l_fast_2x_reference": None if speedups["rmt_l"] is None else speedups["rmt_l"] >= 2,
         "rmt_l_fast_mfu_25pct": None if not l_fast or l_fast.get("mfu") is None else l_fast["mfu"] >= 0.25,
-        "no_regression_t_s_b": {m: None if speedups[m] is None else speedups[m] >= 1.0
-                                for m in ("rmt_t", "rmt_s", "rmt_b")},
+        "no_regression_t_s_b": {
+            m: None if speedups[m] is None else speedups[m] >= 1.0 for m in ("rmt_t", "rmt_s", "rmt_b")
+        },
     }
 
 
@@ -368,10 +462,13 @@ def collect(out: Path, parts: Path, models: list[str]) -> dict:
             rows.append({**{k: row.get(k) for k in TRAIN_ROW_KEYS}, **row})
     precompile = [
         {k: row.get(k) for k in ("model", "status", "warmup_s", "graphs", "compile")}
-        for model in models for row in read_json(parts / f"precompile_{model}.json", []) or []
+        for model in models
+        for row in read_json(parts / f"precompile_{model}.json", []) or []
     ]
     train = {
-        "gpu": env.get("gpu"), "driver": env.get("driver"), "torch": env.get("torch"),
+        "gpu": env.get("gpu"),
+        "driver": env.get("driver"),
+        "torch": env.get("torch"),
         "peak_bf16_tflops": env.get("bf16_matmul_tflops"),
         "mfu_counts": "6 x the released code's MACs per image (19.55 G for RMT-L) x img/s / peak_bf16_tflops",
         "rows": rows,
@@ -395,8 +492,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("out", type=Path)
     t.add_argument("parts", type=Path, help="scratch folder (junit XML)")
     t.add_argument("--budget", type=float, default=budget, help="stop pytest after this many s")
-    pc = sub.add_parser("precompile", help="one fast step per model in parallel (fills the inductor cache); "
-                        "bench/train_step.py's arguments follow a --")
+    pc = sub.add_parser(
+        "precompile",
+        help="one fast step per model in parallel (fills the inductor cache); "
+        "bench/train_step.py's arguments follow a --",
+    )
     pc.add_argument("parts", type=Path)
     pc.add_argument("--models", required=True)
     pc.add_argument("--budget", type=float, default=budget)
@@ -418,7 +518,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """(this command's arguments, bench/train_step.py's arguments after a `--`)."""
     if "--" in argv:
         cut = argv.index("--")
-        return build_parser().parse_args(argv[:cut]), argv[cut + 1:]
+        return build_parser().parse_args(argv[:cut]), argv[cut + 1 :]
     return build_parser().parse_args(argv), []
 
 

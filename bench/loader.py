@@ -58,7 +58,7 @@ def make_photos(root: Path, n: int, seed: int = 0) -> Path:
         h = int(rng.integers(330, src.shape[0] + 1))
         w = int(rng.integers(440, src.shape[1] + 1))
         top, left = int(rng.integers(0, src.shape[0] - h + 1)), int(rng.integers(0, src.shape[1] - w + 1))
-        crop = src[top:top + h, left:left + w]
+        crop = src[top : top + h, left : left + w]
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
         out = folder / f"c{i % 10}" / f"{i:05d}.JPEG"
@@ -81,8 +81,8 @@ def bench_decode_only(beton: Path, workers: int) -> float:
     def decode_all(data, ptrs, sizes, heights, widths, scratch):
         for s in prange(ptrs.shape[0]):
             h, w = heights[s], widths[s]
-            buf = scratch[get_thread_id(), :h * w * 3].reshape((h, w, 3))
-            _imdecode(data[ptrs[s]:ptrs[s] + sizes[s]], buf, h, w, h, w, 0, 0, 1, 1, False, False)
+            buf = scratch[get_thread_id(), : h * w * 3].reshape((h, w, 3))
+            _imdecode(data[ptrs[s] : ptrs[s] + sizes[s]], buf, h, w, h, w, 0, 0, 1, 1, False, False)
 
     numba.set_num_threads(workers)
     decode_all(im.data, im.ptrs[:2], im.sizes[:2], im.heights[:2], im.widths[:2], scratch)  # compile
@@ -91,13 +91,26 @@ def bench_decode_only(beton: Path, workers: int) -> float:
     return im.num_samples / (time.perf_counter() - t)
 
 
-def ours_loader(beton: Path, batch: int, workers: int, full: bool, randaugment_on: str = "host", device: str = "cpu",
-                starred: bool = False):
+def ours_loader(
+    beton: Path,
+    batch: int,
+    workers: int,
+    full: bool,
+    randaugment_on: str = "host",
+    device: str = "cpu",
+    starred: bool = False,
+):
     from rmt_dist.config import load_config
     from rmt_dist.data import build_train_loader
 
-    data = dict(train=str(beton), batch_size=batch, num_workers=workers, img_size=224, repeated_aug=False,
-                randaugment_on=randaugment_on)
+    data = dict(
+        train=str(beton),
+        batch_size=batch,
+        num_workers=workers,
+        img_size=224,
+        repeated_aug=False,
+        randaugment_on=randaugment_on,
+    )
     if not full:
         data.update(auto_augment=None, reprob=0.0, mixup=0.0, cutmix=0.0)
     if starred:
@@ -106,8 +119,9 @@ def ours_loader(beton: Path, batch: int, workers: int, full: bool, randaugment_o
     return build_train_loader(cfg, device=device)
 
 
-def ours_epoch(beton: Path, batch: int, workers: int, full: bool, host_side_only: bool = False,
-               starred: bool = False):
+def ours_epoch(
+    beton: Path, batch: int, workers: int, full: bool, host_side_only: bool = False, starred: bool = False
+):
     loader = ours_loader(beton, batch, workers, full, "device" if host_side_only else "host", starred=starred)
     if host_side_only:
         # as on a CUDA device: the device normalises, erases and mixes
@@ -159,19 +173,37 @@ def torchvision_epoch(folder: Path, batch: int, workers: int, full: bool):
         posterize = auto_augment.posterize
         # Pillow >= 10 rejects 0 bits (timm's level 10); keep the old meaning so the run survives.
         auto_augment.NAME_TO_OP["PosterizeIncreasing"] = lambda img, bits, **kw: (
-            posterize(img, bits) if bits > 0 else img.point(lambda _: 0))
-        tf = create_transform(224, is_training=True, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25,
-                              re_mode="pixel", interpolation="bicubic")
+            posterize(img, bits) if bits > 0 else img.point(lambda _: 0)
+        )
+        tf = create_transform(
+            224,
+            is_training=True,
+            auto_augment="rand-m9-mstd0.5-inc1",
+            re_prob=0.25,
+            re_mode="pixel",
+            interpolation="bicubic",
+        )
         mix = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=10)
     else:
-        tf = transforms.Compose([transforms.RandomResizedCrop(224, interpolation=transforms.InterpolationMode.BICUBIC),
-                                 transforms.RandomHorizontalFlip(),
-                                 transforms.ToTensor(),
-                                 transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+        tf = transforms.Compose(
+            [
+                transforms.RandomResizedCrop(224, interpolation=transforms.InterpolationMode.BICUBIC),
+                transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(),
+                transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+            ]
+        )
         mix = None
     ds = datasets.ImageFolder(str(folder), tf)
-    dl = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
-                                     persistent_workers=True, prefetch_factor=4)
+    dl = torch.utils.data.DataLoader(
+        ds,
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        persistent_workers=True,
+        prefetch_factor=4,
+    )
 
     def run() -> float:
         t = time.perf_counter()
@@ -206,9 +238,12 @@ def main() -> None:
     beton = root / "train.beton"
     if not beton.exists():
         convert(folder, beton, workers=a.workers)
-    print(f"{a.images} images, batch {a.batch}, {a.workers} workers, torch {torch.__version__}, "
-          f"torchvision {torchvision.__version__}, ffcv {ffcv.__version__}, numba {numba.__version__}, "
-          f"cpus {len(os.sched_getaffinity(0))}", flush=True)
+    print(
+        f"{a.images} images, batch {a.batch}, {a.workers} workers, torch {torch.__version__}, "
+        f"torchvision {torchvision.__version__}, ffcv {ffcv.__version__}, numba {numba.__version__}, "
+        f"cpus {len(os.sched_getaffinity(0))}",
+        flush=True,
+    )
     pipelines = {
         "ours crop+flip": ours_epoch(beton, a.batch, a.workers, full=False),
         "torchvision crop+flip": torchvision_epoch(folder, a.batch, a.workers, full=False),
@@ -216,8 +251,9 @@ def main() -> None:
         "ours full, GPU-run host side": ours_epoch(beton, a.batch, a.workers, full=True, host_side_only=True),
         "torchvision full recipe": torchvision_epoch(folder, a.batch, a.workers, full=True),
         "ours starred (tlt order)": ours_epoch(beton, a.batch, a.workers, full=True, starred=True),
-        "ours starred, GPU-run host side": ours_epoch(beton, a.batch, a.workers, full=True, host_side_only=True,
-                                                       starred=True),
+        "ours starred, GPU-run host side": ours_epoch(
+            beton, a.batch, a.workers, full=True, host_side_only=True, starred=True
+        ),
     }
     if a.no_torchvision:
         pipelines = {k: v for k, v in pipelines.items() if not k.startswith("torchvision")}
@@ -232,18 +268,27 @@ def main() -> None:
     print(f"{'decode-only ceiling':26s} {ceiling:8.0f} img/s")
     for name, v in best.items():
         print(f"{name:26s} {v:8.0f} img/s")
-    for kind, name in (("crop+flip", "ours crop+flip"), ("full recipe", "ours full recipe"),
-                       ("full recipe", "ours full, GPU-run host side")):
+    for kind, name in (
+        ("crop+flip", "ours crop+flip"),
+        ("full recipe", "ours full recipe"),
+        ("full recipe", "ours full, GPU-run host side"),
+    ):
         ours, tv = best[name], best.get(f"torchvision {kind}")
         vs = f"/ torchvision {kind} = {ours / tv:.2f}x, " if tv else ""
         print(f"{name:30s}: {vs}/ decode-only = {ours / ceiling:.2f}")
-    for starred, plain in (("ours starred (tlt order)", "ours full recipe"),
-                           ("ours starred, GPU-run host side", "ours full, GPU-run host side")):
-        print(f"{starred:30s}: / decode-only = {best[starred] / ceiling:.2f}, / {plain} = {best[starred] / best[plain]:.2f}")
+    for starred, plain in (
+        ("ours starred (tlt order)", "ours full recipe"),
+        ("ours starred, GPU-run host side", "ours full, GPU-run host side"),
+    ):
+        print(
+            f"{starred:30s}: / decode-only = {best[starred] / ceiling:.2f}, / {plain} = {best[starred] / best[plain]:.2f}"
+        )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     ms = device_stage_ms(beton, a.batch, a.workers, device)
-    print(f"device stage of a GPU run (RandAugment + normalise + erasing + mix) on {device}: "
-          f"{ms:.1f} ms per batch of {a.batch}")
+    print(
+        f"device stage of a GPU run (RandAugment + normalise + erasing + mix) on {device}: "
+        f"{ms:.1f} ms per batch of {a.batch}"
+    )
 
 
 if __name__ == "__main__":

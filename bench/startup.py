@@ -21,9 +21,19 @@ import sys
 from pathlib import Path
 
 RECIPE = "recipes/rmt_l.yaml"
-HELPS = ["rmt_dist.config", "rmt_dist.train", "rmt_dist.evaluate", "rmt_dist.export", "rmt_dist.status",
-         "rmt_dist.compare", "rmt_dist.demo", "rmt_dist.data.convert", "rmt_dist.data.verify",
-         "rmt_dist.tokenlabel.generate", "rmt_dist.tokenlabel.import_tlt"]
+HELPS = [
+    "rmt_dist.config",
+    "rmt_dist.train",
+    "rmt_dist.evaluate",
+    "rmt_dist.export",
+    "rmt_dist.status",
+    "rmt_dist.compare",
+    "rmt_dist.demo",
+    "rmt_dist.data.convert",
+    "rmt_dist.data.verify",
+    "rmt_dist.tokenlabel.generate",
+    "rmt_dist.tokenlabel.import_tlt",
+]
 
 
 def commands() -> dict[str, list[str]]:
@@ -51,8 +61,12 @@ def cpu_seconds(cmd: list[str], root: Path) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python bench/startup.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1],
-                   help="checkout to time (default: this one)")
+    p.add_argument(
+        "--root",
+        type=Path,
+        default=Path(__file__).resolve().parents[1],
+        help="checkout to time (default: this one)",
+    )
     p.add_argument("--repeat", type=int, default=3, help="runs per command; the best is reported (default 3)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)

@@ -46,16 +46,28 @@ def main() -> None:
     size = os.path.getsize(files[0])
     store = root / "store"
     (store / "parts").mkdir(parents=True, exist_ok=True)
-    jobs = [{"chunk": j, "rows": np.arange(s, min(s + a.chunk_size, a.files)),
-             "files": files[s:s + a.chunk_size], "labels": np.asarray(labels[s:s + a.chunk_size]),
-             "topk": 5, "map_hw": (18, 18), "num_classes": 1000, "store": str(store), "allow_missing": False}
-            for j, s in enumerate(range(0, a.files, a.chunk_size))]
+    jobs = [
+        {
+            "chunk": j,
+            "rows": np.arange(s, min(s + a.chunk_size, a.files)),
+            "files": files[s : s + a.chunk_size],
+            "labels": np.asarray(labels[s : s + a.chunk_size]),
+            "topk": 5,
+            "map_hw": (18, 18),
+            "num_classes": 1000,
+            "store": str(store),
+            "allow_missing": False,
+        }
+        for j, s in enumerate(range(0, a.files, a.chunk_size))
+    ]
     t0 = time.perf_counter()
     with ProcessPoolExecutor(a.workers, initializer=imp._init_worker) as pool:
         n = sum(r["n"] for r in pool.map(imp.import_chunk, jobs))
     dt = time.perf_counter() - t0
-    print(f"{n} files ({size} B each) in {dt:.1f}s with {a.workers} workers: {n / dt:.0f} files/s; "
-          f"1,281,167 files: {1281167 / (n / dt) / 60:.0f} min")
+    print(
+        f"{n} files ({size} B each) in {dt:.1f}s with {a.workers} workers: {n / dt:.0f} files/s; "
+        f"1,281,167 files: {1281167 / (n / dt) / 60:.0f} min"
+    )
 
 
 if __name__ == "__main__":

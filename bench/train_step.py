@@ -97,28 +97,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, help="timed steps; default: 20 on CUDA, 3 on CPU")
     p.add_argument("--warmup", type=int, help="untimed steps first (compile); default: 5 on CUDA, 1 on CPU")
     p.add_argument("--precision", choices=("bf16", "fp32"), help="default: bf16 on CUDA, fp32 on CPU")
-    p.add_argument("--compile", choices=COMPILE_MODES,
-                   help="fast path only; default: shared-blocks on CUDA, none on CPU (modes: see above)")
-    p.add_argument("--compile-backend", default="inductor",
-                   help="torch.compile backend (aot_eager: dynamo + autograd tracing without codegen, "
-                        "for CPU dry runs)")
-    p.add_argument("--fast-attn-impl", default="auto", choices=("auto", "sdpa", "flex", "reference"),
-                   help="the fast path's MaSA kernel (default auto: sdpa on CUDA, reference on CPU)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                   help="fast path: channels_last input and conv weights (default on)")
-    p.add_argument("--drop-path-rate", type=float,
-                   help="default: each model's registered (training) rate; 0 makes all blocks one graph per stage")
-    p.add_argument("--adamw", choices=("single", "foreach", "fused"), default="single",
-                   help="AdamW implementation for both paths; single = the engine's (foreach=False)")
+    p.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        help="fast path only; default: shared-blocks on CUDA, none on CPU (modes: see above)",
+    )
+    p.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend (aot_eager: dynamo + autograd tracing without codegen, for CPU dry runs)",
+    )
+    p.add_argument(
+        "--fast-attn-impl",
+        default="auto",
+        choices=("auto", "sdpa", "flex", "reference"),
+        help="the fast path's MaSA kernel (default auto: sdpa on CUDA, reference on CPU)",
+    )
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fast path: channels_last input and conv weights (default on)",
+    )
+    p.add_argument(
+        "--drop-path-rate",
+        type=float,
+        help="default: each model's registered (training) rate; 0 makes all blocks one graph per stage",
+    )
+    p.add_argument(
+        "--adamw",
+        choices=("single", "foreach", "fused"),
+        default="single",
+        help="AdamW implementation for both paths; single = the engine's (foreach=False)",
+    )
     p.add_argument("--peak-tflops", type=float, help="peak for MFU; default: measured matmul peak")
     p.add_argument("--json", type=Path, help="also write the rows here (rewritten after every row)")
-    p.add_argument("--profile", type=Path,
-                   help="write a torch.profiler top-15 (by kernel on CUDA) of the fast step of --profile-models here")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        help="write a torch.profiler top-15 (by kernel on CUDA) of the fast step of --profile-models here",
+    )
     p.add_argument("--profile-models", default="rmt_l", help="models whose fast step --profile records")
-    p.add_argument("--count-graphs", action="store_true",
-                   help="count the graphs each --compile mode makes for 3 training steps (no codegen), then exit")
-    p.add_argument("--explain", action="store_true",
-                   help="print torch._dynamo.explain graph breaks of the fast path's blocks and model, then exit")
+    p.add_argument(
+        "--count-graphs",
+        action="store_true",
+        help="count the graphs each --compile mode makes for 3 training steps (no codegen), then exit",
+    )
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="print torch._dynamo.explain graph breaks of the fast path's blocks and model, then exit",
+    )
     args = p.parse_args(argv)
     cuda = args.device.startswith("cuda")
     args.batch_size = args.batch_size or (128 if cuda else 8)
@@ -126,7 +155,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.precision = args.precision or ("bf16" if cuda else "fp32")
     args.compile = args.compile or ("shared-blocks" if cuda else "none")
     # A whole-model compile recompiles once on its second step (the stage tables get cached).
-    args.warmup = args.warmup if args.warmup is not None else (5 if cuda else 1 if args.compile == "none" else 2)
+    args.warmup = (
+        args.warmup if args.warmup is not None else (5 if cuda else 1 if args.compile == "none" else 2)
+    )
     args.models = args.models.split(",")
     args.paths = args.paths.split(",")
     args.profile_models = args.profile_models.split(",")
@@ -158,16 +189,28 @@ def build(name: str, path: str, args: argparse.Namespace, device: torch.device):
     model.train()
     # The engine's preparation (static-shape per-block compile with one graph allowed per
     # block, or shared graphs per stage; see prepare.py), on the fast path only.
-    run = prepare_model(model, device, channels_last=fast and args.channels_last,
-                        compile=args.compile if fast else "none",
-                        backend=getattr(args, "compile_backend", "inductor"))
+    run = prepare_model(
+        model,
+        device,
+        channels_last=fast and args.channels_last,
+        compile=args.compile if fast else "none",
+        backend=getattr(args, "compile_backend", "inductor"),
+    )
     return model, run
 
 
-def measure(name: str, path: str, args: argparse.Namespace, device: torch.device, flops_per_image: float,
-            peak: float | None) -> Row:
+def measure(
+    name: str,
+    path: str,
+    args: argparse.Namespace,
+    device: torch.device,
+    flops_per_image: float,
+    peak: float | None,
+) -> Row:
     model, run = build(name, path, args, device)
-    adamw = {"single": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}[args.adamw]
+    adamw = {"single": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}[
+        args.adamw
+    ]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, **adamw)
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
     if path == "fast" and args.channels_last:
@@ -201,8 +244,13 @@ def measure(name: str, path: str, args: argparse.Namespace, device: torch.device
     img_per_s = args.batch_size / seconds
     if args.profile and path == "fast" and name in args.profile_models:
         try:
-            write_profile(args.profile, step, device, f"{name} {path} step, batch {args.batch_size}, "
-                          f"{args.img_size} px, {args.precision}, compile={args.compile}")
+            write_profile(
+                args.profile,
+                step,
+                device,
+                f"{name} {path} step, batch {args.batch_size}, "
+                f"{args.img_size} px, {args.precision}, compile={args.compile}",
+            )
         except Exception as e:  # noqa: BLE001  (the timed row stands without its profile)
             print(f"profile of {name} {path} failed: {type(e).__name__}: {e}", file=sys.stderr)
     return Row(
@@ -246,8 +294,12 @@ def profile_top(step, device: torch.device, steps: int = 3, top: int = 15) -> di
         "steps": steps,
         "total_ms_per_step": total_us / 1000 / steps,
         "top": [
-            {"name": e.key, "calls_per_step": e.count / steps, "ms_per_step": time_of(e) / 1000 / steps,
-             "share": time_of(e) / total_us}
+            {
+                "name": e.key,
+                "calls_per_step": e.count / steps,
+                "ms_per_step": time_of(e) / 1000 / steps,
+                "share": time_of(e) / total_us,
+            }
             for e in ranked
         ],
     }
@@ -262,8 +314,14 @@ def write_profile(out: Path, step, device: torch.device, what: str) -> None:
         print(f"  {100 * r['share']:5.1f}%  {r['ms_per_step']:8.2f} ms  {r['name'][:100]}", file=sys.stderr)
 
 
-def measure_or_report(name: str, path: str, args: argparse.Namespace, device: torch.device,
-                      flops_per_image: float, peak: float | None) -> Row:
+def measure_or_report(
+    name: str,
+    path: str,
+    args: argparse.Namespace,
+    device: torch.device,
+    flops_per_image: float,
+    peak: float | None,
+) -> Row:
     """One row; running out of memory (also inside a compile) marks the row instead of ending the run."""
     try:
         return measure(name, path, args, device, flops_per_image, peak)
@@ -271,7 +329,9 @@ def measure_or_report(name: str, path: str, args: argparse.Namespace, device: to
         row = Row(name, path, status="OOM")
     except Exception as e:  # noqa: BLE001  (one broken row must not cost the rest of a GPU session)
         oom = "out of memory" in str(e).lower()
-        row = Row(name, path, status="OOM" if oom else f"error: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+        row = Row(
+            name, path, status="OOM" if oom else f"error: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+        )
     finally:
         # The exception's frames held the model and activations; free them before the next row.
         gc.collect()
@@ -315,16 +375,18 @@ def describe(args: argparse.Namespace, device: torch.device, peak: float | None,
 
     fast_impl = f"{args.fast_attn_impl} ({resolve_attn_impl(args.fast_attn_impl, device.type)})"
     channels = "channels_last" if args.channels_last else "NCHW"
-    return "\n".join([
-        f"- {machine}; torch {torch.__version__}; {args.precision}; batch {args.batch_size}; "
-        f"{args.img_size}x{args.img_size}; {args.steps} timed steps after {args.warmup} warm-up; "
-        f"AdamW {args.adamw}",
-        f"- reference: attn_impl=reference, eager, NCHW; fast: attn_impl={fast_impl}, compile={args.compile} "
-        f"({args.compile_backend}), {channels}",
-        f"- MFU peak: {_fmt(peak and peak / 1e12, '.3g')} TFLOP/s ({peak_source}; data sheet: "
-        f"{_fmt(sheet and sheet / 1e12, '.3g')} TFLOP/s); 6 x MACs per image",
-        f"- command: `python bench/train_step.py {' '.join(sys.argv[1:])}`",
-    ])
+    return "\n".join(
+        [
+            f"- {machine}; torch {torch.__version__}; {args.precision}; batch {args.batch_size}; "
+            f"{args.img_size}x{args.img_size}; {args.steps} timed steps after {args.warmup} warm-up; "
+            f"AdamW {args.adamw}",
+            f"- reference: attn_impl=reference, eager, NCHW; fast: attn_impl={fast_impl}, compile={args.compile} "
+            f"({args.compile_backend}), {channels}",
+            f"- MFU peak: {_fmt(peak and peak / 1e12, '.3g')} TFLOP/s ({peak_source}; data sheet: "
+            f"{_fmt(sheet and sheet / 1e12, '.3g')} TFLOP/s); 6 x MACs per image",
+            f"- command: `python bench/train_step.py {' '.join(sys.argv[1:])}`",
+        ]
+    )
 
 
 def explain(args: argparse.Namespace, device: torch.device) -> None:
@@ -340,12 +402,16 @@ def explain(args: argparse.Namespace, device: torch.device) -> None:
                 tables = stage.stage_tables(tokens)
                 report = torch._dynamo.explain(stage.blocks[0])(tokens, tables)
                 reasons = "; ".join(str(b.reason).splitlines()[0] for b in report.break_reasons) or "none"
-                print(f"{name} stage {i + 1} block: {report.graph_count} graph(s), "
-                      f"{report.graph_break_count} break(s): {reasons}")
+                print(
+                    f"{name} stage {i + 1} block: {report.graph_count} graph(s), "
+                    f"{report.graph_break_count} break(s): {reasons}"
+                )
                 tokens = stage(tokens)
             report = torch._dynamo.explain(model)(x)
         reasons = "; ".join(str(b.reason).splitlines()[0] for b in report.break_reasons) or "none"
-        print(f"{name} whole model: {report.graph_count} graph(s), {report.graph_break_count} break(s): {reasons}")
+        print(
+            f"{name} whole model: {report.graph_count} graph(s), {report.graph_break_count} break(s): {reasons}"
+        )
 
 
 def run(args: argparse.Namespace) -> tuple[list[Row], str]:
@@ -375,8 +441,9 @@ def write_rows(out: Path, rows: list[Row]) -> None:
     tmp.replace(out)
 
 
-def count_graphs(args: argparse.Namespace, modes: tuple[str, ...] = ("blocks", "shared-blocks", "model"),
-                 steps: int = 3) -> list[dict]:
+def count_graphs(
+    args: argparse.Namespace, modes: tuple[str, ...] = ("blocks", "shared-blocks", "model"), steps: int = 3
+) -> list[dict]:
     """Graphs (and recompiles) each compile mode makes over `steps` training steps of the fast path,
     with a backend that only counts: what inductor would have to compile, at no codegen cost."""
     device = torch.device(args.device)
@@ -401,8 +468,13 @@ def count_graphs(args: argparse.Namespace, modes: tuple[str, ...] = ("blocks", "
                     loss = F.cross_entropy(run(x), y)
                 loss.backward()
                 per_step.append(unique_graphs() - before)
-            row = {"model": name, "compile": mode, "blocks": len(list(model.blocks())),
-                   "graphs_after_steps": per_step, "graphs": per_step[-1]}
+            row = {
+                "model": name,
+                "compile": mode,
+                "blocks": len(list(model.blocks())),
+                "graphs_after_steps": per_step,
+                "graphs": per_step[-1],
+            }
             print(json.dumps(row), flush=True)
             results.append(row)
     return results

@@ -53,10 +53,16 @@ def free_port() -> int:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="launch/local.py", description=__doc__.split("\n\n")[0])
     p.add_argument("recipe", help="recipe YAML, e.g. recipes/smoke.yaml")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. run.dir=runs/try1")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. run.dir=runs/try1"
+    )
     p.add_argument("--nproc", type=int, default=None, help="processes (default: visible GPUs, or 1)")
-    p.add_argument("--grace", type=float, default=60.0,
-                   help="seconds the other ranks get to exit after one failed (default 60)")
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=60.0,
+        help="seconds the other ranks get to exit after one failed (default 60)",
+    )
     return p.parse_intermixed_args(argv)
 
 
@@ -81,8 +87,14 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 def run_ranks(cmd: list[str], nproc: int, grace_s: float) -> tuple[int, int | None]:
     """Start `nproc` ranks of `cmd`; returns (exit code, rank it came from or None)."""
     port = free_port()
-    base = dict(os.environ, WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=str(port), **{ENV_LAUNCHER_PID: str(os.getpid())})
+    base = dict(
+        os.environ,
+        WORLD_SIZE=str(nproc),
+        LOCAL_WORLD_SIZE=str(nproc),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        **{ENV_LAUNCHER_PID: str(os.getpid())},
+    )
     procs = [subprocess.Popen(cmd, env=dict(base, RANK=str(r), LOCAL_RANK=str(r))) for r in range(nproc)]
 
     def forward(sig, _frame):
@@ -128,13 +140,17 @@ def run(args: argparse.Namespace) -> int:
         raise LaunchError(f"--nproc must be >= 1, got {nproc}")
     cfg = derive(cfg, nproc)
     d = cfg.derived
-    print(f"local run: {nproc} processes, global batch {d.global_batch}, peak lr {d.lr:.6g}, run dir {run_dir}",
-          flush=True)
+    print(
+        f"local run: {nproc} processes, global batch {d.global_batch}, peak lr {d.lr:.6g}, run dir {run_dir}",
+        flush=True,
+    )
     cmd = [sys.executable, "-m", "rmt_dist.train", args.recipe, *args.overrides]
     rc, rank = run_ranks(cmd, nproc, args.grace)
     if rc != 0 and rank is not None:
-        what = {2: "bad input; its error is above", 75: "preempted after saving: relaunch the same command to "
-                "resume"}.get(rc, "failed; its error is above")
+        what = {
+            2: "bad input; its error is above",
+            75: "preempted after saving: relaunch the same command to resume",
+        }.get(rc, "failed; its error is above")
         print(f"local run: rank {rank} exited with {rc} ({what})", file=sys.stderr, flush=True)
     if finished_after(rc, cfg.run.stop_after_steps):
         mark_finished(run_dir, nproc=nproc)

@@ -53,15 +53,30 @@ from rmt_dist.launching.task import DEFAULT_ENTRY, TrainTask
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="launch/slurm.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    p.add_argument("args", nargs="+", metavar="RECIPE | key=value",
-                   help="one or more recipe YAMLs (e.g. recipes/rmt_s.yaml), then overrides (e.g. slurm.nodes=4)")
-    p.add_argument("--sweep", action="append", default=[], metavar="key=v1,v2",
-                   help="submit one job per value (repeat for a grid), e.g. --sweep model.attention=masa,gmm")
-    p.add_argument("--dry-run", action="store_true",
-                   help="print the resolved config, sbatch options and pre-flight checks; submit nothing")
+    p = argparse.ArgumentParser(
+        prog="launch/slurm.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+    )
+    p.add_argument(
+        "args",
+        nargs="+",
+        metavar="RECIPE | key=value",
+        help="one or more recipe YAMLs (e.g. recipes/rmt_s.yaml), then overrides (e.g. slurm.nodes=4)",
+    )
+    p.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="key=v1,v2",
+        help="submit one job per value (repeat for a grid), e.g. --sweep model.attention=masa,gmm",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved config, sbatch options and pre-flight checks; submit nothing",
+    )
     p.add_argument("--entry", default=DEFAULT_ENTRY, help=argparse.SUPPRESS)  # tests of the plumbing only
     a = p.parse_intermixed_args(argv)
     a.overrides = [x for x in a.args if "=" in x]
@@ -77,8 +92,11 @@ def active_jobs_for(run_dir: Path) -> list[str]:
     out = subprocess.run(["squeue", "-h", "-o", "%i|%k"], capture_output=True, text=True)
     comment = run_dir_comment(run_dir)
     recorded = read_launch(run_dir).get("job_id")
-    return [line.split("|", 1)[0] for line in out.stdout.splitlines()
-            if line.split("|", 1)[-1] == comment or line.split("|", 1)[0] == recorded]
+    return [
+        line.split("|", 1)[0]
+        for line in out.stdout.splitlines()
+        if line.split("|", 1)[-1] == comment or line.split("|", 1)[0] == recorded
+    ]
 
 
 def sbatch_header(params: dict, run_dir: Path) -> str:
@@ -92,13 +110,15 @@ def sbatch_header(params: dict, run_dir: Path) -> str:
 def summary(cfg, params: dict) -> str:
     s, d = cfg.slurm, cfg.derived
     gpus = f"{s.gpus_per_node} GPUs per node" if s.gpus_per_node else "no GPUs (CPU job)"
-    return "\n".join([
-        f"tasks: {d.world_size} = {s.nodes} nodes x {tasks_per_node(s)} tasks per node ({gpus})",
-        f"global batch: {d.global_batch} = {cfg.data.batch_size} per device x {d.world_size} ranks "
-        f"x {cfg.optim.accum_steps} accumulation steps",
-        f"peak lr: {d.lr:.6g}   ema decay per step: {d.ema_decay:.8g}",
-        f"run dir: {cfg.run.dir}",
-    ])
+    return "\n".join(
+        [
+            f"tasks: {d.world_size} = {s.nodes} nodes x {tasks_per_node(s)} tasks per node ({gpus})",
+            f"global batch: {d.global_batch} = {cfg.data.batch_size} per device x {d.world_size} ranks "
+            f"x {cfg.optim.accum_steps} accumulation steps",
+            f"peak lr: {d.lr:.6g}   ema decay per step: {d.ema_decay:.8g}",
+            f"run dir: {cfg.run.dir}",
+        ]
+    )
 
 
 def preflight_lines(cfg) -> tuple[list[str], int]:
@@ -108,11 +128,15 @@ def preflight_lines(cfg) -> tuple[list[str], int]:
 
 def _check_submittable(run_dir: Path) -> None:
     if shutil.which("sbatch") is None:
-        raise LaunchError("sbatch not found: run this on a SLURM login node (or use launch/local.py on one machine)")
+        raise LaunchError(
+            "sbatch not found: run this on a SLURM login node (or use launch/local.py on one machine)"
+        )
     busy = active_jobs_for(run_dir)
     if busy:
-        raise LaunchError(f"job {', '.join(busy)} is already queued or running in run dir {str(run_dir)!r}; "
-                          f"wait for it, scancel it, or pass run.dir=<new dir>")
+        raise LaunchError(
+            f"job {', '.join(busy)} is already queued or running in run dir {str(run_dir)!r}; "
+            f"wait for it, scancel it, or pass run.dir=<new dir>"
+        )
 
 
 def _submit_jobs(executor, tasks: list, batch: bool) -> list:
@@ -127,15 +151,24 @@ def _submit_jobs(executor, tasks: list, batch: bool) -> list:
                 jobs = [executor.submit(t) for t in tasks]
             return jobs
     except submitit.core.utils.FailedJobError as e:
-        msg = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or sbatch_stderr.getvalue()
+        msg = (
+            "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+            or sbatch_stderr.getvalue()
+        )
         raise LaunchError(f"sbatch rejected the job: {msg}") from None
 
 
 def _task(recipe: str, overrides: list[str], cfg, run_dir: Path, entry: str, log_folder: Path | None = None):
     overrides = [*overrides, f"run.dir={run_dir}"]  # every restart, whatever its cwd, uses this dir
-    return TrainTask(str(Path(recipe).resolve()), overrides, str(run_dir), cfg.slurm.max_requeues,
-                     stop_after_steps=cfg.run.stop_after_steps, entry=entry,
-                     log_folder=str(log_folder) if log_folder else None)
+    return TrainTask(
+        str(Path(recipe).resolve()),
+        overrides,
+        str(run_dir),
+        cfg.slurm.max_requeues,
+        stop_after_steps=cfg.run.stop_after_steps,
+        entry=entry,
+        log_folder=str(log_folder) if log_folder else None,
+    )
 
 
 def submit(args: argparse.Namespace) -> int:
@@ -155,8 +188,11 @@ def submit(args: argparse.Namespace) -> int:
         print("# pre-flight")
         print("\n".join(lines))
         # A dry run inspects (e.g. on a laptop without the data): it reports, it does not refuse.
-        print(f"pre-flight: {failed} check(s) would fail; a submission would be refused" if failed
-              else "pre-flight: every check ok")
+        print(
+            f"pre-flight: {failed} check(s) would fail; a submission would be refused"
+            if failed
+            else "pre-flight: every check ok"
+        )
         return 0
 
     checks = require(cfg)  # a bad input stops here, before the queue
@@ -165,9 +201,17 @@ def submit(args: argparse.Namespace) -> int:
 
     executor = submitit.SlurmExecutor(folder=submitit_folder(run_dir), max_num_timeout=cfg.slurm.max_requeues)
     executor.update_parameters(**params)
-    job = _submit_jobs(executor, [_task(str(recipe), args.overrides, cfg, run_dir, args.entry)], batch=False)[0]
-    record_launch(run_dir, job.job_id, recipe=str(recipe), overrides=args.overrides, stdout=str(job.paths.stdout),
-                  stderr=str(job.paths.stderr))
+    job = _submit_jobs(executor, [_task(str(recipe), args.overrides, cfg, run_dir, args.entry)], batch=False)[
+        0
+    ]
+    record_launch(
+        run_dir,
+        job.job_id,
+        recipe=str(recipe),
+        overrides=args.overrides,
+        stdout=str(job.paths.stdout),
+        stderr=str(job.paths.stderr),
+    )
     print(f"pre-flight: {len(checks)} checks ok")
     print(f"submitted job {job.job_id} ({cfg.derived.world_size} tasks on {cfg.slurm.nodes} nodes)")
     print(f"run dir: {run_dir}")
@@ -194,8 +238,11 @@ def submit_sweep(args: argparse.Namespace) -> int:
             lines, n = preflight_lines(cfg)
             print("\n".join(lines))
             failed += n
-        print(f"pre-flight: {failed} check(s) would fail; nothing would be submitted" if failed
-              else f"pre-flight: every check ok for all {len(pts)} points")
+        print(
+            f"pre-flight: {failed} check(s) would fail; nothing would be submitted"
+            if failed
+            else f"pre-flight: every check ok for all {len(pts)} points"
+        )
         return 0
     for p, cfg in zip(pts, cfgs):  # every point is checked before any is submitted
         try:
@@ -221,19 +268,29 @@ def submit_sweep(args: argparse.Namespace) -> int:
         params["teardown"] = bad_input_teardown(folder)
         executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=max_requeues)
         executor.update_parameters(**params)
-        tasks = [_task(pts[i].recipe, [*args.overrides, *pts[i].overrides], cfgs[i], dirs[i], args.entry, folder)
-                 for i in idx]
+        tasks = [
+            _task(pts[i].recipe, [*args.overrides, *pts[i].overrides], cfgs[i], dirs[i], args.entry, folder)
+            for i in idx
+        ]
         jobs = _submit_jobs(executor, tasks, batch=True)
         for i, job in zip(idx, jobs):
-            record_launch(dirs[i], job.job_id, recipe=pts[i].recipe, overrides=[*args.overrides, *pts[i].overrides],
-                          stdout=str(job.paths.stdout), stderr=str(job.paths.stderr))
+            record_launch(
+                dirs[i],
+                job.job_id,
+                recipe=pts[i].recipe,
+                overrides=[*args.overrides, *pts[i].overrides],
+                stdout=str(job.paths.stdout),
+                stderr=str(job.paths.stderr),
+            )
             rows.append((pts[i].name, job.job_id, str(dirs[i])))
     w0, w1 = max(len("point"), *(len(r[0]) for r in rows)), max(len("job id"), *(len(r[1]) for r in rows))
     print(f"submitted {len(rows)} jobs (pre-flight ok for every point)")
     print(f"{'point':<{w0}}  {'job id':<{w1}}  run dir")
     for r in rows:
         print(f"{r[0]:<{w0}}  {r[1]:<{w1}}  {r[2]}")
-    print(f"logs: {common / 'sweep_slurm'}   status: python -m rmt_dist.status {' '.join(r[2] for r in rows)}")
+    print(
+        f"logs: {common / 'sweep_slurm'}   status: python -m rmt_dist.status {' '.join(r[2] for r in rows)}"
+    )
     return 0
 
 

@@ -45,18 +45,28 @@ def rows(run_dir: Path, ref_name: str) -> list[dict]:
         e = by_epoch.get(ep, {})
         i = idx.get(ep)
         nxt = idx.get(ep + 1)
-        out.append({
-            "epoch": ep,
-            "top1": e.get("eval/top1"), "paper_top1": ref["test_acc1"][i] if i is not None else None,
-            "ema_top1": e.get("eval_ema/top1"), "paper_ema_top1": ref["test_ema_acc1"][i] if i is not None else None,
-            "lr": lrs.get(ep), "paper_lr": ref["train_lr"][nxt] if nxt is not None else None,
-        })
+        out.append(
+            {
+                "epoch": ep,
+                "top1": e.get("eval/top1"),
+                "paper_top1": ref["test_acc1"][i] if i is not None else None,
+                "ema_top1": e.get("eval_ema/top1"),
+                "paper_ema_top1": ref["test_ema_acc1"][i] if i is not None else None,
+                "lr": lrs.get(ep),
+                "paper_lr": ref["train_lr"][nxt] if nxt is not None else None,
+            }
+        )
     return out
 
 
 def behind(table: list[dict]) -> list[tuple[int, float]]:
-    return [(r["epoch"], r["top1"] - r["paper_top1"]) for r in table
-            if r["top1"] is not None and r["paper_top1"] is not None and r["top1"] < r["paper_top1"] - BEHIND_POINTS]
+    return [
+        (r["epoch"], r["top1"] - r["paper_top1"])
+        for r in table
+        if r["top1"] is not None
+        and r["paper_top1"] is not None
+        and r["top1"] < r["paper_top1"] - BEHIND_POINTS
+    ]
 
 
 def _f(x: float | None, spec: str) -> str:
@@ -69,9 +79,11 @@ def format_table(table: list[dict], ref_name: str) -> str:
     for r in table:
         gap = (r["top1"] - r["paper_top1"]) if r["top1"] is not None and r["paper_top1"] is not None else None
         note = f"behind by {-gap:.2f}" if gap is not None and gap < -BEHIND_POINTS else ""
-        lines.append(f"{r['epoch']:>5}  {_f(r['top1'], '6.2f')}  {_f(r['paper_top1'], '6.2f')}  "
-                     f"{_f(r['ema_top1'], '6.2f')}  {_f(r['paper_ema_top1'], '6.2f')}  {_f(r['lr'], '10.4e')}  "
-                     f"{_f(r['paper_lr'], '10.4e')}  {note}".rstrip())
+        lines.append(
+            f"{r['epoch']:>5}  {_f(r['top1'], '6.2f')}  {_f(r['paper_top1'], '6.2f')}  "
+            f"{_f(r['ema_top1'], '6.2f')}  {_f(r['paper_ema_top1'], '6.2f')}  {_f(r['lr'], '10.4e')}  "
+            f"{_f(r['paper_lr'], '10.4e')}  {note}".rstrip()
+        )
     return "\n".join(lines)
 
 
@@ -83,8 +95,10 @@ def summary(table: list[dict], ref_name: str) -> str:
         return f"never more than {BEHIND_POINTS:g} point behind {ref_name} at an evaluated epoch"
     worst = min(late, key=lambda x: x[1])
     epochs = ", ".join(str(e) for e, _ in late[:20]) + (" ..." if len(late) > 20 else "")
-    return (f"more than {BEHIND_POINTS:g} point behind {ref_name} at {len(late)} epoch(s): {epochs} "
-            f"(largest gap {worst[1]:+.2f} at epoch {worst[0]})")
+    return (
+        f"more than {BEHIND_POINTS:g} point behind {ref_name} at {len(late)} epoch(s): {epochs} "
+        f"(largest gap {worst[1]:+.2f} at epoch {worst[0]})"
+    )
 
 
 def plot(table: list[dict], train: list[dict], ref_name: str, out: Path, title: str) -> None:
@@ -103,10 +117,14 @@ def plot(table: list[dict], train: list[dict], ref_name: str, out: Path, title: 
     ax1.set(xlabel="epoch", ylabel="top-1 (%)", title="eval accuracy")
     ax1.legend(loc="lower right", fontsize=8)
     # The paper's lr shifted back one epoch (its log lags), so both curves are "the lr epoch e trained with".
-    ax2.plot([e - 1 for e in ref["epoch"][1:]], ref["train_lr"][1:], color="0.6", label=f"paper {ref_name} lr")
+    ax2.plot(
+        [e - 1 for e in ref["epoch"][1:]], ref["train_lr"][1:], color="0.6", label=f"paper {ref_name} lr"
+    )
     if train:
         spe = max(1, max(r["step"] for r in train) / max(1e-9, max(r["epoch"] for r in train) + 1))
-        ax2.plot([r["step"] / spe for r in train], [r["lr"] for r in train], color="C0", label="run lr (per step)")
+        ax2.plot(
+            [r["step"] / spe for r in train], [r["lr"] for r in train], color="C0", label="run lr (per step)"
+        )
     ax2.set(xlabel="epoch", ylabel="learning rate", title="lr schedule")
     ax2.legend(loc="upper right", fontsize=8)
     fig.suptitle(title, fontsize=10)
@@ -119,25 +137,38 @@ def plot(table: list[dict], train: list[dict], ref_name: str, out: Path, title: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m rmt_dist.compare", description=__doc__.split("\n\n")[0],
-                                epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m rmt_dist.compare",
+        description=__doc__.split("\n\n")[0],
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run.dir of the run")
-    p.add_argument("--reference", default=None, metavar="NAME",
-                   help=f"official run: {', '.join(official.names())} (default: the recipe's run.reference)")
+    p.add_argument(
+        "--reference",
+        default=None,
+        metavar="NAME",
+        help=f"official run: {', '.join(official.names())} (default: the recipe's run.reference)",
+    )
     p.add_argument("--out", default=None, metavar="PNG", help="plot file (default: RUN_DIR/compare.png)")
     a = p.parse_args(argv)
     run_dir = Path(a.run_dir)
     try:
         if not (run_dir / "metrics.jsonl").is_file():
-            raise StatusError(f"{str(run_dir)!r} has no metrics.jsonl: not a run dir, or the run has not logged yet")
+            raise StatusError(
+                f"{str(run_dir)!r} has no metrics.jsonl: not a run dir, or the run has not logged yet"
+            )
         ref_name = a.reference or read_config(run_dir).get("run", {}).get("reference")
         if not ref_name:
-            raise StatusError(f"{str(run_dir)!r}: its recipe sets no run.reference; pass --reference NAME "
-                              f"({', '.join(official.names())})")
+            raise StatusError(
+                f"{str(run_dir)!r}: its recipe sets no run.reference; pass --reference NAME "
+                f"({', '.join(official.names())})"
+            )
         if ref_name not in official.names():
-            raise StatusError(f"--reference {ref_name!r} is not an official run; choose one of "
-                              f"{', '.join(official.names())}")
+            raise StatusError(
+                f"--reference {ref_name!r} is not an official run; choose one of "
+                f"{', '.join(official.names())}"
+            )
         table = rows(run_dir, ref_name)
         out = Path(a.out) if a.out else run_dir / "compare.png"
         if out.suffix.lower() != ".png":
@@ -149,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plot(table, read_metrics(run_dir)[0], ref_name, out, f"{run_dir} vs paper {ref_name}")
     except OSError as e:
-        print(f"error: cannot write {out}: {e.strerror or e}; pass --out <writable path>.png", file=sys.stderr)
+        print(
+            f"error: cannot write {out}: {e.strerror or e}; pass --out <writable path>.png", file=sys.stderr
+        )
         return EXIT_FAILED
     print(f"plot: {out}")
     return 0

@@ -56,7 +56,8 @@ def _summary(run_dir: Path, wall_s: float | None) -> dict:
     train = [r for r in recs if "img_per_s" in r][1:]  # the first step includes warm-up
     last = evals[-1] if evals else {}
     return {
-        "top1": last.get("eval/top1"), "ema_top1": last.get("eval_ema/top1"),
+        "top1": last.get("eval/top1"),
+        "ema_top1": last.get("eval_ema/top1"),
         "img_per_s": sum(r["img_per_s"] for r in train) / len(train) if train else None,
         "wall_s": wall_s,
     }
@@ -83,10 +84,15 @@ def _fmt(v, spec: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m rmt_dist.demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m rmt_dist.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", default="runs/demo", help="where data, runs and labels go (default: runs/demo)")
-    p.add_argument("--nproc", type=int, default=2, help="training processes (default: 2, the distributed path)")
+    p.add_argument(
+        "--nproc", type=int, default=2, help="training processes (default: 2, the distributed path)"
+    )
     p.add_argument("--quick", action="store_true", help="a few steps per stage (the test suite's version)")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
@@ -106,8 +112,19 @@ def main(argv: list[str] | None = None) -> int:
     if _finished(teacher_dir):
         print("  finished earlier; reusing it")
     else:
-        timings.run("teacher", [py, str(ROOT / "launch/local.py"), str(RECIPES / "demo_teacher.yaml"), *data,
-              f"run.dir={teacher_dir}", *quick, "--nproc", str(args.nproc)])
+        timings.run(
+            "teacher",
+            [
+                py,
+                str(ROOT / "launch/local.py"),
+                str(RECIPES / "demo_teacher.yaml"),
+                *data,
+                f"run.dir={teacher_dir}",
+                *quick,
+                "--nproc",
+                str(args.nproc),
+            ],
+        )
 
     _stage(3, f"token labels from the teacher -> {store}")
     from .tokenlabel.store import StoreMeta
@@ -115,29 +132,65 @@ def main(argv: list[str] | None = None) -> int:
     if (store / "meta.json").is_file() and StoreMeta.read(store).complete:
         print("  complete earlier; reusing it")
     else:
-        timings.run("labels", [py, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
-              "-m", "rmt_dist.tokenlabel.generate", str(train_beton), str(store), "--teacher", "rmt_test",
-              "--checkpoint", str(teacher_dir), "--img-size", "64", "--workers", "1", "--overwrite"])
+        timings.run(
+            "labels",
+            [
+                py,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc-per-node={args.nproc}",
+                "-m",
+                "rmt_dist.tokenlabel.generate",
+                str(train_beton),
+                str(store),
+                "--teacher",
+                "rmt_test",
+                "--checkpoint",
+                str(teacher_dir),
+                "--img-size",
+                "64",
+                "--workers",
+                "1",
+                "--overwrite",
+            ],
+        )
 
     _stage(4, f"student: token-label RMT* with MixToken -> {student_dir}")
     if _finished(student_dir):
         print("  finished earlier; reusing it")
     else:
-        timings.run("student", [py, str(ROOT / "launch/local.py"), str(RECIPES / "demo_student.yaml"), *data,
-              f"tokenlabel.store={store}", f"run.dir={student_dir}", *quick, "--nproc", str(args.nproc)])
+        timings.run(
+            "student",
+            [
+                py,
+                str(ROOT / "launch/local.py"),
+                str(RECIPES / "demo_student.yaml"),
+                *data,
+                f"tokenlabel.store={store}",
+                f"run.dir={student_dir}",
+                *quick,
+                "--nproc",
+                str(args.nproc),
+            ],
+        )
 
     _stage(5, "report")
     t = _summary(teacher_dir, timings.data.get("teacher"))
     s = _summary(student_dir, timings.data.get("student"))
-    rows = [("teacher (RMT)", t["top1"], t["img_per_s"], t["wall_s"]),
-            ("teacher EMA", t["ema_top1"], None, None),
-            ("student (RMT*, token labels)", s["top1"], s["img_per_s"], s["wall_s"]),
-            ("student EMA", s["ema_top1"], None, None)]
+    rows = [
+        ("teacher (RMT)", t["top1"], t["img_per_s"], t["wall_s"]),
+        ("teacher EMA", t["ema_top1"], None, None),
+        ("student (RMT*, token labels)", s["top1"], s["img_per_s"], s["wall_s"]),
+        ("student EMA", s["ema_top1"], None, None),
+    ]
     print(f"\n{'model':<30} {'val top-1 %':>11} {'train img/s':>12} {'wall s':>8}")
     for name, top1, ips, wall in rows:
         print(f"{name:<30} {_fmt(top1, '11.2f')} {_fmt(ips, '12.1f')} {_fmt(wall, '8.1f')}")
     labels_s = timings.data.get("labels")
-    print(f"\ntoken labels: {_fmt(labels_s, '.1f')} s; chance is 10.00%; this invocation took {time.time() - t0:.0f} s")
+    print(
+        f"\ntoken labels: {_fmt(labels_s, '.1f')} s; chance is 10.00%; this invocation took {time.time() - t0:.0f} s"
+    )
     print(f"checkpoints: {teacher_dir / 'checkpoints'}  {student_dir / 'checkpoints'}")
     print(f"TensorBoard: {py} -m tensorboard.main --logdir {out}")
     return 0

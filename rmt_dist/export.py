@@ -21,7 +21,6 @@ if TYPE_CHECKING:  # torch is imported where weights are read: `--help` answers 
     import torch
 
 
-
 def load_consolidated(path: str | os.PathLike, ema: bool = False) -> dict[str, torch.Tensor]:
     """Full CPU tensors of the model (or its EMA) from a run dir or a checkpoint dir."""
     from rmt_dist.models.weights import read_checkpoint_dir
@@ -29,7 +28,9 @@ def load_consolidated(path: str | os.PathLike, ema: bool = False) -> dict[str, t
     return read_checkpoint_dir(path, ema=ema)[1]
 
 
-def save_safetensors(weights: dict[str, torch.Tensor], out: str | os.PathLike, metadata: dict[str, str]) -> None:
+def save_safetensors(
+    weights: dict[str, torch.Tensor], out: str | os.PathLike, metadata: dict[str, str]
+) -> None:
     from safetensors.torch import save_file
 
     out = Path(out)
@@ -61,8 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    save_safetensors(weights, args.out, {"model": cfg.model.name, "num_classes": str(cfg.model.num_classes),
-                                         "checkpoint": str(ckpt), "ema": str(args.ema)})
+    save_safetensors(
+        weights,
+        args.out,
+        {
+            "model": cfg.model.name,
+            "num_classes": str(cfg.model.num_classes),
+            "checkpoint": str(ckpt),
+            "ema": str(args.ema),
+        },
+    )
     print(f"wrote {args.out}: {len(weights)} tensors from {ckpt}{' (EMA)' if args.ema else ''}")
     return 0
 

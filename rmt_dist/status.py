@@ -120,8 +120,12 @@ def slurm_job(run_dir: Path) -> tuple[str | None, str, int | None]:
         state = out.split("\n", 1)[0].strip().split(" ")[0] if out.strip() else ""
     if restarts is None:  # the launcher logs "job <id> restart <n>" at each start
         logs = [Path(p) for p in (launch.get("stdout"), launch.get("stderr")) if p]
-        counts = [int(n) for p in logs if p.is_file()
-                  for n in re.findall(r"job \S+ restart (\d+)", p.read_text(errors="replace"))]
+        counts = [
+            int(n)
+            for p in logs
+            if p.is_file()
+            for n in re.findall(r"job \S+ restart (\d+)", p.read_text(errors="replace"))
+        ]
         restarts = max(counts) if counts else None
     if not state:
         state = "FINISHED" if (run_dir / "FINISHED").is_file() else "unknown (no scontrol/sacct answer)"
@@ -143,8 +147,9 @@ def _pct(x: float | None) -> str:
 def run_status(run_dir: str | Path, reference: str | None = None) -> dict[str, str]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise StatusError(f"run dir {str(run_dir)!r} does not exist; pass the run.dir of a run (launch/slurm.py "
-                          "prints it)")
+        raise StatusError(
+            f"run dir {str(run_dir)!r} does not exist; pass the run.dir of a run (launch/slurm.py prints it)"
+        )
     cfg = read_config(run_dir)
     if not cfg and not (run_dir / METRICS).is_file() and not read_launch(run_dir):
         raise StatusError(f"{str(run_dir)!r} is not a run dir (no config.yaml, metrics.jsonl or launch.json)")
@@ -174,14 +179,17 @@ def run_status(run_dir: str | Path, reference: str | None = None) -> dict[str, s
         row["eta"] = "-"
     if evals:
         e = evals[-1]
-        row["last eval"] = (f"epoch {e['epoch']}: top1 {_pct(e.get('eval/top1'))} top5 {_pct(e.get('eval/top5'))}"
-                            f" | EMA top1 {_pct(e.get('eval_ema/top1'))} top5 {_pct(e.get('eval_ema/top5'))}")
+        row["last eval"] = (
+            f"epoch {e['epoch']}: top1 {_pct(e.get('eval/top1'))} top5 {_pct(e.get('eval/top5'))}"
+            f" | EMA top1 {_pct(e.get('eval_ema/top1'))} top5 {_pct(e.get('eval_ema/top5'))}"
+        )
     else:
         row["last eval"] = "-"
     ck = newest_checkpoint(run_dir)
     row["checkpoint"] = f"{ck[0]} ({_hms(ck[2])} ago)" if ck else "none complete"
-    row["skipped"] = (f"{last.get('bad_steps', 0)} bad, {last.get('overflow_steps', 0)} overflow"
-                      if train else "-")
+    row["skipped"] = (
+        f"{last.get('bad_steps', 0)} bad, {last.get('overflow_steps', 0)} overflow" if train else "-"
+    )
     ref = reference or cfg.get("run", {}).get("reference")
     if ref and evals:
         e = evals[-1]
@@ -189,9 +197,11 @@ def run_status(run_dir: str | Path, reference: str | None = None) -> dict[str, s
             paper = official.at_epoch(ref, int(e["epoch"]), "test_acc1")
         except KeyError as err:
             raise StatusError(str(err.args[0])) from None
-        row["vs paper"] = (f"{ref} epoch {e['epoch']}: {_pct(paper)}, gap {e['eval/top1'] - paper:+.2f}"
-                           if paper is not None and e.get("eval/top1") is not None
-                           else f"{ref} has no epoch {e['epoch']}")
+        row["vs paper"] = (
+            f"{ref} epoch {e['epoch']}: {_pct(paper)}, gap {e['eval/top1'] - paper:+.2f}"
+            if paper is not None and e.get("eval/top1") is not None
+            else f"{ref} has no epoch {e['epoch']}"
+        )
     else:
         row["vs paper"] = f"{ref}: no eval yet" if ref else "- (no run.reference; pass --reference NAME)"
     return row
@@ -209,12 +219,21 @@ def format_rows(rows: list[dict[str, str]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m rmt_dist.status", description=__doc__.split("\n\n")[0],
-                                epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run.dir of one or more runs (e.g. a sweep's)")
-    p.add_argument("--reference", choices=official.names(), default=None,
-                   help="the paper's run to compare with (default: each run's run.reference)")
+    p = argparse.ArgumentParser(
+        prog="python -m rmt_dist.status",
+        description=__doc__.split("\n\n")[0],
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "run_dirs", nargs="+", metavar="RUN_DIR", help="run.dir of one or more runs (e.g. a sweep's)"
+    )
+    p.add_argument(
+        "--reference",
+        choices=official.names(),
+        default=None,
+        help="the paper's run to compare with (default: each run's run.reference)",
+    )
     a = p.parse_args(argv)
     try:
         rows = [run_status(d, a.reference) for d in a.run_dirs]

@@ -21,8 +21,9 @@ def write_jpeg(path: Path, pixels: np.ndarray, quality: int = 95) -> None:
     Image.fromarray(pixels).save(path, format="JPEG", quality=quality)
 
 
-def make_odd_image_folder(root: Path, classes: tuple[str, ...] = ("cat", "dog", "eel"), per_class: int = 4,
-                          seed: int = 0) -> dict[str, object]:
+def make_odd_image_folder(
+    root: Path, classes: tuple[str, ...] = ("cat", "dog", "eel"), per_class: int = 4, seed: int = 0
+) -> dict[str, object]:
     """ImageFolder with, besides normal JPEGs: a CMYK JPEG, a greyscale JPEG, a PNG named
     .JPEG (all kept as RGB), and a truncated, an empty and a non-image .JPEG (all skipped).
     Returns {"good": {path: (class, RGB pixels as written)}, "bad": {path: reason word}}."""
@@ -70,8 +71,9 @@ def digits_betons(base: Path) -> tuple[Path, Path]:
 LOADER_RECIPE = Path(__file__).parent / "fixtures" / "loader.yaml"
 
 
-def data_config(train: Path, val: Path | None = None, *, overrides: tuple[str, ...] | list[str] = (),
-                **data: object):
+def data_config(
+    train: Path, val: Path | None = None, *, overrides: tuple[str, ...] | list[str] = (), **data: object
+):
     """A Config for the loader tests: tests/fixtures/loader.yaml with `data.<key>=value` for each
     keyword, then `overrides` (key.sub=value, any section), validated like any recipe."""
     from rmt_dist.config import load_config

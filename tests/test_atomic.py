@@ -17,7 +17,9 @@ def test_replaces_whole_file_and_fsyncs_file_and_dir(tmp_path, monkeypatch):
     target.write_text("old")
     synced = []
     real = os.fsync
-    monkeypatch.setattr(atomic.os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real(fd)))
+    monkeypatch.setattr(
+        atomic.os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real(fd))
+    )
     atomic_write(target, "new\n")
     assert target.read_text() == "new\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json"]

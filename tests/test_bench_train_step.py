@@ -51,11 +51,28 @@ def one_thread():
 
 
 def test_reference_and_fast_rows_with_positive_numbers(bench, one_thread) -> None:
-    args = bench.parse_args(["--device", "cpu", "--models", "rmt_test", "--img-size", "64",
-                             "--batch-size", "2", "--steps", "2", "--warmup", "1"])
+    args = bench.parse_args(
+        [
+            "--device",
+            "cpu",
+            "--models",
+            "rmt_test",
+            "--img-size",
+            "64",
+            "--batch-size",
+            "2",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+        ]
+    )
     assert args.compile == "none" and args.precision == "fp32"  # CPU defaults
     rows, header = bench.run(args)
-    assert [(r.model, r.path, r.status) for r in rows] == [("rmt_test", "reference", "ok"), ("rmt_test", "fast", "ok")]
+    assert [(r.model, r.path, r.status) for r in rows] == [
+        ("rmt_test", "reference", "ok"),
+        ("rmt_test", "fast", "ok"),
+    ]
     for r in rows:
         assert r.img_per_s > 0 and r.ms_per_step > 0 and r.mfu > 0
         assert r.peak_mem_gib is None  # CPU: no allocator peak
@@ -117,7 +134,9 @@ def test_rows_reach_the_json_file_after_every_row(bench, monkeypatch, tmp_path) 
         return bench.Row(name, path, img_per_s=1.0, ms_per_step=1.0)
 
     monkeypatch.setattr(bench, "measure", fake)
-    args = bench.parse_args(["--device", "cpu", "--models", "rmt_test", "--peak-tflops", "1", "--json", str(out)])
+    args = bench.parse_args(
+        ["--device", "cpu", "--models", "rmt_test", "--peak-tflops", "1", "--json", str(out)]
+    )
     bench.run(args)
     assert [r["path"] for r in seen_before_second[0]] == ["reference"]
     assert [r["path"] for r in json.loads(out.read_text())] == ["reference", "fast"]
@@ -164,8 +183,13 @@ def test_gpu_check_sh_runs_every_stage_with_arguments_the_stages_accept(bench, g
     stub.write_text(STUB)
     stub.chmod(0o755)
     calls, out = tmp_path / "calls.txt", tmp_path / "out"
-    env = {**os.environ, "PYTHON": str(stub), "CALLS": str(calls), "REAL_PYTHON": sys.executable,
-           "TMPDIR": str(tmp_path)}
+    env = {
+        **os.environ,
+        "PYTHON": str(stub),
+        "CALLS": str(calls),
+        "REAL_PYTHON": sys.executable,
+        "TMPDIR": str(tmp_path),
+    }
     cmd = ["bash", str(ROOT / "bench" / "gpu_check.sh"), str(out)] + (["--cpu-dry-run"] if dry else [])
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -173,15 +197,18 @@ def test_gpu_check_sh_runs_every_stage_with_arguments_the_stages_accept(bench, g
     stages = json.loads((out / "stages.json").read_text())["stages"]
     expected = {"env", "precompile", "cuda_tests", "randaugment", *(f"train_{m}" for m in models)}
     assert {s["stage"] for s in stages} == expected and all(s["status"] == "ok" for s in stages)
-    assert sum(s["budget_s"] for s in stages if s["stage"] != "cuda_tests") <= 520  # cuda_tests runs alongside
+    assert (
+        sum(s["budget_s"] for s in stages if s["stage"] != "cuda_tests") <= 520
+    )  # cuda_tests runs alongside
     trained, profiled = [], []
     for call in _calls(calls):
         script, args = call[0], call[1:]
         if script == "bench/train_step.py":
             a = bench.parse_args(args)
             trained.append((tuple(a.models), tuple(a.paths)))
-            assert (a.device, a.precision, a.compile) == (("cpu", "bf16", "shared-blocks") if dry
-                                                           else ("cuda", "bf16", "shared-blocks"))
+            assert (a.device, a.precision, a.compile) == (
+                ("cpu", "bf16", "shared-blocks") if dry else ("cuda", "bf16", "shared-blocks")
+            )
             assert a.batch_size == (2 if dry else 128) and a.img_size == (64 if dry else 224)
             if a.profile:
                 profiled.append(a.profile_models)
@@ -202,10 +229,21 @@ def test_gpu_check_only_reruns_the_named_stages(tmp_path):
     stub = tmp_path / "python"
     stub.write_text(STUB)
     stub.chmod(0o755)
-    env = {**os.environ, "PYTHON": str(stub), "CALLS": str(tmp_path / "calls.txt"),
-           "REAL_PYTHON": sys.executable, "TMPDIR": str(tmp_path), "GPU_CHECK_ONLY": "train_rmt_l"}
-    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), str(tmp_path / "out")],
-                          env=env, capture_output=True, text=True, timeout=120)
+    env = {
+        **os.environ,
+        "PYTHON": str(stub),
+        "CALLS": str(tmp_path / "calls.txt"),
+        "REAL_PYTHON": sys.executable,
+        "TMPDIR": str(tmp_path),
+        "GPU_CHECK_ONLY": "train_rmt_l",
+    }
+    proc = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu_check.sh"), str(tmp_path / "out")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     stages = json.loads((tmp_path / "out" / "stages.json").read_text())["stages"]
     assert [s["stage"] for s in stages if s["status"] == "ok"] == ["train_rmt_l"]
@@ -213,29 +251,61 @@ def test_gpu_check_only_reruns_the_named_stages(tmp_path):
 
 
 def test_bad_arguments_exit_2_with_a_one_line_reason(tmp_path):
-    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), str(tmp_path), "--gpu"],
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu_check.sh"), str(tmp_path), "--gpu"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 2 and "unknown option --gpu" in proc.stderr
-    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh")], capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu_check.sh")], capture_output=True, text=True, timeout=30
+    )
     assert proc.returncode == 2 and "usage" in proc.stderr
 
 
 def test_collect_writes_the_issue_shape_and_reads_the_targets(gpu_check, tmp_path):
     out, parts = tmp_path / "out", tmp_path / "parts"
-    gpu_check.write_json(out / "env.json", {"gpu": "NVIDIA H200", "driver": "580.1", "torch": "2.11.0",
-                                            "bf16_matmul_tflops": 790.0})
-    rows = [{"model": "rmt_l", "path": "reference", "status": "ok", "img_per_s": 700.0, "ms_per_step": 182.9,
-             "mfu": 0.10, "peak_mem_gib": 60.0},
-            {"model": "rmt_l", "path": "fast", "status": "ok", "img_per_s": 1500.0, "ms_per_step": 85.3,
-             "mfu": 0.22, "peak_mem_gib": 40.0, "graphs": 6}]
+    gpu_check.write_json(
+        out / "env.json",
+        {"gpu": "NVIDIA H200", "driver": "580.1", "torch": "2.11.0", "bf16_matmul_tflops": 790.0},
+    )
+    rows = [
+        {
+            "model": "rmt_l",
+            "path": "reference",
+            "status": "ok",
+            "img_per_s": 700.0,
+            "ms_per_step": 182.9,
+            "mfu": 0.10,
+            "peak_mem_gib": 60.0,
+        },
+        {
+            "model": "rmt_l",
+            "path": "fast",
+            "status": "ok",
+            "img_per_s": 1500.0,
+            "ms_per_step": 85.3,
+            "mfu": 0.22,
+            "peak_mem_gib": 40.0,
+            "graphs": 6,
+        },
+    ]
     gpu_check.write_json(parts / "train_rmt_l.json", rows)
-    gpu_check.write_json(parts / "train_rmt_t.json", [{"model": "rmt_t", "path": "reference", "status": "OOM"}])
-    (parts / "stages.tsv").write_text("env\t30\t0\t7\ntrain_rmt_l\t120\t124\t120\nrandaugment\t35\tskipped\t0\n")
+    gpu_check.write_json(
+        parts / "train_rmt_t.json", [{"model": "rmt_t", "path": "reference", "status": "OOM"}]
+    )
+    (parts / "stages.tsv").write_text(
+        "env\t30\t0\t7\ntrain_rmt_l\t120\t124\t120\nrandaugment\t35\tskipped\t0\n"
+    )
     gpu_check.collect(out, parts, ["rmt_t", "rmt_s", "rmt_b", "rmt_l"])
     train = json.loads((out / "h200_train_step.json").read_text())
     assert (train["gpu"], train["driver"], train["torch"]) == ("NVIDIA H200", "580.1", "2.11.0")
-    assert [(r["model"], r["path"]) for r in train["rows"]] == [("rmt_t", "reference"), ("rmt_l", "reference"),
-                                                                 ("rmt_l", "fast")]
+    assert [(r["model"], r["path"]) for r in train["rows"]] == [
+        ("rmt_t", "reference"),
+        ("rmt_l", "reference"),
+        ("rmt_l", "fast"),
+    ]
     assert list(train["rows"][2])[:6] == ["model", "path", "img_per_s", "ms_per_step", "mfu", "peak_mem_gib"]
     assert train["targets"]["fast_vs_reference"]["rmt_l"] == pytest.approx(1500 / 700)
     assert train["targets"]["rmt_l_fast_2x_reference"] is True

@@ -66,7 +66,12 @@ def test_official_hyperparameters_and_derived_values():
     assert cfg.derived.global_batch == 2048
     assert cfg.derived.lr == pytest.approx(2e-3)  # 5e-4 x 2048 / 512
     assert cfg.derived.ema_decay == pytest.approx(0.99996**4)
-    assert (cfg.optim.warmup_epochs, cfg.optim.warmup_lr, cfg.optim.min_lr, cfg.optim.epochs) == (5, 1e-6, 1e-5, 300)
+    assert (cfg.optim.warmup_epochs, cfg.optim.warmup_lr, cfg.optim.min_lr, cfg.optim.epochs) == (
+        5,
+        1e-6,
+        1e-5,
+        300,
+    )
     assert cfg.data.reprob == 0.25 and cfg.data.label_smoothing == 0.1 and cfg.data.repeated_aug
 
 
@@ -108,8 +113,16 @@ def test_parse_override_types(text, expected):
 
 
 def test_overrides_apply_typed(base):
-    cfg = load_config(base, ["optim.lr=1e-3", "data.batch_size=64", "optim.clip_grad=5", "data.val=null",
-                             "slurm.additional_parameters={exclusive: true}"])
+    cfg = load_config(
+        base,
+        [
+            "optim.lr=1e-3",
+            "data.batch_size=64",
+            "optim.clip_grad=5",
+            "data.val=null",
+            "slurm.additional_parameters={exclusive: true}",
+        ],
+    )
     assert cfg.optim.lr == 1e-3 and isinstance(cfg.optim.lr, float)
     assert cfg.data.batch_size == 64 and cfg.optim.clip_grad == 5.0 and cfg.data.val is None
     assert cfg.slurm.additional_parameters == {"exclusive": True}
@@ -186,11 +199,15 @@ def test_cross_field_checks(base):
     assert "slurm.nodes must be >= 1, got 0" in err(base, ["slurm.nodes=0"])
     assert "zero_stage" in err(base, ["strategy.name=deepspeed", "strategy.zero_stage=4"])
     assert "model.token_label" in err(base, ["tokenlabel.enabled=true", "tokenlabel.store=s"])
-    assert "data.mixup=0" in err(base, ["tokenlabel.enabled=true", "tokenlabel.store=s", "model.token_label=true"])
+    assert "data.mixup=0" in err(
+        base, ["tokenlabel.enabled=true", "tokenlabel.store=s", "model.token_label=true"]
+    )
 
 
 def test_resolved_config_round_trip(tmp_path):
-    cfg = derive(load_config(ROOT / "recipes/rmt_l_tokenlabel.yaml", ["optim.lr=1e-3", "data.scale=[0.5,1]"]), 32)
+    cfg = derive(
+        load_config(ROOT / "recipes/rmt_l_tokenlabel.yaml", ["optim.lr=1e-3", "data.scale=[0.5,1]"]), 32
+    )
     save_config(cfg, tmp_path / "run/config.yaml")
     again = load_resolved(tmp_path / "run/config.yaml")
     assert again == cfg
@@ -206,24 +223,35 @@ def test_cli_prints_resolved_recipe(capsys):
 
 
 def test_cli_as_a_module_exits_nonzero_with_one_line():
-    p = subprocess.run([sys.executable, "-m", "rmt_dist.config", "recipes/rmt_l.yaml", "strategy.name=zero"],
-                       cwd=ROOT, capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "rmt_dist.config", "recipes/rmt_l.yaml", "strategy.name=zero"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 2
     assert p.stderr.strip().count("\n") == 0 and "ddp, fsdp, deepspeed" in p.stderr
 
 
 # --- frozen config, typed run plan, removed keys ----------------------------------------------------
 
+
 def test_config_is_frozen_and_variants_come_from_replace(base):
     cfg = load_config(base)
     for section in dataclasses.fields(cfg):  # every section, and the top level
         value = getattr(cfg, section.name)
-        target, name = (value, dataclasses.fields(value)[0].name) if dataclasses.is_dataclass(value) else (cfg, "precision")
+        target, name = (
+            (value, dataclasses.fields(value)[0].name)
+            if dataclasses.is_dataclass(value)
+            else (cfg, "precision")
+        )
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(target, name, getattr(target, name))
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.data = cfg.data
-    assert isinstance(cfg.data.scale, tuple) and isinstance(cfg.optim.betas, tuple)  # no in-place edits either
+    assert isinstance(cfg.data.scale, tuple) and isinstance(
+        cfg.optim.betas, tuple
+    )  # no in-place edits either
     run = derive(cfg, 2)
     with pytest.raises(dataclasses.FrozenInstanceError):
         run.derived.lr = 1.0
@@ -246,9 +274,16 @@ def test_derive_returns_a_typed_run_plan(base):
     assert msg.startswith("command line: derived is computed at launch") and "optim.lr" in msg
 
 
-@pytest.mark.parametrize("key, fix", [("data.os_cache", "memory map"), ("tokenlabel.teacher", "--teacher"),
-                                      ("tokenlabel.teacher_checkpoint", "--checkpoint"),
-                                      ("tokenlabel.teacher_img_size", "--img-size"), ("tokenlabel.topk", "--topk")])
+@pytest.mark.parametrize(
+    "key, fix",
+    [
+        ("data.os_cache", "memory map"),
+        ("tokenlabel.teacher", "--teacher"),
+        ("tokenlabel.teacher_checkpoint", "--checkpoint"),
+        ("tokenlabel.teacher_img_size", "--img-size"),
+        ("tokenlabel.topk", "--topk"),
+    ],
+)
 def test_removed_keys_are_refused_with_the_reason(tmp_path, base, key, fix):
     section, name = key.split(".")
     r = write(tmp_path, "r.yaml", f"base: base.yaml\n{section}:\n  {name}: 5\n")
@@ -264,14 +299,26 @@ def test_old_config_yaml_with_removed_keys_still_loads(tmp_path, caplog, monkeyp
     monkeypatch.setattr(logging.getLogger("rmt_dist"), "propagate", True)  # run() turns it off
     with caplog.at_level(logging.WARNING, logger="rmt_dist.config"):
         cfg = load_resolved(old)
-    removed = ["data.os_cache", "tokenlabel.teacher", "tokenlabel.teacher_checkpoint", "tokenlabel.teacher_img_size",
-               "tokenlabel.topk"]
-    warned = {r.getMessage() for r in caplog.records if r.levelno == logging.WARNING}  # a set: handlers may repeat
-    assert len(warned) == len(removed) and all(any(f"ignoring {k} (removed: " in w for w in warned) for k in removed)
+    removed = [
+        "data.os_cache",
+        "tokenlabel.teacher",
+        "tokenlabel.teacher_checkpoint",
+        "tokenlabel.teacher_img_size",
+        "tokenlabel.topk",
+    ]
+    warned = {
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+    }  # a set: handlers may repeat
+    assert len(warned) == len(removed) and all(
+        any(f"ignoring {k} (removed: " in w for w in warned) for k in removed
+    )
     want = derive(load_config(ROOT / "recipes/smoke.yaml", ["run.dir=runs/smoke_old"]), 2)
     assert cfg == want  # every other value as written, the plan included
     save_config(cfg, tmp_path / "config.yaml")  # the run's next write drops them for good
-    assert "os_cache" not in (tmp_path / "config.yaml").read_text() and load_resolved(tmp_path / "config.yaml") == cfg
+    assert (
+        "os_cache" not in (tmp_path / "config.yaml").read_text()
+        and load_resolved(tmp_path / "config.yaml") == cfg
+    )
 
 
 def test_config_yaml_without_a_run_plan_is_refused(tmp_path, base):

@@ -52,8 +52,9 @@ def test_rand_augment_op_matches_timm(image, name, negate, increasing, monkeypat
     magnitude = 9.0 if increasing else 7.0  # inc0 Solarize at 9 (threshold 230) would be a no-op here
     level_fn = A.LEVEL_TO_ARG[timm_name]
     timm_args = level_fn(magnitude, HPARAMS) if level_fn else ()
-    ref = A.NAME_TO_OP[timm_name](Image.fromarray(image), *timm_args, fillcolor=tuple(FILL.tolist()),
-                                  resample=Image.BICUBIC)
+    ref = A.NAME_TO_OP[timm_name](
+        Image.fromarray(image), *timm_args, fillcolor=tuple(FILL.tolist()), resample=Image.BICUBIC
+    )
     code = R.OP_NAMES.index(name)
     arg = R.level_to_arg(np.array([code]), np.array([magnitude]), np.array([negate]), increasing)[0]
     if timm_args:
@@ -114,8 +115,9 @@ def test_mixup_cutmix_matches_timm(seed):
     x = torch.randn(6, 3, 16, 12)
     y = torch.tensor([0, 3, 1, 4, 2, 3])
     np.random.seed(seed)
-    ref_x, ref_y = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, label_smoothing=0.1,
-                         num_classes=5)(x.clone(), y)
+    ref_x, ref_y = Mixup(
+        mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, label_smoothing=0.1, num_classes=5
+    )(x.clone(), y)
     params = sample_mix(np.random.RandomState(seed), MixSpec(), 16, 12)
     ours_x, ours_y = apply_mix(x.clone(), params), soft_targets(y, 5, 0.1, params.lam)
     assert torch.equal(ours_x, ref_x) and torch.allclose(ours_y, ref_y)
@@ -133,8 +135,11 @@ def test_host_finish_equals_the_torch_path(mode, mix, channels_last):
     inv_std = np.array([1 / 58.4, 1 / 57.1, 1 / 57.4], np.float32)
     boxes = sample_erasing(random.Random(3), 6, 20, 18, ErasingSpec(probability=0.6, mode=mode))
     assert any(b is not None for b in boxes) and any(b is None for b in boxes)
-    params = {"none": MixParams(), "mixup": MixParams(lam=0.6180339),
-              "cutmix": MixParams(lam=0.7, use_cutmix=True, box=(3, 11, 5, 16))}[mix]
+    params = {
+        "none": MixParams(),
+        "mixup": MixParams(lam=0.6180339),
+        "cutmix": MixParams(lam=0.7, use_cutmix=True, box=(3, 11, 5, 16)),
+    }[mix]
 
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
     x = (x - torch.from_numpy(mean).view(1, 3, 1, 1)) * torch.from_numpy(inv_std).view(1, 3, 1, 1)
@@ -169,8 +174,12 @@ def test_random_resized_crop_boxes_respect_scale_ratio():
     from torchvision.transforms import RandomResizedCrop
 
     torch.manual_seed(0)
-    ref = np.array([RandomResizedCrop.get_params(torch.empty(1, hh, ww), [0.08, 1.0], [3 / 4, 4 / 3])
-                    for hh, ww in zip(h.tolist(), w.tolist())])
+    ref = np.array(
+        [
+            RandomResizedCrop.get_params(torch.empty(1, hh, ww), [0.08, 1.0], [3 / 4, 4 / 3])
+            for hh, ww in zip(h.tolist(), w.tolist())
+        ]
+    )
     ref_frac = ref[:, 2] * ref[:, 3] / (h * w)
     assert abs(frac.mean() - ref_frac.mean()) < 0.015 and abs(np.median(frac) - np.median(ref_frac)) < 0.03
 
@@ -188,8 +197,12 @@ def test_shear_and_translate_fast_path_equals_pillow():
             # Decimal magnitudes, as RandAugment without mstd gives (m9: shift 0.405 * w): sums
             # then land within rounding of integers, where per-row and per-pixel dx disagree.
             m, t = round(m, 2), round(t, 2)
-        args = [(1.0, m, 0.0, 0.0, 1.0, 0.0), (1.0, 0.0, 0.0, m, 1.0, 0.0),
-                (1.0, 0.0, t * w, 0.0, 1.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, t * h)][trial % 4]
+        args = [
+            (1.0, m, 0.0, 0.0, 1.0, 0.0),
+            (1.0, 0.0, 0.0, m, 1.0, 0.0),
+            (1.0, 0.0, t * w, 0.0, 1.0, 0.0),
+            (1.0, 0.0, 0.0, 0.0, 1.0, t * h),
+        ][trial % 4]
         ref = Image.fromarray(img).transform((w, h), Image.AFFINE, args, Image.BICUBIC, fillcolor=fill)
         ours = img.copy()
         pil_ops.affine(ours, *args, FILL, True)

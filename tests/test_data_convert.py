@@ -109,8 +109,11 @@ def test_overwrite_required_and_interrupted_write_leaves_nothing(odd, tmp_path, 
 
 def test_cli_one_line_error_and_fingerprint(odd, tmp_path):
     root, beton, _ = odd
-    r = subprocess.run([sys.executable, "-m", "rmt_dist.data.convert", str(root / "nope"), str(tmp_path / "o.beton")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "rmt_dist.data.convert", str(root / "nope"), str(tmp_path / "o.beton")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "nope" in r.stderr
     fp = beton_fingerprint(beton)
     assert fp == beton_fingerprint(beton) == json.loads(Path(f"{beton}.meta.json").read_text())["fingerprint"]

@@ -23,18 +23,23 @@ def photos() -> np.ndarray:
     """Eight 56x48 crops of real photos (edges, flat sky, saturated colours)."""
     src = load_sample_images().images
     rng = np.random.default_rng(0)
-    crops = [src[i % 2][top:top + 56, left:left + 48] for i, (top, left) in
-             enumerate(zip(rng.integers(0, 370, 8), rng.integers(0, 590, 8)))]
+    crops = [
+        src[i % 2][top : top + 56, left : left + 48]
+        for i, (top, left) in enumerate(zip(rng.integers(0, 370, 8), rng.integers(0, 590, 8)))
+    ]
     return np.ascontiguousarray(np.stack(crops))
 
 
-def timm_op(img: np.ndarray, name: str, magnitude: float, negate: bool, increasing: bool, resample: int,
-            monkeypatch) -> np.ndarray:
+def timm_op(
+    img: np.ndarray, name: str, magnitude: float, negate: bool, increasing: bool, resample: int, monkeypatch
+) -> np.ndarray:
     timm_name = name + "Increasing" if increasing and name in INCREASING else name
     monkeypatch.setattr(A, "_randomly_negate", lambda v: -v if negate else v)
     level_fn = A.LEVEL_TO_ARG[timm_name]
     args = level_fn(magnitude, HPARAMS) if level_fn else ()
-    out = A.NAME_TO_OP[timm_name](Image.fromarray(img), *args, fillcolor=tuple(FILL.tolist()), resample=resample)
+    out = A.NAME_TO_OP[timm_name](
+        Image.fromarray(img), *args, fillcolor=tuple(FILL.tolist()), resample=resample
+    )
     return np.asarray(out)
 
 
@@ -46,7 +51,9 @@ def test_each_op_on_device_equals_timm(photos, name, negate, increasing, monkeyp
     equals timm's (Pillow's) exactly."""
     code = R.OP_NAMES.index(name)
     magnitudes = [9.0, 5.5, 2.0, 0.0]
-    if name == "Posterize":  # 0 bits (level 10 inc1, < 2.5 inc0) is an error in Pillow >= 10 (see randaugment.py)
+    if (
+        name == "Posterize"
+    ):  # 0 bits (level 10 inc1, < 2.5 inc0) is an error in Pillow >= 10 (see randaugment.py)
         magnitudes = [7.0, 5.5, 3.0, 0.0]
     x = photos[:4].copy()
     ops = np.full((4, 1), code)
@@ -65,8 +72,9 @@ def test_each_op_on_device_equals_timm(photos, name, negate, increasing, monkeyp
 def test_bilinear_affine_on_device_equals_pillow(photos, name, monkeypatch):
     code = R.OP_NAMES.index(name)
     args = R.level_to_arg(np.array([code]), np.array([7.3]), np.array([True]), True)[:, None]
-    out = rand_augment_on_device(torch.from_numpy(photos[:1].copy()), np.array([[code]]), args, FILL,
-                                 bicubic=False).numpy()
+    out = rand_augment_on_device(
+        torch.from_numpy(photos[:1].copy()), np.array([[code]]), args, FILL, bicubic=False
+    ).numpy()
     assert np.array_equal(out[0], timm_op(photos[0], name, 7.3, True, True, Image.BILINEAR, monkeypatch))
 
 
@@ -75,9 +83,13 @@ def test_bilinear_affine_on_device_equals_pillow(photos, name, monkeypatch):
 def test_mixed_batches_equal_the_worker_kernels(photos, seed, bicubic, monkeypatch):
     """Random rand-m9-mstd0.5-inc1 draws (every op, two layers, mixed in one batch): the
     device result equals the numba kernels the decode workers run, bit for bit."""
-    monkeypatch.setattr(device_randaugment, "AFFINE_CHUNK_PIXELS", 2 * 56 * 48)  # affine ops in chunks of 2 images
+    monkeypatch.setattr(
+        device_randaugment, "AFFINE_CHUNK_PIXELS", 2 * 56 * 48
+    )  # affine ops in chunks of 2 images
     x = np.concatenate([photos, photos[:, ::-1]])  # 16 images
-    ops, args = R.sample_ops(np.random.default_rng(seed), len(x), R.RandAugmentSpec.parse("rand-m9-mstd0.5-inc1"))
+    ops, args = R.sample_ops(
+        np.random.default_rng(seed), len(x), R.RandAugmentSpec.parse("rand-m9-mstd0.5-inc1")
+    )
     ref = x.copy()
     for k in range(len(x)):
         for layer in range(ops.shape[1]):
@@ -100,9 +112,17 @@ def test_cuda_equals_the_worker_kernels_without_syncs(bicubic):
     while the batch is augmented (one would stall the training loop every step)."""
     src = load_sample_images().images
     rng = np.random.default_rng(3)
-    x = np.ascontiguousarray(np.stack([src[k % 2][t:t + 224, s:s + 224] for k, (t, s) in
-                                       enumerate(zip(rng.integers(0, 200, 48), rng.integers(0, 400, 48)))]))
-    ops, args = R.sample_ops(np.random.default_rng(7), len(x), R.RandAugmentSpec.parse("rand-m9-mstd0.5-inc1"))
+    x = np.ascontiguousarray(
+        np.stack(
+            [
+                src[k % 2][t : t + 224, s : s + 224]
+                for k, (t, s) in enumerate(zip(rng.integers(0, 200, 48), rng.integers(0, 400, 48)))
+            ]
+        )
+    )
+    ops, args = R.sample_ops(
+        np.random.default_rng(7), len(x), R.RandAugmentSpec.parse("rand-m9-mstd0.5-inc1")
+    )
     ref = x.copy()
     for k in range(len(x)):
         for layer in range(ops.shape[1]):

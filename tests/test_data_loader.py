@@ -28,7 +28,9 @@ def stored(digits):
     """Every training image as stored (raw 32x32 RGB), decoded straight from the beton bytes."""
     im = BetonImages(str(digits[0]))
     assert (im.modes == 1).all()
-    return np.stack([np.asarray(im.data[p:p + s]).reshape(32, 32, 3) for p, s in zip(im.ptrs, im.sizes)]), im.labels
+    return np.stack(
+        [np.asarray(im.data[p : p + s]).reshape(32, 32, 3) for p, s in zip(im.ptrs, im.sizes)]
+    ), im.labels
 
 
 def denormalize(x: torch.Tensor, cfg) -> np.ndarray:
@@ -102,7 +104,7 @@ def test_crop_and_flip_meta_reproduce_the_images(digits, stored):
         for k in range(16):
             t, left, h, w = meta["boxes"][k].tolist()
             assert meta["image_size"][k].tolist() == [32, 32]
-            src = pixels[meta["indices"][k]][t:t + h, left:left + w]
+            src = pixels[meta["indices"][k]][t : t + h, left : left + w]
             want = np.asarray(Image.fromarray(src).resize((32, 32), Image.BICUBIC))  # timm's crop
             if meta["flipped"][k]:
                 want = want[:, ::-1]
@@ -128,16 +130,22 @@ def test_randaugment_on_the_device_gives_the_workers_batches(digits, channels_la
     then torch normalise/erase/mix) yields bit-identical batches to the worker path."""
     loaders = {}
     for where in ("host", "device", "auto"):
-        cfg = data_config(*digits, randaugment_on=where, overrides=[f"model.channels_last={channels_last}"],
-                          **FULL_AUG)
+        cfg = data_config(
+            *digits, randaugment_on=where, overrides=[f"model.channels_last={channels_last}"], **FULL_AUG
+        )
         loaders[where] = build_train_loader(cfg, rank=1, world_size=2)
     assert "RandAugment on the device (cpu)" in loaders["device"].describe()
     assert "RandAugment in the workers (cpu)" in loaders["auto"].describe()  # auto on CPU: the workers
     steps = 0
-    for (x1, y1), (x2, y2) in zip(loaders["host"].epoch(2, start_step=30), loaders["device"].epoch(2, start_step=30)):
+    for (x1, y1), (x2, y2) in zip(
+        loaders["host"].epoch(2, start_step=30), loaders["device"].epoch(2, start_step=30)
+    ):
         assert torch.equal(x1, x2) and torch.equal(y1, y2)
-        assert x1.is_contiguous(memory_format=torch.channels_last) == channels_last == x2.is_contiguous(
-            memory_format=torch.channels_last)
+        assert (
+            x1.is_contiguous(memory_format=torch.channels_last)
+            == channels_last
+            == x2.is_contiguous(memory_format=torch.channels_last)
+        )
         steps += 1
     assert steps == loaders["host"].steps_per_epoch - 30 > 0
 
@@ -156,7 +164,7 @@ def test_eval_covers_every_sample_once_across_ranks(digits):
     assert sum(sizes) == 359 and sizes[-1] < 50  # 180 + 179: short last batches, no padding
     assert torch.equal(torch.cat(seen), torch.from_numpy(im.labels))
     first, _ = next(iter(build_eval_loader(cfg)))  # crop_pct 1.0 on square images: the image itself
-    raw = np.asarray(im.data[im.ptrs[0]:im.ptrs[0] + im.sizes[0]]).reshape(32, 32, 3)
+    raw = np.asarray(im.data[im.ptrs[0] : im.ptrs[0] + im.sizes[0]]).reshape(32, 32, 3)
     assert np.abs(denormalize(first[:1], cfg)[0].astype(int) - raw.astype(int)).max() <= 1
 
 

@@ -28,7 +28,9 @@ def photo() -> np.ndarray:
     return textured(3, 187, 251)
 
 
-def crop_resize(img: np.ndarray, box: tuple[int, int, int, int], size: int, flip: bool, kind: int) -> np.ndarray:
+def crop_resize(
+    img: np.ndarray, box: tuple[int, int, int, int], size: int, flip: bool, kind: int
+) -> np.ndarray:
     top, left, h, w = box
     out = np.empty((size, size, 3), np.uint8)
     resize_window(img, top, left, h, w, size, size, 0, 0, out, flip, kind)
@@ -42,15 +44,25 @@ def test_random_resized_crop_equals_pillow(photo, kind):
     # first when the height shrinks more than twice as much as the width).
     rng = np.random.default_rng(0)
     boxes = [(0, 0, 187, 251), (10, 20, 150, 40), (5, 7, 30, 200), (0, 0, 64, 64), (3, 4, 180, 70)]
-    boxes += [(int(rng.integers(0, 100)), int(rng.integers(0, 100)), int(rng.integers(8, 88)), int(rng.integers(8, 152)))
-              for _ in range(30)]
+    boxes += [
+        (
+            int(rng.integers(0, 100)),
+            int(rng.integers(0, 100)),
+            int(rng.integers(8, 88)),
+            int(rng.integers(8, 152)),
+        )
+        for _ in range(30)
+    ]
     vertical_first = 0
     for i, (top, left, h, w) in enumerate(boxes):
         flip = i % 2 == 1
         ref = Image.fromarray(photo).crop((left, top, left + w, top + h)).resize((56, 56), PIL_FILTER[kind])
         ref = np.asarray(ref.transpose(Image.FLIP_LEFT_RIGHT) if flip else ref)
-        np.testing.assert_array_equal(crop_resize(photo, (top, left, h, w), 56, flip, kind), ref,
-                                      err_msg=f"box {(top, left, h, w)} flip {flip}")
+        np.testing.assert_array_equal(
+            crop_resize(photo, (top, left, h, w), 56, flip, kind),
+            ref,
+            err_msg=f"box {(top, left, h, w)} flip {flip}",
+        )
         vertical_first += (h - 56) > 0 and (h - 56) > (w - 56) * 2
     assert vertical_first >= 3  # both pass orders were exercised
 
@@ -65,16 +77,25 @@ def test_eval_resize_equals_timm(shape, crop_pct):
     resize_window(img, *boxes[0], *resize[0], ours, False, BICUBIC)
     # timm's eval transform (Resize(floor(size / crop_pct), bicubic) + CenterCrop(size)) on the
     # same pixels, then its ToTensor + Normalize undone back to uint8.
-    tf = create_transform(size, is_training=False, crop_pct=crop_pct, interpolation="bicubic",
-                          mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    tf = create_transform(
+        size,
+        is_training=False,
+        crop_pct=crop_pct,
+        interpolation="bicubic",
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+    )
     ref = (tf(Image.fromarray(img)) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     np.testing.assert_array_equal(ours, ref)
 
 
 def test_train_crop_equals_torchvision_resized_crop(photo):
     top, left, h, w = 17, 40, 120, 161
-    ref = np.asarray(F.resized_crop(Image.fromarray(photo), top, left, h, w, [48, 48],
-                                    interpolation=F.InterpolationMode.BICUBIC))
+    ref = np.asarray(
+        F.resized_crop(
+            Image.fromarray(photo), top, left, h, w, [48, 48], interpolation=F.InterpolationMode.BICUBIC
+        )
+    )
     np.testing.assert_array_equal(crop_resize(photo, (top, left, h, w), 48, False, BICUBIC), ref)
 
 

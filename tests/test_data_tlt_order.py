@@ -15,8 +15,13 @@ from rmt_dist.data import build_train_loader
 from rmt_dist.data import randaugment as ra
 from rmt_dist.data.decode import BetonImages
 
-TLT = dict(augment_order="tlt", interpolation="random", auto_augment="rand-m9-mstd0.5-inc1", reprob=0.25,
-           label_smoothing=0.1)
+TLT = dict(
+    augment_order="tlt",
+    interpolation="random",
+    auto_augment="rand-m9-mstd0.5-inc1",
+    reprob=0.25,
+    label_smoothing=0.1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +36,13 @@ def _pil_op(img: Image.Image, op: int, arg: float, bicubic: bool, fill: tuple[in
     kw = dict(fillcolor=fill, resample=Image.BICUBIC if bicubic else Image.BILINEAR)
     if op == ra.POSTERIZE and int(arg) == 0:
         return img.point(lambda _: 0)  # Pillow >= 10 rejects 0 bits; the old meaning (randaugment.py)
-    fn = {ra.ROTATE: aa.rotate, ra.SHEAR_X: aa.shear_x, ra.SHEAR_Y: aa.shear_y, ra.TRANSLATE_X: aa.translate_x_rel,
-          ra.TRANSLATE_Y: aa.translate_y_rel}.get(op)
+    fn = {
+        ra.ROTATE: aa.rotate,
+        ra.SHEAR_X: aa.shear_x,
+        ra.SHEAR_Y: aa.shear_y,
+        ra.TRANSLATE_X: aa.translate_x_rel,
+        ra.TRANSLATE_Y: aa.translate_y_rel,
+    }.get(op)
     if fn is not None:
         return fn(img, arg, **kw)
     name = ra.OP_NAMES[op]
@@ -54,18 +64,23 @@ def test_images_are_tlts_chain_on_the_whole_image(digits):
         got = denormalize(x, cfg)
         for k in range(x.shape[0]):
             s = int(meta["indices"][k])
-            img = Image.fromarray(np.asarray(im.data[im.ptrs[s]:im.ptrs[s] + im.sizes[s]]).reshape(32, 32, 3))
+            img = Image.fromarray(
+                np.asarray(im.data[im.ptrs[s] : im.ptrs[s] + im.sizes[s]]).reshape(32, 32, 3)
+            )
             if meta["flipped"][k]:
                 img = img.transpose(Image.FLIP_LEFT_RIGHT)
                 seen_flips += 1
-            for op, arg, bic in zip(meta["ra_ops"][k].tolist(), meta["ra_args"][k].tolist(),
-                                    meta["ra_bicubic"][k].tolist()):
+            for op, arg, bic in zip(
+                meta["ra_ops"][k].tolist(), meta["ra_args"][k].tolist(), meta["ra_bicubic"][k].tolist()
+            ):
                 if op != ra.NO_OP:
                     img = _pil_op(img, op, arg, bic, fill)
                     seen_filters.add(bic)
             t, left, h, w = meta["boxes"][k].tolist()
             bic = bool(meta["crop_bicubic"][k])
-            want = img.crop((left, t, left + w, t + h)).resize((32, 32), Image.BICUBIC if bic else Image.BILINEAR)
+            want = img.crop((left, t, left + w, t + h)).resize(
+                (32, 32), Image.BICUBIC if bic else Image.BILINEAR
+            )
             np.testing.assert_array_equal(got[k], np.asarray(want), err_msg=f"sample {s}")
         if step == 2:
             break
@@ -87,10 +102,14 @@ def test_resume_mid_epoch_replays_the_tlt_order_bitwise(digits):
 
 def test_augment_order_and_random_interpolation_are_validated(tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("model: {name: rmt_t}\nrun: {dir: runs/x}\ndata: {train: x.beton, augment_order: tlt_order}\n")
+    recipe.write_text(
+        "model: {name: rmt_t}\nrun: {dir: runs/x}\ndata: {train: x.beton, augment_order: tlt_order}\n"
+    )
     with pytest.raises(ConfigError, match="crop_first, tlt"):
         load_config(recipe)
-    recipe.write_text("model: {name: rmt_t}\nrun: {dir: runs/x}\ndata: {train: x.beton, interpolation: random}\n")
+    recipe.write_text(
+        "model: {name: rmt_t}\nrun: {dir: runs/x}\ndata: {train: x.beton, interpolation: random}\n"
+    )
     with pytest.raises(ConfigError, match="augment_order=tlt"):
         load_config(recipe)
 
@@ -100,7 +119,9 @@ def test_ops_computed_only_where_the_crop_needs_them_equal_the_whole_image():
     op on its window only: inside the box, the result must be the whole-image result."""
     rng = np.random.default_rng(0)
     h, w = 97, 131
-    base = np.asarray(Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC))
+    base = np.asarray(
+        Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
+    )
     base = base.copy()
     base[::7] = rng.integers(0, 256, base[::7].shape, dtype=np.uint8)  # some sharp detail too
     fill = ra.fill_color([0.485, 0.456, 0.406])
@@ -120,8 +141,11 @@ def test_ops_computed_only_where_the_crop_needs_them_equal_the_whole_image():
         part = base.copy()
         for (op, arg, bic), win in zip(zip(ops, args, bicubic), wins[1:]):
             ra.apply_op(part, int(op), float(arg), fill, bool(bic), *win)
-        np.testing.assert_array_equal(part[top:top + bh, left:left + bw], full[top:top + bh, left:left + bw],
-                                      err_msg=f"{[ra.OP_NAMES[o] for o in ops]} {args} {bicubic}")
+        np.testing.assert_array_equal(
+            part[top : top + bh, left : left + bw],
+            full[top : top + bh, left : left + bw],
+            err_msg=f"{[ra.OP_NAMES[o] for o in ops]} {args} {bicubic}",
+        )
 
 
 @pytest.mark.parametrize("size", ["s", "b", "l"])

@@ -25,11 +25,13 @@ def test_quick_demo_runs_every_stage_end_to_end_and_reuses_them(tmp_path):
         assert (out / run / "FINISHED").is_file()
         assert list((out / run / "tb").glob("events.out.tfevents.*"))
         assert (out / run / "checkpoints/latest").is_file()
-        evals = [json.loads(x) for x in (out / run / "metrics.jsonl").read_text().splitlines() if "eval/top1" in x]
+        evals = [
+            json.loads(x) for x in (out / run / "metrics.jsonl").read_text().splitlines() if "eval/top1" in x
+        ]
         assert len(evals) == 2 and "eval_ema/top1" in evals[-1]
     student_cfg = (out / "student/config.yaml").read_text()
     assert "token_label: true" in student_cfg and "mix_token: true" in student_cfg
-    table = p.stdout[p.stdout.index("[5/5]"):]
+    table = p.stdout[p.stdout.index("[5/5]") :]
     for row in ("teacher (RMT)", "teacher EMA", "student (RMT*, token labels)", "student EMA", "tensorboard"):
         assert row in table
     # a second run reuses every finished stage

@@ -55,7 +55,9 @@ def _cfg(run_dir: Path, strategy: list[str], *overrides: str):
     from rmt_dist.config import derive
 
     data = Path(os.environ["RMT_TEST_DIGITS"])
-    cfg = config(run_dir, "ddp", *strategy, "checkpoint.every_steps=4", "data.batch_size=64", *overrides, data=data)
+    cfg = config(
+        run_dir, "ddp", *strategy, "checkpoint.every_steps=4", "data.batch_size=64", *overrides, data=data
+    )
     return cfg, derive
 
 
@@ -125,7 +127,12 @@ def _ema_by_hand(rank, world, strategy, run_dir: Path, info) -> dict:
         lr = trainer.schedule(step - 1)  # the position before the step
         stats = trainer.train_step([next(batches)])
         # train_step moves the state on (a skipped step too): step and position in the epoch.
-        assert (trainer.state.step, trainer.state.step_in_epoch, stats.step, stats.lr) == (step, step, step, lr)
+        assert (trainer.state.step, trainer.state.step_in_epoch, stats.step, stats.lr) == (
+            step,
+            step,
+            step,
+            lr,
+        )
         assert trainer.state.bad_steps == (step >= 2) and trainer.state.bad_streak == (step == 2)
         weights = s.full_state_dict()
         ema = s.full_state_dict(ema=trainer.ema.state)
@@ -180,7 +187,10 @@ def test_training_reduces_loss_and_logs(scenario):
     assert results["A"] == 0
     losses = train_losses(tmp / "A")
     assert sorted(losses) == list(range(1, STOP + 1))
-    first, last = sum(losses[s] for s in (1, 2, 3)) / 3, sum(losses[s] for s in (STOP - 2, STOP - 1, STOP)) / 3
+    first, last = (
+        sum(losses[s] for s in (1, 2, 3)) / 3,
+        sum(losses[s] for s in (STOP - 2, STOP - 1, STOP)) / 3,
+    )
     assert last < first - 0.1, f"loss did not fall: {first:.3f} -> {last:.3f}"
     evals = [r for r in records(tmp / "A") if "eval/top1" in r]
     assert [r["step"] for r in evals] == [EPOCH_END]
@@ -238,7 +248,9 @@ def test_evaluate_command(scenario, capsys):
 
     name, tmp, _ = scenario
     if name != "ddp":
-        pytest.skip("the command reads consolidated weights the same way for every strategy (export tests cover them)")
+        pytest.skip(
+            "the command reads consolidated weights the same way for every strategy (export tests cover them)"
+        )
     ckpt = tmp / "A" / "checkpoints" / f"step_{EPOCH_END:08d}"
     val = Path(os.environ["RMT_TEST_DIGITS"]) / "val.beton"
     assert evaluate_main([str(ckpt), "--data", str(val), "data.eval_batch_size=100"]) == 0
@@ -258,8 +270,18 @@ def test_tensorboard_scalars(scenario):
         acc = EventAccumulator(str(tmp / run_dir / "tb"))
         acc.Reload()
         tags = set(acc.Tags()["scalars"])
-        wanted = {"train/loss", "train/lr", "train/grad_norm", "train/img_per_s", "train/mem_gb",
-                  "train/skipped_steps", "eval/top1", "eval/top5", "eval_ema/top1", "eval_ema/top5"}
+        wanted = {
+            "train/loss",
+            "train/lr",
+            "train/grad_norm",
+            "train/img_per_s",
+            "train/mem_gb",
+            "train/skipped_steps",
+            "eval/top1",
+            "eval/top5",
+            "eval_ema/top1",
+            "eval_ema/top5",
+        }
         assert wanted <= tags, f"missing {wanted - tags}"
         loss = acc.Scalars("train/loss")
         assert [e.step for e in loss] == list(range(1, STOP + 1)), f"{run_dir}: one event per step"

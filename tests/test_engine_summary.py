@@ -21,8 +21,14 @@ def ev(epoch: int, model: float | None, ema: float | None = None) -> dict:
 
 # Model peaks at epoch 2 and ends lower; the EMA peaks at epoch 3, above the model's best,
 # and ends below its own best: every one of the five numbers is different.
-RUN = [ev(0, 50.0, 10.0), {"step": 150, "epoch": 1, "loss": 2.0, "lr": 1e-3},
-       ev(1, 70.0, 60.0), ev(2, 80.0, 78.0), ev(3, 79.0, 81.5), ev(4, 78.5, 81.0)]
+RUN = [
+    ev(0, 50.0, 10.0),
+    {"step": 150, "epoch": 1, "loss": 2.0, "lr": 1e-3},
+    ev(1, 70.0, 60.0),
+    ev(2, 80.0, 78.0),
+    ev(3, 79.0, 81.5),
+    ev(4, 78.5, 81.0),
+]
 
 
 def test_final_and_best_for_model_and_ema_and_the_best_of_both():
@@ -48,8 +54,10 @@ def test_records_are_taken_in_step_order_and_null_values_are_skipped():
 
 def test_the_log_line_names_every_value_with_its_1_based_epoch():
     line = format_summary(summarize(RUN))
-    assert line == ("final top-1 78.50 (epoch 5), best 80.00 (epoch 3), final EMA 81.00 (epoch 5), "
-                    "best EMA 81.50 (epoch 4), best of max(model, EMA) 81.50 (ema, epoch 4) [the official max_accuracy]")
+    assert line == (
+        "final top-1 78.50 (epoch 5), best 80.00 (epoch 3), final EMA 81.00 (epoch 5), "
+        "best EMA 81.50 (epoch 4), best of max(model, EMA) 81.50 (ema, epoch 4) [the official max_accuracy]"
+    )
 
 
 def test_without_ema_only_the_model_is_reported_and_without_evals_nothing():
@@ -72,8 +80,13 @@ def test_trainer_summary_covers_evals_from_before_a_resume(tmp_path, caplog):
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in RUN))
     after_resume = RUN[-1:]  # the trainer's in-memory list after resuming at epoch 4
-    report = Reporter(is_main=True, total_steps=500, log_every=1, metrics=SimpleNamespace(path=path),
-                      perf=SimpleNamespace(start_window=lambda: None))
+    report = Reporter(
+        is_main=True,
+        total_steps=500,
+        log_every=1,
+        metrics=SimpleNamespace(path=path),
+        perf=SimpleNamespace(start_window=lambda: None),
+    )
     report.start(400)  # resumed at step 400
     state = TrainState(step=500)
     with caplog.at_level(logging.INFO, logger="rmt_dist.train"):

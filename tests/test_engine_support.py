@@ -26,8 +26,14 @@ def free_port() -> int:
 
 
 def _entry(rank: int, world: int, port: int, fn, args, errdir: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)  # two ranks on two cores
     try:
         fn(rank, world, *args)
@@ -42,8 +48,9 @@ def run_ranks(fn, world: int, *args, tmp: Path) -> None:
     errdir = tmp / "errors"
     errdir.mkdir(parents=True, exist_ok=True)
     try:
-        mp.start_processes(_entry, args=(world, free_port(), fn, args, str(errdir)), nprocs=world,
-                           start_method="fork")
+        mp.start_processes(
+            _entry, args=(world, free_port(), fn, args, str(errdir)), nprocs=world, start_method="fork"
+        )
     except Exception as e:
         details = "\n".join(p.read_text() for p in sorted(errdir.glob("*.err")))
         raise AssertionError(f"a rank failed:\n{details}") from e
@@ -51,8 +58,17 @@ def run_ranks(fn, world: int, *args, tmp: Path) -> None:
 
 def config(run_dir: Path, strategy: str, *overrides: str, data: Path | None = None) -> Config:
     data_over = [f"data.train={data}/train.beton", f"data.val={data}/val.beton"] if data else []
-    return load_config(SMOKE, [f"run.dir={run_dir}", f"strategy.name={strategy}", "run.log_every=1",
-                               "data.num_workers=1", *data_over, *overrides])
+    return load_config(
+        SMOKE,
+        [
+            f"run.dir={run_dir}",
+            f"strategy.name={strategy}",
+            "run.log_every=1",
+            "data.num_workers=1",
+            *data_over,
+            *overrides,
+        ],
+    )
 
 
 def records(run_dir: Path) -> list[dict]:
@@ -62,7 +78,6 @@ def records(run_dir: Path) -> list[dict]:
 
 def train_losses(run_dir: Path) -> dict[int, float | None]:
     return {r["step"]: r["loss"] for r in records(run_dir) if "loss" in r}
-
 
 
 def digits_dir(tmp_path_factory) -> Path:

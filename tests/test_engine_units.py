@@ -47,8 +47,13 @@ def test_no_weight_decay_on_norms_biases_and_1d_params():
 
 
 def test_deepspeed_config_follows_the_recipe_and_guards_its_keys(tmp_path):
-    cfg = _cfg("strategy.name=deepspeed", "strategy.zero_stage=3", "optim.accum_steps=2", "optim.clip_grad=1.0",
-               "precision=bf16")
+    cfg = _cfg(
+        "strategy.name=deepspeed",
+        "strategy.zero_stage=3",
+        "optim.accum_steps=2",
+        "optim.clip_grad=1.0",
+        "precision=bf16",
+    )
     ds = deepspeed_config(cfg, 2)
     assert ds["train_batch_size"] == cfg.derived.global_batch == 32 * 2 * 2
     assert ds["gradient_accumulation_steps"] == 2 and ds["gradient_clipping"] == 1.0
@@ -91,7 +96,9 @@ def test_resume_candidates_skip_incomplete_and_truncated(tmp_path, caplog):
 
 def test_metrics_truncated_past_the_resumed_step(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 8)) + '{"step": 8, "lo')
+    path.write_text(
+        "".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 8)) + '{"step": 8, "lo'
+    )
     assert truncate_after(path, 5) == 3
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3, 4, 5]
 
@@ -129,7 +136,9 @@ def test_save_policy_saves_on_schedule_epoch_end_run_end_and_stops():
     assert [s for s in range(1, 31) if p.wants_save(s, **never)] == [4, 8, 12, 16, 20, 24, 28, 30]
     assert p.wants_save(5, epoch_end=True, stopping=False, stop_requested=False)
     assert p.wants_save(5, epoch_end=False, stopping=True, stop_requested=False)  # run.stop_after_steps
-    assert not p.wants_save(5, epoch_end=False, stopping=True, stop_requested=True)  # a signal, save_on_signal off
+    assert not p.wants_save(
+        5, epoch_end=False, stopping=True, stop_requested=True
+    )  # a signal, save_on_signal off
     p = SavePolicy.from_config(SimpleNamespace(every_steps=4, at_epoch_end=False, save_on_signal=True), 30)
     assert p.wants_save(5, epoch_end=False, stopping=True, stop_requested=True)
     assert not p.wants_save(5, epoch_end=True, stopping=False, stop_requested=False)
@@ -143,9 +152,13 @@ def test_pruning_keeps_keep_last_and_the_last_good_checkpoint_before_a_nan_strea
 
     older = [ck(8, streak=4), ck(6, streak=2), ck(5, complete=False), ck(4), ck(2)]
     # Saving step 10 inside the streak: keep 10 and 8 (keep_last=2), and 4, the last good one.
-    assert to_prune(ck(10, streak=6), older, keep_last=2) == [tmp_path / n for n in ("step_6", "step_5", "step_2")]
+    assert to_prune(ck(10, streak=6), older, keep_last=2) == [
+        tmp_path / n for n in ("step_6", "step_5", "step_2")
+    ]
     # Outside a streak only keep_last counts.
-    assert to_prune(ck(10), older, keep_last=2) == [tmp_path / n for n in ("step_6", "step_5", "step_4", "step_2")]
+    assert to_prune(ck(10), older, keep_last=2) == [
+        tmp_path / n for n in ("step_6", "step_5", "step_4", "step_2")
+    ]
 
 
 def test_zero3_partitions_join_and_cut_back():
@@ -177,4 +190,6 @@ def test_layout_mismatch_refuses_other_strategies_and_zero_stages():
     ddp, zero2 = {"strategy": "ddp", "zero_stage": None}, {"strategy": "deepspeed", "zero_stage": 2}
     assert layout_mismatch(ddp, ddp) is None and layout_mismatch({}, zero2) is None  # old checkpoints
     assert "relaunch with strategy.name=ddp" in layout_mismatch(ddp, zero2)
-    assert "relaunch with strategy.zero_stage=2" in layout_mismatch(zero2, {"strategy": "deepspeed", "zero_stage": 3})
+    assert "relaunch with strategy.zero_stage=2" in layout_mismatch(
+        zero2, {"strategy": "deepspeed", "zero_stage": 3}
+    )

@@ -15,8 +15,16 @@ from rmt_dist.status import StatusError
 from rmt_dist.tokenlabel.store import TokenLabelStoreError
 from rmt_dist.tokenlabel.view import TeacherViewError
 
-BAD_INPUT = [ConfigError, DataError, StageError, LaunchError, PreflightError, StatusError, TokenLabelStoreError,
-             TeacherViewError]
+BAD_INPUT = [
+    ConfigError,
+    DataError,
+    StageError,
+    LaunchError,
+    PreflightError,
+    StatusError,
+    TokenLabelStoreError,
+    TeacherViewError,
+]
 
 
 @pytest.mark.parametrize("cls", BAD_INPUT, ids=lambda c: c.__name__)
@@ -31,7 +39,12 @@ def test_engine_errors_map_failure_and_bad_input():
     assert issubclass(ResumeError, errors.BadInputError)
     from rmt_dist.engine import preempt
 
-    assert (preempt.EXIT_OK, preempt.EXIT_FAILED, preempt.EXIT_BAD_INPUT, preempt.EXIT_PREEMPTED) == (0, 1, 2, 75)
+    assert (preempt.EXIT_OK, preempt.EXIT_FAILED, preempt.EXIT_BAD_INPUT, preempt.EXIT_PREEMPTED) == (
+        0,
+        1,
+        2,
+        75,
+    )
 
 
 def test_a_command_prints_one_line_and_returns_the_class_code(capsys, tmp_path):

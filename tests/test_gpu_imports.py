@@ -94,8 +94,9 @@ FILES = [
 def run_blocked(code: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": ".", "OMP_NUM_THREADS": "1"}
     script = PRELUDE.format(absent=ABSENT) + f"FILES = {FILES!r}\n" + code
-    return subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_gpu_machine_code_imports_without_ffcv_deepspeed_submitit() -> None:

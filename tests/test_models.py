@@ -262,7 +262,9 @@ def test_bad_attention_options_are_clear_errors() -> None:
         ValueError, match="attn_impl='fast' is unknown; use one of reference, sdpa, flex, auto"
     ):
         make(attn_impl="fast")
-    with pytest.raises(ValueError, match="attention='swin' is unknown; use one of masa, gmm, vicinity, vanilla"):
+    with pytest.raises(
+        ValueError, match="attention='swin' is unknown; use one of masa, gmm, vicinity, vanilla"
+    ):
         make(attention="swin")
     with pytest.raises(ValueError, match="attn_impl='x' is unknown"):
         make().set_attn_impl("x")

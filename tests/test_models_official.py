@@ -189,7 +189,9 @@ def test_logits_equal_released_implementation(attn_impl: str, token_label: bool)
         assert (logits - expected).abs().max().item() <= tolerance, case["input_shape"]
 
 
-@pytest.mark.parametrize(("name", "token_label", "crop_pct"), [("rmt_t", False, 0.875), ("rmt_s", True, 0.96)])
+@pytest.mark.parametrize(
+    ("name", "token_label", "crop_pct"), [("rmt_t", False, 0.875), ("rmt_s", True, 0.96)]
+)
 def test_pretrained_cfg_metadata(name: str, token_label: bool, crop_pct: float) -> None:
     cfg = _meta_model(name, token_label=token_label).pretrained_cfg
     assert cfg["input_size"] == (3, 224, 224)

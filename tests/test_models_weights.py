@@ -72,8 +72,16 @@ def test_released_pth_key_names_load_strict(tmp_path, wrap):
     wrapped = {
         "bare": sd,
         # What qhfan/RMT classfication_release/main.py saves (its argparse Namespace included).
-        "model": {"model": sd, "optimizer": {}, "lr_scheduler": {}, "epoch": 299, "model_ema": {},
-                  "scaler": {}, "args": argparse.Namespace(model="RMT_T", lr=1e-3), "max_accuracy": 82.4},
+        "model": {
+            "model": sd,
+            "optimizer": {},
+            "lr_scheduler": {},
+            "epoch": 299,
+            "model_ema": {},
+            "scaler": {},
+            "args": argparse.Namespace(model="RMT_T", lr=1e-3),
+            "max_accuracy": 82.4,
+        },
         "state_dict+module.": {"state_dict": {f"module.{k}": v for k, v in sd.items()}, "epoch": 299},
         "module": {"module": sd},
     }[wrap]
@@ -118,10 +126,19 @@ def test_release_style_pth_gives_the_source_outputs(tmp_path, token_label):
 def test_timm_train_checkpoint_model_and_ema(tmp_path):
     model, ema = _filled(0), _filled(1)
     path = tmp_path / "model_best.pth.tar"
-    torch.save({"epoch": 299, "arch": "rmt_test", "state_dict": model.state_dict(),
-                "state_dict_ema": {f"module.{k}": v for k, v in ema.state_dict().items()},
-                "optimizer": {}, "version": 2, "args": argparse.Namespace(lr=1e-3, model="rmt_test"),
-                "metric": 80.0}, path)
+    torch.save(
+        {
+            "epoch": 299,
+            "arch": "rmt_test",
+            "state_dict": model.state_dict(),
+            "state_dict_ema": {f"module.{k}": v for k, v in ema.state_dict().items()},
+            "optimizer": {},
+            "version": 2,
+            "args": argparse.Namespace(lr=1e-3, model="rmt_test"),
+            "metric": 80.0,
+        },
+        path,
+    )
     _assert_same_model(load_into(_fresh(), path), model.state_dict(), model)
     _assert_same_model(load_into(_fresh(), path, ema=True), ema.state_dict(), ema)
     torch.save(model.state_dict(), tmp_path / "bare.pth")
@@ -200,8 +217,14 @@ def digits(tmp_path_factory) -> Path:
 def _trainer_from(digits, tmp_path, init_checkpoint, *overrides):
     from rmt_dist.engine.trainer import Trainer
 
-    cfg = config(tmp_path / "ft", "ddp", "checkpoint.resume=false", f"model.init_checkpoint={init_checkpoint}",
-                 *overrides, data=digits)
+    cfg = config(
+        tmp_path / "ft",
+        "ddp",
+        "checkpoint.resume=false",
+        f"model.init_checkpoint={init_checkpoint}",
+        *overrides,
+        data=digits,
+    )
     info = init_distributed()
     try:
         return Trainer(derive(cfg, 1), info)
@@ -278,8 +301,10 @@ def test_weights_of_another_model_are_one_line_listing_the_keys(tmp_path):
     from safetensors.torch import save_file
 
     path = tmp_path / "rmt_t.safetensors"
-    save_file({k: torch.zeros(v.shape) for k, v in other.state_dict().items() if k.startswith("layers.3")},
-              str(path))
+    save_file(
+        {k: torch.zeros(v.shape) for k, v in other.state_dict().items() if k.startswith("layers.3")},
+        str(path),
+    )
     with pytest.raises(WeightsError) as e:
         load_into(_fresh(), path)
     msg = str(e.value)
@@ -289,7 +314,9 @@ def test_weights_of_another_model_are_one_line_listing_the_keys(tmp_path):
 
 def test_released_weights_of_another_variant_are_rejected(tmp_path):
     entry = _official_fixture()["rmt_b*"]
-    torch.save({"model": _shared_storage_state_dict(entry["shapes"], entry["relpos_values"])}, tmp_path / "b.pth")
+    torch.save(
+        {"model": _shared_storage_state_dict(entry["shapes"], entry["relpos_values"])}, tmp_path / "b.pth"
+    )
     with torch.device("meta"):
         model = create_model("rmt_l", token_label=True)
     with pytest.raises(WeightsError, match="different RMT variant"):
@@ -309,7 +336,13 @@ def test_teacher_class_count_mismatch_is_one_line(tmp_path):
 def test_bad_init_checkpoint_exits_2(digits, tmp_path, capsys):
     from rmt_dist.train import main
 
-    argv = ["recipes/smoke.yaml", f"run.dir={tmp_path / 'run'}", f"data.train={digits}/train.beton",
-            f"data.val={digits}/val.beton", "data.num_workers=1", f"model.init_checkpoint={tmp_path / 'x.pth'}"]
+    argv = [
+        "recipes/smoke.yaml",
+        f"run.dir={tmp_path / 'run'}",
+        f"data.train={digits}/train.beton",
+        f"data.val={digits}/val.beton",
+        "data.num_workers=1",
+        f"model.init_checkpoint={tmp_path / 'x.pth'}",
+    ]
     assert main(argv) == 2
     assert "x.pth" in capsys.readouterr().err

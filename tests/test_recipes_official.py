@@ -36,8 +36,12 @@ def check_shared(cfg) -> None:
     assert cfg.derived.lr == pytest.approx(2e-3)
     assert (tuple(o.betas), o.eps, o.clip_grad, o.accum_steps) == ((0.9, 0.999), 1e-8, None, 1)
     assert (o.warmup_epochs, o.warmup_lr, o.min_lr) == (5, 1e-6, 1e-5)
-    assert cfg.ema.enabled and (cfg.ema.decay, cfg.ema.decay_ref_batch, cfg.ema.every_steps) == (0.99996, 512, 1)
-    assert cfg.derived.ema_decay == pytest.approx(0.99996 ** 4)
+    assert cfg.ema.enabled and (cfg.ema.decay, cfg.ema.decay_ref_batch, cfg.ema.every_steps) == (
+        0.99996,
+        512,
+        1,
+    )
+    assert cfg.derived.ema_decay == pytest.approx(0.99996**4)
     d = cfg.data
     assert (cfg.model.num_classes, d.img_size, d.auto_augment) == (1000, 224, "rand-m9-mstd0.5-inc1")
     assert d.scale == (0.08, 1.0) and d.ratio == pytest.approx([3 / 4, 4 / 3]) and d.hflip == 0.5
@@ -62,7 +66,13 @@ def test_plain_recipe_is_the_official_one(name):
     cosine_over_all_epochs(cfg, 300)  # RMT_log/rmt_t.txt: 300 epochs, lr 1.02e-5 at the last
     d = cfg.data
     assert (d.crop_pct, d.interpolation) == (0.875, "bicubic")  # datasets.py: Resize(256, bicubic), crop 224
-    assert (d.mixup, d.cutmix, d.mixup_prob, d.mixup_switch_prob, d.label_smoothing) == (0.8, 1.0, 1.0, 0.5, 0.1)
+    assert (d.mixup, d.cutmix, d.mixup_prob, d.mixup_switch_prob, d.label_smoothing) == (
+        0.8,
+        1.0,
+        1.0,
+        0.5,
+        0.1,
+    )
     assert d.repeated_aug and d.num_repeats == 3  # main.py --repeated-aug (RASampler, 3 copies)
 
 
@@ -90,10 +100,20 @@ def test_starred_recipe_changes_only_what_the_token_label_release_changes(name):
     """Against its plain base: the keys that differ are exactly the release's differences
     (plus the data lines of the tlt pipeline: augment order, interpolation)."""
     plain, star = resolved(f"{name}.yaml"), resolved(f"{name}_tokenlabel.yaml")
-    changed = {f"{section}.{k}" for section in ("model", "data", "optim", "ema")
-               for k, v in vars(getattr(star, section)).items() if getattr(getattr(plain, section), k) != v}
-    expected = {"model.token_label", "data.crop_pct", "data.mixup", "data.cutmix", "data.repeated_aug",
-                "optim.epochs"}
+    changed = {
+        f"{section}.{k}"
+        for section in ("model", "data", "optim", "ema")
+        for k, v in vars(getattr(star, section)).items()
+        if getattr(getattr(plain, section), k) != v
+    }
+    expected = {
+        "model.token_label",
+        "data.crop_pct",
+        "data.mixup",
+        "data.cutmix",
+        "data.repeated_aug",
+        "optim.epochs",
+    }
     if STARRED[name] != PLAIN[name]:
         expected.add("model.drop_path_rate")
     pipeline = {"data.augment_order", "data.interpolation"}  # issue 15's tlt transform order

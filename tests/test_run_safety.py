@@ -36,10 +36,21 @@ def digits(tmp_path_factory) -> Path:
     return digits_dir(tmp_path_factory)
 
 
-def argv(run_dir: Path, digits: Path, *extra: str, train: Path | None = None, val: Path | None = None) -> list[str]:
-    return ["recipes/smoke.yaml", f"run.dir={run_dir}", f"data.train={train or digits / 'train.beton'}",
-            f"data.val={val or digits / 'val.beton'}", "checkpoint.every_steps=2", "checkpoint.keep_last=3",
-            "run.log_every=1", "data.num_workers=1", "run.tensorboard=false", *extra]
+def argv(
+    run_dir: Path, digits: Path, *extra: str, train: Path | None = None, val: Path | None = None
+) -> list[str]:
+    return [
+        "recipes/smoke.yaml",
+        f"run.dir={run_dir}",
+        f"data.train={train or digits / 'train.beton'}",
+        f"data.val={val or digits / 'val.beton'}",
+        "checkpoint.every_steps=2",
+        "checkpoint.keep_last=3",
+        "run.log_every=1",
+        "data.num_workers=1",
+        "run.tensorboard=false",
+        *extra,
+    ]
 
 
 def error_lines(err: str) -> list[str]:
@@ -64,7 +75,7 @@ def flip_bytes(path: Path, offset: int | None = None, n: int = 16) -> None:
     """Real damage inside a real file: invert n bytes in its middle (size unchanged)."""
     data = bytearray(path.read_bytes())
     at = len(data) // 2 if offset is None else offset
-    data[at:at + n] = bytes(b ^ 0xFF for b in data[at:at + n])
+    data[at : at + n] = bytes(b ^ 0xFF for b in data[at : at + n])
     path.write_bytes(bytes(data))
 
 
@@ -119,7 +130,9 @@ def test_strategy_change_is_refused_with_the_fix(base, digits, tmp_path, capsys)
     assert (run_dir / "metrics.jsonl").read_text() == before
 
 
-def test_checkpoint_of_another_model_is_one_line_not_a_dcp_traceback(base, digits, tmp_path, capsys, monkeypatch):
+def test_checkpoint_of_another_model_is_one_line_not_a_dcp_traceback(
+    base, digits, tmp_path, capsys, monkeypatch
+):
     """Without the recorded model (older checkpoints), DCP itself fails: its
     CheckpointException is a BaseException and must still end in one line, exit 2."""
     run_dir = copy_run(base, tmp_path)
@@ -129,7 +142,9 @@ def test_checkpoint_of_another_model_is_one_line_not_a_dcp_traceback(base, digit
         (step_dir / TRAIN_STATE).write_text(json.dumps(ts))
         (step_dir / "config.yaml").unlink()
         manifest = json.loads((step_dir / MARKER).read_text())  # sizes only, as before checksums
-        manifest["files"] = {k: (step_dir / k).stat().st_size for k in manifest["files"] if (step_dir / k).exists()}
+        manifest["files"] = {
+            k: (step_dir / k).stat().st_size for k in manifest["files"] if (step_dir / k).exists()
+        }
         (step_dir / MARKER).write_text(json.dumps(manifest))
     monkeypatch.setattr("rmt_dist.engine.run.check_data", lambda cfg: None)  # the betons have 10 classes
     capsys.readouterr()
@@ -145,8 +160,12 @@ def test_checkpoint_of_another_model_is_one_line_not_a_dcp_traceback(base, digit
 def test_saves_during_a_nan_streak_keep_the_last_good_checkpoint(base, digits, tmp_path, monkeypatch):
     run_dir = copy_run(base, tmp_path)
     monkeypatch.setenv("RMT_DIST_INJECT_NAN_AT_STEPS", "5-10")
-    assert main(argv(run_dir, digits, "checkpoint.keep_last=2", "run.max_bad_steps=20",
-                     "run.stop_after_steps=10")) == 0
+    assert (
+        main(
+            argv(run_dir, digits, "checkpoint.keep_last=2", "run.max_bad_steps=20", "run.stop_after_steps=10")
+        )
+        == 0
+    )
     kept = [p.name for p in list_step_dirs(run_dir / "checkpoints")]
     assert kept == ["step_00000010", "step_00000008", "step_00000004"], kept
 
@@ -177,12 +196,15 @@ def _beton_copy(digits: Path, tmp_path: Path, split: str) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("random_mb", "does not match its meta file"),
-    ("zero_bytes", "is empty (0 bytes)"),
-    ("truncated", "truncated or damaged"),
-    ("val_classes", "has 12 classes but model.num_classes=10"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("random_mb", "does not match its meta file"),
+        ("zero_bytes", "is empty (0 bytes)"),
+        ("truncated", "truncated or damaged"),
+        ("val_classes", "has 12 classes but model.num_classes=10"),
+    ],
+)
 def test_bad_data_is_refused_before_the_first_step(digits, tmp_path, capsys, damage, message):
     train, val = digits / "train.beton", digits / "val.beton"
     if damage == "val_classes":
@@ -248,16 +270,28 @@ def test_bad_override_is_blamed_on_the_command_line(capsys):
 def test_second_run_is_refused_naming_the_holder(digits, tmp_path, capsys, monkeypatch):
     run_dir = tmp_path / "run"
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
-                               "from rmt_dist.launching.rundir import RunDirLock\n"
-                               f"RunDirLock({str(run_dir)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True, cwd=ROOT, env=dict(os.environ, SLURM_JOB_ID="4242"))
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from rmt_dist.launching.rundir import RunDirLock\n"
+            f"RunDirLock({str(run_dir)!r}).acquire(); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, SLURM_JOB_ID="4242"),
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         capsys.readouterr()
         assert main(argv(run_dir, digits)) == 2
         [line] = error_lines(capsys.readouterr().err)
-        assert f"is in use by another run (pid {holder.pid} on host {os.uname().nodename}, SLURM job 4242" in line
+        assert (
+            f"is in use by another run (pid {holder.pid} on host {os.uname().nodename}, SLURM job 4242"
+            in line
+        )
         assert not (run_dir / "config.yaml").exists()
         # A lock the file system kept although its holder is gone (a dead node's, on NFS):
         # the requeue of the same SLURM job takes it over.
@@ -297,8 +331,9 @@ def _rank_pids(marker: str) -> list[int]:
 def test_ranks_stop_when_their_launcher_is_killed(digits, tmp_path, capsys):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "launch/local.py", *argv(run_dir, digits, "optim.epochs=50"), "--nproc", "2"]
-    launcher = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+    launcher = subprocess.Popen(
+        cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 240
         while not (run_dir / "metrics.jsonl").is_file() or not records(run_dir):
@@ -341,11 +376,13 @@ def _launcher():
 @pytest.mark.parametrize("codes", [(0, 0), (75, 75), (2, 2), (1, None)])
 def test_launcher_returns_the_ranks_exit_code(codes):
     """Real rank processes; None: a rank that hangs (waits for a dead peer) and is stopped."""
-    script = ("import os, sys, time\nr = int(os.environ['RANK'])\ncodes = " + repr(codes) + "\n"
-              "assert os.environ['WORLD_SIZE'] == '2' and os.environ['RMT_DIST_LAUNCHER_PID']\n"
-              "if codes[r] is None: time.sleep(60)\n"
-              "if codes[r]: print(f'error: rank {r} says why', file=sys.stderr)\n"
-              "sys.exit(codes[r])\n")
+    script = (
+        "import os, sys, time\nr = int(os.environ['RANK'])\ncodes = " + repr(codes) + "\n"
+        "assert os.environ['WORLD_SIZE'] == '2' and os.environ['RMT_DIST_LAUNCHER_PID']\n"
+        "if codes[r] is None: time.sleep(60)\n"
+        "if codes[r]: print(f'error: rank {r} says why', file=sys.stderr)\n"
+        "sys.exit(codes[r])\n"
+    )
     t0 = time.monotonic()
     rc, rank = _launcher().run_ranks([sys.executable, "-c", script], 2, grace_s=1.0)
     assert rc == (codes[0] or 0)
@@ -359,7 +396,9 @@ def tmpfs(path: Path, options: str):
     path.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root (the disk-full cases need a real full file system)")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True
+    )
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
     try:
@@ -407,4 +446,3 @@ def test_read_only_run_dir_is_one_line(digits, tmp_path, capsys):
         assert "Traceback" not in err
         [line] = error_lines(err)
         assert "cannot be used" in line and "Read-only file system" in line and "writable" in line
-

@@ -19,7 +19,16 @@ import pytest
 from data_helpers import digits_betons
 
 ROOT = Path(__file__).resolve().parents[1]
-TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
+TERMINAL = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+}
 
 # Shorter than smoke's 3 epochs: job start-up (imports, FFCV's JIT) already dominates on
 # 2 cores. The preemption test keeps 2, so a signal cannot miss the run's middle.
@@ -30,12 +39,17 @@ pytestmark = pytest.mark.timeout(420)
 def slurm() -> None:
     if shutil.which("bash") is None:
         pytest.skip("bash not found: cannot run launch/slurm_local.sh")
-    started = subprocess.run(["bash", str(ROOT / "launch/slurm_local.sh")], capture_output=True, text=True,
-                             timeout=120)
+    started = subprocess.run(
+        ["bash", str(ROOT / "launch/slurm_local.sh")], capture_output=True, text=True, timeout=120
+    )
     if shutil.which("sinfo") is None:
         pytest.skip(f"no SLURM here: {started.stdout.strip() or started.stderr.strip()}")
-    nodes = subprocess.run(["sinfo", "-h", "-N", "-p", "debug", "-o", "%N %T"], capture_output=True, text=True)
-    usable = [line for line in nodes.stdout.splitlines() if re.search(r" (idle|mixed|allocated|completing)", line)]
+    nodes = subprocess.run(
+        ["sinfo", "-h", "-N", "-p", "debug", "-o", "%N %T"], capture_output=True, text=True
+    )
+    usable = [
+        line for line in nodes.stdout.splitlines() if re.search(r" (idle|mixed|allocated|completing)", line)
+    ]
     if len(usable) < 2:
         pytest.skip(f"local two-node SLURM not available: {started.stdout.strip()} {nodes.stderr.strip()}")
 
@@ -47,10 +61,20 @@ def digits(tmp_path_factory) -> tuple[Path, Path]:
 
 def smoke_overrides(digits, run_dir: Path, epochs: int) -> list[str]:
     train, val = digits
-    return [f"data.train={train}", f"data.val={val}", f"run.dir={run_dir}", "strategy.name=ddp",
-            "strategy.backend=gloo", "precision=fp32", "slurm.nodes=2", "slurm.gpus_per_node=0",
-            "slurm.cpus_per_task=1", "slurm.partition=debug", f"optim.epochs={epochs}",
-            f"optim.warmup_epochs={epochs - 1}"]
+    return [
+        f"data.train={train}",
+        f"data.val={val}",
+        f"run.dir={run_dir}",
+        "strategy.name=ddp",
+        "strategy.backend=gloo",
+        "precision=fp32",
+        "slurm.nodes=2",
+        "slurm.gpus_per_node=0",
+        "slurm.cpus_per_task=1",
+        "slurm.partition=debug",
+        f"optim.epochs={epochs}",
+        f"optim.warmup_epochs={epochs - 1}",
+    ]
 
 
 def expected_steps(digits, epochs: int) -> int:
@@ -70,8 +94,13 @@ def assert_ran_to_the_end(run_dir: Path, total: int) -> list[int]:
 
 
 def submit(overrides: list[str]) -> str:
-    r = subprocess.run([sys.executable, "launch/slurm.py", "recipes/smoke.yaml", *overrides],
-                       capture_output=True, text=True, cwd=ROOT, timeout=180)
+    r = subprocess.run(
+        [sys.executable, "launch/slurm.py", "recipes/smoke.yaml", *overrides],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=180,
+    )
     assert r.returncode == 0, r.stderr
     m = re.search(r"submitted job (\d+)", r.stdout)
     assert m, r.stdout
@@ -94,18 +123,27 @@ def wait_for(what: str, cond, timeout: float, job_id: str, run_dir: Path):
         time.sleep(0.2)
     subprocess.run(["scancel", job_id])
     logs = "\n".join(p.read_text()[-3000:] for p in sorted((run_dir / "slurm").glob("*_log.*")))
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; job {job_id} state "
-                f"{job_field(job_id, 'JobState')}; logs:\n{logs}")
+    pytest.fail(
+        f"timed out after {timeout:.0f} s waiting for {what}; job {job_id} state "
+        f"{job_field(job_id, 'JobState')}; logs:\n{logs}"
+    )
 
 
 def wait_done(job_id: str, run_dir: Path, timeout: float = 300) -> str:
-    return wait_for("the job to end", lambda: (s := job_field(job_id, "JobState")) in TERMINAL and s,
-                    timeout, job_id, run_dir)
+    return wait_for(
+        "the job to end",
+        lambda: (s := job_field(job_id, "JobState")) in TERMINAL and s,
+        timeout,
+        job_id,
+        run_dir,
+    )
 
 
 def metrics(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    )
 
 
 def train_steps(run_dir: Path) -> list[int]:
@@ -127,8 +165,15 @@ def launcher_main():
 
 def test_partition_slurm_rejects_is_one_line_with_sbatch_message(slurm, digits, tmp_path, capsys):
     train, val = digits  # real inputs, so the pre-flight passes and sbatch is what refuses
-    rc = launcher_main()(["recipes/smoke.yaml", f"data.train={train}", f"data.val={val}", f"run.dir={tmp_path}",
-                          "slurm.partition=no_such_partition"])
+    rc = launcher_main()(
+        [
+            "recipes/smoke.yaml",
+            f"data.train={train}",
+            f"data.val={val}",
+            f"run.dir={tmp_path}",
+            "slurm.partition=no_such_partition",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
     assert err.startswith("error: sbatch rejected the job: ") and "invalid partition" in err.lower()
@@ -161,11 +206,18 @@ def test_preempted_job_is_requeued_and_resumes_from_its_checkpoint(slurm, digits
     run_dir = tmp_path / "run"
     job_id = submit(smoke_overrides(digits, run_dir, epochs=2))
     total = expected_steps(digits, epochs=2)
-    wait_for("training to pass step 5", lambda: any(s >= 5 for s in train_steps(run_dir)), 240, job_id, run_dir)
+    wait_for(
+        "training to pass step 5", lambda: any(s >= 5 for s in train_steps(run_dir)), 240, job_id, run_dir
+    )
 
     submitit.SlurmJob(folder=run_dir / "slurm", job_id=job_id)._interrupt()  # SIGTERM + USR2, as a preemption
-    wait_for("the requeued job to wait (BeginTime)", lambda: job_field(job_id, "JobState") == "PENDING",
-             120, job_id, run_dir)
+    wait_for(
+        "the requeued job to wait (BeginTime)",
+        lambda: job_field(job_id, "JobState") == "PENDING",
+        120,
+        job_id,
+        run_dir,
+    )
     before = metrics(run_dir)  # what the first attempt logged, up to the step it saved at
     assert 0 < train_steps(run_dir)[-1] < total, "the job should be stopped mid-run"
     assert job_field(job_id, "Restarts") == "1"
@@ -181,6 +233,6 @@ def test_preempted_job_is_requeued_and_resumes_from_its_checkpoint(slurm, digits
     # One continuous series: the first attempt's records up to the checkpoint are kept as they
     # were (a restart from step 0 would have rewritten them), then the steps go on to the end.
     kept = [r for r in before if r["step"] <= resumed_at]
-    assert after[:len(kept)] == kept
+    assert after[: len(kept)] == kept
     assert len(after) > len(kept)
     assert_ran_to_the_end(run_dir, total)

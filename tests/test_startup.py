@@ -32,19 +32,46 @@ else:
 {PROBE}
 print('exit', code)
 """
-COMMANDS = ["rmt_dist.config", "rmt_dist.train", "rmt_dist.evaluate", "rmt_dist.export", "rmt_dist.status",
-            "rmt_dist.compare", "rmt_dist.demo", "rmt_dist.data.convert", "rmt_dist.data.verify",
-            "rmt_dist.data.digits", "rmt_dist.tokenlabel.generate", "rmt_dist.tokenlabel.import_tlt",
-            "launch/slurm.py", "launch/local.py"]
+COMMANDS = [
+    "rmt_dist.config",
+    "rmt_dist.train",
+    "rmt_dist.evaluate",
+    "rmt_dist.export",
+    "rmt_dist.status",
+    "rmt_dist.compare",
+    "rmt_dist.demo",
+    "rmt_dist.data.convert",
+    "rmt_dist.data.verify",
+    "rmt_dist.data.digits",
+    "rmt_dist.tokenlabel.generate",
+    "rmt_dist.tokenlabel.import_tlt",
+    "launch/slurm.py",
+    "launch/local.py",
+]
 
 
 def _python(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
 
 
-@pytest.mark.parametrize("module", ["rmt_dist", "rmt_dist.config", "rmt_dist.data", "rmt_dist.tokenlabel",
-                                    "rmt_dist.launching.preflight", "rmt_dist.data.meta"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "rmt_dist",
+        "rmt_dist.config",
+        "rmt_dist.data",
+        "rmt_dist.tokenlabel",
+        "rmt_dist.launching.preflight",
+        "rmt_dist.data.meta",
+    ],
+)
 def test_imports_do_not_import_torch(module):
     r = _python("-c", f"import {module}; {PROBE}")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -69,15 +96,26 @@ def test_config_print_and_slurm_dry_run_without_torch():
 
 def test_dry_run_on_real_betons_fingerprints_them_without_torch(tmp_path_factory, tmp_path):
     train, val = digits_betons(tmp_path_factory.getbasetemp())
-    r = _python("-c", RUNNER, "launch/slurm.py", "recipes/smoke.yaml", f"data.train={train}", f"data.val={val}",
-                f"run.dir={tmp_path / 'run'}", "--dry-run")
+    r = _python(
+        "-c",
+        RUNNER,
+        "launch/slurm.py",
+        "recipes/smoke.yaml",
+        f"data.train={train}",
+        f"data.val={val}",
+        f"run.dir={tmp_path / 'run'}",
+        "--dry-run",
+    )
     assert r.returncode == 0 and "exit 0" in r.stdout, r.stderr[-2000:]
     assert f"ok          data.train: {train}" in r.stdout, r.stdout
 
 
 def test_models_register_with_timm_on_import_rmt_dist_models():
-    r = _python("-c", "import timm, rmt_dist; assert 'rmt_s' not in timm.list_models('rmt_*');"
-                      "import rmt_dist.models; assert 'rmt_s' in timm.list_models('rmt_*')")
+    r = _python(
+        "-c",
+        "import timm, rmt_dist; assert 'rmt_s' not in timm.list_models('rmt_*');"
+        "import rmt_dist.models; assert 'rmt_s' in timm.list_models('rmt_*')",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
 
 

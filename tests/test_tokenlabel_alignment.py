@@ -21,8 +21,13 @@ SIZES = [(96, 160), (128, 128), (160, 96)]  # (height, width): landscape, square
 
 def token_labels(store, size: int, smoothing: float | None = 0.0) -> list[str]:
     """Overrides for token labeling from `store` on a `size` x `size` grid (data_config's `overrides`)."""
-    out = [f"model.num_classes={CLASSES}", "model.token_label=true", "tokenlabel.enabled=true",
-           f"tokenlabel.store={store}", f"tokenlabel.size={size}"]
+    out = [
+        f"model.num_classes={CLASSES}",
+        "model.token_label=true",
+        "tokenlabel.enabled=true",
+        f"tokenlabel.store={store}",
+        f"tokenlabel.size={size}",
+    ]
     return out if smoothing is None else [*out, f"tokenlabel.label_smoothing={smoothing}"]
 
 
@@ -55,9 +60,19 @@ def setup(tmp_path_factory):
     store.mkdir()
     np.save(store / "scores.npy", scores)
     np.save(store / "indices.npy", indices)
-    StoreMeta(teacher="coordinates", teacher_checkpoint=None, img_size=0, topk=3, map_h=MAP_H, map_w=MAP_W,
-              num_classes=CLASSES, beton=str(beton), beton_fingerprint=beton_fingerprint(beton), num_samples=n,
-              complete=True).write(store)
+    StoreMeta(
+        teacher="coordinates",
+        teacher_checkpoint=None,
+        img_size=0,
+        topk=3,
+        map_h=MAP_H,
+        map_w=MAP_W,
+        num_classes=CLASSES,
+        beton=str(beton),
+        beton_fingerprint=beton_fingerprint(beton),
+        num_samples=n,
+        complete=True,
+    ).write(store)
     return beton, store
 
 
@@ -80,8 +95,15 @@ def centre_view_store(setup, tmp_path_factory):
 
 def test_dense_targets_follow_the_image_crop(setup):
     beton, store = setup
-    cfg = data_config(beton, img_size=128, batch_size=8, scale=[0.2, 1.0], label_smoothing=0.0, num_workers=1,
-                      overrides=token_labels(store, 4))
+    cfg = data_config(
+        beton,
+        img_size=128,
+        batch_size=8,
+        scale=[0.2, 1.0],
+        label_smoothing=0.0,
+        num_workers=1,
+        overrides=token_labels(store, 4),
+    )
     loader = TokenLabelTrainLoader(build_train_loader(cfg), cfg)
     mean = torch.tensor(cfg.data.mean).view(1, 3, 1, 1)
     std = torch.tensor(cfg.data.std).view(1, 3, 1, 1)
@@ -91,7 +113,9 @@ def test_dense_targets_follow_the_image_crop(setup):
             assert cls.shape == (8, CLASSES) and dense.shape == (8, 16, CLASSES)
             pixels = (images * std + mean) * 255  # back to the coordinate encoding
             cell = 128 // 4
-            centres = pixels[:, :2, cell // 2::cell, cell // 2::cell] / 255  # (B, 2, 4, 4): x, y fractions
+            centres = (
+                pixels[:, :2, cell // 2 :: cell, cell // 2 :: cell] / 255
+            )  # (B, 2, 4, 4): x, y fractions
             top = dense.argmax(-1).view(-1, 4, 4)
             row, col = top // MAP_W, top % MAP_W
             x_label, y_label = (col + 0.5) / MAP_W, (row + 0.5) / MAP_H
@@ -101,8 +125,10 @@ def test_dense_targets_follow_the_image_crop(setup):
             # flipped crops: x decreases along the row in the image, and so in the labels
             flipped = centres[:, 0, :, 0] > centres[:, 0, :, -1]
             flips_seen += int(flipped[:, 0].sum())
-            assert torch.equal((x_label[:, :, 0] > x_label[:, :, -1]) | (x_label[:, :, 0] == x_label[:, :, -1]),
-                               flipped | (x_label[:, :, 0] == x_label[:, :, -1]))
+            assert torch.equal(
+                (x_label[:, :, 0] > x_label[:, :, -1]) | (x_label[:, :, 0] == x_label[:, :, -1]),
+                flipped | (x_label[:, :, 0] == x_label[:, :, -1]),
+            )
     assert flips_seen > 0
 
 
@@ -121,10 +147,18 @@ def geometric_tlt_loader(beton, store, layers: int = 1):
 
     from rmt_dist.data.randaugment import GEOMETRIC_OPS
 
-    cfg = data_config(beton, img_size=128, batch_size=8, scale=[0.2, 1.0], label_smoothing=0.0, num_workers=1,
-                      augment_order="tlt", interpolation="random",
-                      auto_augment=f"rand-m9-n{layers}-p1.0-mstd1.0-inc1",
-                      overrides=token_labels(store, 4))
+    cfg = data_config(
+        beton,
+        img_size=128,
+        batch_size=8,
+        scale=[0.2, 1.0],
+        label_smoothing=0.0,
+        num_workers=1,
+        augment_order="tlt",
+        interpolation="random",
+        auto_augment=f"rand-m9-n{layers}-p1.0-mstd1.0-inc1",
+        overrides=token_labels(store, 4),
+    )
     base = build_train_loader(cfg)
     base.rand_augment = replace(base.rand_augment, ops=GEOMETRIC_OPS)
     return TokenLabelTrainLoader(base, cfg), cfg
@@ -149,14 +183,15 @@ def misaligned_tokens(loader, cfg, epochs: int = 2) -> tuple[int, int]:
         for images, _soft, meta in loader.base.epoch(epoch, with_meta=True):  # = loader.epoch, with meta
             _cls, dense = loader.targets(meta)
             pixels = (images * std + mean) * 255
-            centres = pixels[:, :, cell // 2::cell, cell // 2::cell]  # (B, 3, 4, 4)
+            centres = pixels[:, :, cell // 2 :: cell, cell // 2 :: cell]  # (B, 3, 4, 4)
             x, y = centres[:, 0] / 255, centres[:, 1] / 255  # source-image fractions
             # The coordinate image has blue 0; the fill colour (timm's img_mean) has blue 104.
             valid = centres[:, 2] < 0.5
             top = dense.argmax(-1).view(-1, 4, 4)
             hw = meta["image_size"].numpy()
-            rx0, ry0, rx1, ry1 = (torch.from_numpy(v).float()[:, None, None]
-                                  for v in loader.view.rect(hw[:, 0], hw[:, 1]).T)
+            rx0, ry0, rx1, ry1 = (
+                torch.from_numpy(v).float()[:, None, None] for v in loader.view.rect(hw[:, 0], hw[:, 1]).T
+            )
             x_label = rx0 + (top % MAP_W + 0.5) / MAP_W * (rx1 - rx0)  # map cell -> source fractions
             y_label = ry0 + (top // MAP_W + 0.5) / MAP_H * (ry1 - ry0)
             valid &= (x >= rx0) & (x <= rx1) & (y >= ry0) & (y <= ry1)
@@ -164,12 +199,17 @@ def misaligned_tokens(loader, cfg, epochs: int = 2) -> tuple[int, int]:
             # rectangle, so what an op moves out of it has no label (label_augment.py)
             box = meta["boxes"].float()  # (top, left, height, width) in stored pixels
             frac = (torch.arange(4).float() + 0.5) / 4
-            x_out = (box[:, 1, None] + frac[None] * box[:, 3, None]) / torch.from_numpy(hw[:, 1]).float()[:, None]
-            y_out = (box[:, 0, None] + frac[None] * box[:, 2, None]) / torch.from_numpy(hw[:, 0]).float()[:, None]
+            x_out = (box[:, 1, None] + frac[None] * box[:, 3, None]) / torch.from_numpy(hw[:, 1]).float()[
+                :, None
+            ]
+            y_out = (box[:, 0, None] + frac[None] * box[:, 2, None]) / torch.from_numpy(hw[:, 0]).float()[
+                :, None
+            ]
             valid &= (x_out[:, None, :] >= rx0) & (x_out[:, None, :] <= rx1)
             valid &= (y_out[:, :, None] >= ry0) & (y_out[:, :, None] <= ry1)
-            off = ((x_label - x).abs() > GEOMETRIC_TOLERANCE * (rx1 - rx0) / MAP_W + 0.01) | \
-                  ((y_label - y).abs() > GEOMETRIC_TOLERANCE * (ry1 - ry0) / MAP_H + 0.01)
+            off = ((x_label - x).abs() > GEOMETRIC_TOLERANCE * (rx1 - rx0) / MAP_W + 0.01) | (
+                (y_label - y).abs() > GEOMETRIC_TOLERANCE * (ry1 - ry0) / MAP_H + 0.01
+            )
             bad += int((off & valid).sum())
             checked += int(valid.sum())
     return bad, checked
@@ -181,7 +221,9 @@ def test_dense_targets_follow_geometric_randaugment_in_the_tlt_order(setup, cent
     loader, cfg = geometric_tlt_loader(beton, store)
     bad, checked = misaligned_tokens(loader, cfg)
     assert checked > 400
-    assert bad == 0, f"{bad} of {checked} token targets more than {GEOMETRIC_TOLERANCE} label cells from the image"
+    assert bad == 0, (
+        f"{bad} of {checked} token targets more than {GEOMETRIC_TOLERANCE} label cells from the image"
+    )
 
 
 def test_alignment_check_catches_image_only_geometric_ops(setup, monkeypatch):
@@ -189,7 +231,11 @@ def test_alignment_check_catches_image_only_geometric_ops(setup, monkeypatch):
     import rmt_dist.tokenlabel.loader as tl_loader
     from rmt_dist.tokenlabel.label_augment import augment_maps
 
-    monkeypatch.setattr(tl_loader, "augment_maps", lambda s, i, f, ops, args, *rest, **kw: augment_maps(s, i, f, None, None, *rest))
+    monkeypatch.setattr(
+        tl_loader,
+        "augment_maps",
+        lambda s, i, f, ops, args, *rest, **kw: augment_maps(s, i, f, None, None, *rest),
+    )
     beton, store = setup
     loader, cfg = geometric_tlt_loader(beton, store)
     bad, checked = misaligned_tokens(loader, cfg)

@@ -28,9 +28,29 @@ def teacher_ckpt(tmp_path_factory):
 
 
 def args(beton, store, ckpt, *extra):
-    return gen.parse_args([str(beton), str(store), "--teacher", TEACHER, "--checkpoint", str(ckpt),
-                           "--img-size", "64", "--topk", "3", "--batch-size", "64", "--workers", "1",
-                           "--chunk-size", "256", "--device", "cpu", *extra])
+    return gen.parse_args(
+        [
+            str(beton),
+            str(store),
+            "--teacher",
+            TEACHER,
+            "--checkpoint",
+            str(ckpt),
+            "--img-size",
+            "64",
+            "--topk",
+            "3",
+            "--batch-size",
+            "64",
+            "--workers",
+            "1",
+            "--chunk-size",
+            "256",
+            "--device",
+            "cpu",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +75,9 @@ def test_store_covers_every_sample_with_the_teachers_topk(full_store, betons, te
     assert np.array_equal(sc[0], sc[3]) and np.array_equal(ix[2], np.asarray(st.indices[n - 1]))
 
 
-def test_interrupted_generation_resumes_to_the_same_store(full_store, betons, teacher_ckpt, tmp_path, monkeypatch):
+def test_interrupted_generation_resumes_to_the_same_store(
+    full_store, betons, teacher_ckpt, tmp_path, monkeypatch
+):
     store = tmp_path / "resumed.tokenlabel"
     real = gen._label_chunk
     calls = {"n": 0}
@@ -74,7 +96,9 @@ def test_interrupted_generation_resumes_to_the_same_store(full_store, betons, te
         TokenLabelStore(store)
 
     calls["n"] = 0
-    monkeypatch.setattr(gen, "_label_chunk", lambda *a, **k: (calls.__setitem__("n", calls["n"] + 1), real(*a, **k))[1])
+    monkeypatch.setattr(
+        gen, "_label_chunk", lambda *a, **k: (calls.__setitem__("n", calls["n"] + 1), real(*a, **k))[1]
+    )
     gen.generate(args(betons[0], store, teacher_ckpt))
     total_chunks = -(-TokenLabelStore(full_store).meta.num_samples // 256)
     assert calls["n"] == total_chunks - 2, "finished chunks are not redone"
@@ -100,8 +124,23 @@ def test_store_with_other_class_count_is_refused(full_store):
 def test_teacher_with_other_class_count_is_refused(betons, tmp_path, capsys):
     ckpt = tmp_path / "t100.pth"
     torch.save(timm.create_model(TEACHER, num_classes=100).state_dict(), ckpt)
-    assert gen.main([str(betons[0]), str(tmp_path / "s"), "--teacher", TEACHER, "--checkpoint", str(ckpt),
-                     "--device", "cpu", "--img-size", "64"]) == 2
+    assert (
+        gen.main(
+            [
+                str(betons[0]),
+                str(tmp_path / "s"),
+                "--teacher",
+                TEACHER,
+                "--checkpoint",
+                str(ckpt),
+                "--device",
+                "cpu",
+                "--img-size",
+                "64",
+            ]
+        )
+        == 2
+    )
     assert "has 100 classes but the dataset has 10" in capsys.readouterr().err
 
 
@@ -111,12 +150,28 @@ def test_teacher_without_weights_is_refused(betons, tmp_path, capsys):
 
 
 def test_settings_change_needs_overwrite(full_store, betons, teacher_ckpt, capsys):
-    assert gen.main([*map(str, [betons[0], full_store]), "--teacher", TEACHER, "--checkpoint", str(teacher_ckpt),
-                     "--img-size", "96", "--device", "cpu"]) == 2
+    assert (
+        gen.main(
+            [
+                *map(str, [betons[0], full_store]),
+                "--teacher",
+                TEACHER,
+                "--checkpoint",
+                str(teacher_ckpt),
+                "--img-size",
+                "96",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     assert "--overwrite" in capsys.readouterr().err
 
 
-def test_view_is_recorded_and_older_stores_count_as_squash(full_store, betons, teacher_ckpt, tmp_path, capsys):
+def test_view_is_recorded_and_older_stores_count_as_squash(
+    full_store, betons, teacher_ckpt, tmp_path, capsys
+):
     import json
     import shutil
 
@@ -128,7 +183,26 @@ def test_view_is_recorded_and_older_stores_count_as_squash(full_store, betons, t
     (old / "meta.json").write_text(json.dumps(meta))
     gen.generate(args(betons[0], old, teacher_ckpt))  # same settings: nothing to redo, no --overwrite
     assert "already complete" in capsys.readouterr().out
-    assert gen.main([*map(str, [betons[0], old]), "--teacher", TEACHER, "--checkpoint", str(teacher_ckpt),
-                     "--img-size", "64", "--topk", "3", "--chunk-size", "256", "--device", "cpu",
-                     "--view", "center-crop"]) == 2
+    assert (
+        gen.main(
+            [
+                *map(str, [betons[0], old]),
+                "--teacher",
+                TEACHER,
+                "--checkpoint",
+                str(teacher_ckpt),
+                "--img-size",
+                "64",
+                "--topk",
+                "3",
+                "--chunk-size",
+                "256",
+                "--device",
+                "cpu",
+                "--view",
+                "center-crop",
+            ]
+        )
+        == 2
+    )
     assert "view whole image" in capsys.readouterr().err

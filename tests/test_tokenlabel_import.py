@@ -21,7 +21,9 @@ CLASSES = ("ant", "bee", "cat", "dog", "eel", "fox")
 K, H, W = 5, 4, 3  # non-square map: a transposed read shows
 
 
-def write_tlt_tree(root: Path, rel_paths: list[str], labels: np.ndarray, seed: int = 0) -> dict[str, torch.Tensor]:
+def write_tlt_tree(
+    root: Path, rel_paths: list[str], labels: np.ndarray, seed: int = 0
+) -> dict[str, torch.Tensor]:
     """The published format: torch.save(float16 [2, k, H, W]) at <class dir>/<stem>.pt; [0] sorted top-k
     logits, [1] distinct class indices as float16, the image's label first at most locations."""
     rng = np.random.default_rng(seed)
@@ -59,7 +61,9 @@ def data(tmp_path_factory):
 
 
 def run(label_root, beton, store, *extra):
-    return imp.import_tlt(imp.parse_args([str(label_root), str(beton), str(store), "--chunk-size", "4", *extra]))
+    return imp.import_tlt(
+        imp.parse_args([str(label_root), str(beton), str(store), "--chunk-size", "4", *extra])
+    )
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +93,9 @@ def test_store_equals_the_published_maps_sample_by_sample(data, full_store):
 
     raw = torch.stack([tree[p] for p in rel]).float()
     tlt_maps = torch.zeros(len(rel), len(CLASSES), H, W).scatter_(1, raw[:, 1].long(), raw[:, 0])
-    ours = dense_score_maps(torch.from_numpy(np.array(st.scores)), torch.from_numpy(np.array(st.indices)),
-                            len(CLASSES))
+    ours = dense_score_maps(
+        torch.from_numpy(np.array(st.scores)), torch.from_numpy(np.array(st.indices)), len(CLASSES)
+    )
     assert torch.equal(ours, tlt_maps)
 
 
@@ -113,12 +118,16 @@ def test_interrupted_import_resumes_to_the_same_store(data, full_store, tmp_path
     with pytest.raises(TokenLabelStoreError, match="incomplete.*import_tlt"):
         TokenLabelStore(store)
     calls["n"] = 0
-    monkeypatch.setattr(imp, "import_chunk", lambda job: (calls.__setitem__("n", calls["n"] + 1), real(job))[1])
+    monkeypatch.setattr(
+        imp, "import_chunk", lambda job: (calls.__setitem__("n", calls["n"] + 1), real(job))[1]
+    )
     run(root / "labels", beton, store, "--workers", "1")
     assert calls["n"] == 4 - 2, "finished chunks are not read again"
     a, b = TokenLabelStore(full_store), TokenLabelStore(store)
     assert np.array_equal(a.scores, b.scores) and np.array_equal(a.indices, b.indices)
-    assert json.loads((store / "meta.json").read_text()) == {**json.loads((full_store / "meta.json").read_text())}
+    assert json.loads((store / "meta.json").read_text()) == {
+        **json.loads((full_store / "meta.json").read_text())
+    }
 
 
 def broken_tree(data, tmp_path, sample: int, tensor) -> tuple[Path, str]:
@@ -141,12 +150,24 @@ def cli_error(capsys, *argv) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("bad, reason", [
-    (None, "missing"),
-    (torch.zeros(2, K, H + 1, W, dtype=torch.float16), f"wrong shape: [2, 5, {H + 1}, {W}], expected [2, 5, {H}, {W}]"),
-    (torch.stack([torch.zeros(K, H, W), torch.full((K, H, W), 6.0)]).half(), "bad class index: 6 is not an integer in 0..5"),
-    (torch.stack([torch.zeros(K, H, W), torch.full((K, H, W), 1.5)]).half(), "bad class index: 1.5 is not an integer"),
-])
+@pytest.mark.parametrize(
+    "bad, reason",
+    [
+        (None, "missing"),
+        (
+            torch.zeros(2, K, H + 1, W, dtype=torch.float16),
+            f"wrong shape: [2, 5, {H + 1}, {W}], expected [2, 5, {H}, {W}]",
+        ),
+        (
+            torch.stack([torch.zeros(K, H, W), torch.full((K, H, W), 6.0)]).half(),
+            "bad class index: 6 is not an integer in 0..5",
+        ),
+        (
+            torch.stack([torch.zeros(K, H, W), torch.full((K, H, W), 1.5)]).half(),
+            "bad class index: 1.5 is not an integer",
+        ),
+    ],
+)
 def test_unusable_file_is_a_one_line_error_naming_the_file_and_the_fix(data, tmp_path, capsys, bad, reason):
     _, beton, _, _ = data
     labels, path = broken_tree(data, tmp_path, 6, bad)
@@ -180,8 +201,15 @@ def test_allow_missing_trains_those_samples_on_their_ground_truth(data, tmp_path
     assert lines[1] == f"6\t{path}\tmissing"
     label = CLASSES.index(rel[6].split("/")[0])
     sc, ix = st.gather(np.array([6]))
-    cls, dense = crop_aligned_targets(torch.from_numpy(sc), torch.from_numpy(ix), torch.tensor([[0.1, 0.2, 0.9, 0.7]]),
-                                      torch.tensor([False]), len(CLASSES), 2, smoothing=0.0)
+    cls, dense = crop_aligned_targets(
+        torch.from_numpy(sc),
+        torch.from_numpy(ix),
+        torch.tensor([[0.1, 0.2, 0.9, 0.7]]),
+        torch.tensor([False]),
+        len(CLASSES),
+        2,
+        smoothing=0.0,
+    )
     assert cls.argmax() == label and cls[0, label] > 0.999 and (dense[0, :, label] > 0.999).all()
     # without the flag the fallback chunk is read again and the import fails on the file
     with pytest.raises(TokenLabelStoreError):

@@ -26,7 +26,9 @@ def test_dense_targets_point_at_the_crop(h, w, flip):
         x1, y1 = torch.rand(2, generator=g) * 0.5
         bw, bh = 0.3 + torch.rand(2, generator=g) * 0.2
         box = torch.tensor([[x1, y1, x1 + bw, y1 + bh]])
-        cls, dense = crop_aligned_targets(scores, indices, box, torch.tensor([flip]), classes, size, smoothing=0.0)
+        cls, dense = crop_aligned_targets(
+            scores, indices, box, torch.tensor([flip]), classes, size, smoothing=0.0
+        )
         assert torch.allclose(dense.sum(-1), torch.ones(1, size * size))
         assert torch.allclose(cls.sum(-1), torch.ones(1))
         top = dense[0].argmax(-1).view(size, size)
@@ -44,15 +46,23 @@ def test_dense_targets_point_at_the_crop(h, w, flip):
 
 def test_whole_image_box_reproduces_the_map_on_the_same_grid():
     scores, indices, classes = coordinate_store(6, 6)
-    cls, dense = crop_aligned_targets(scores, indices, torch.tensor([[0.0, 0.0, 1.0, 1.0]]), torch.tensor([False]),
-                                      classes, 6, smoothing=0.0)
+    cls, dense = crop_aligned_targets(
+        scores,
+        indices,
+        torch.tensor([[0.0, 0.0, 1.0, 1.0]]),
+        torch.tensor([False]),
+        classes,
+        6,
+        smoothing=0.0,
+    )
     assert torch.equal(dense[0].argmax(-1), torch.arange(36))
 
 
 def test_smoothing_keeps_targets_normalised():
     scores, indices, classes = coordinate_store(7, 7)
-    cls, dense = crop_aligned_targets(scores, indices, torch.tensor([[0.1, 0.2, 0.9, 0.8]]), torch.tensor([True]),
-                                      classes, 7, smoothing=0.1)
+    cls, dense = crop_aligned_targets(
+        scores, indices, torch.tensor([[0.1, 0.2, 0.9, 0.8]]), torch.tensor([True]), classes, 7, smoothing=0.1
+    )
     assert torch.allclose(dense.sum(-1), torch.ones(1, 49), atol=1e-6)
     assert float(dense.min()) >= 0.1 / classes - 1e-7
 
@@ -69,8 +79,9 @@ def test_mixtoken_lam_and_loss_mix_the_cls_target():
     box = (1, 2, 4, 5)
     lam = 1 - 9 / 49
     mixed = lam * cls_t + (1 - lam) * cls_t.flip(0)
-    expected = (-(mixed * cls_logits.log_softmax(-1)).sum(-1).mean()
-                + 0.5 * (-(dense_t * aux.log_softmax(-1)).sum(-1).mean()))
+    expected = -(mixed * cls_logits.log_softmax(-1)).sum(-1).mean() + 0.5 * (
+        -(dense_t * aux.log_softmax(-1)).sum(-1).mean()
+    )
     assert torch.allclose(loss((cls_logits, aux, box), cls_t, dense_t), expected)
     with pytest.raises(ValueError, match="tokenlabel.size"):
         loss((cls_logits, aux, None), cls_t, dense_t[:, :16])
@@ -140,8 +151,12 @@ def _adaptive_cls_reference(maps: torch.Tensor, box: list[float]) -> torch.Tenso
             ya, xa = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
             ly, lx = y - y0, x - x0
             m = maps.double()
-            total += ((1 - ly) * (1 - lx) * m[:, y0, x0] + (1 - ly) * lx * m[:, y0, xa]
-                      + ly * (1 - lx) * m[:, ya, x0] + ly * lx * m[:, ya, xa])
+            total += (
+                (1 - ly) * (1 - lx) * m[:, y0, x0]
+                + (1 - ly) * lx * m[:, y0, xa]
+                + ly * (1 - lx) * m[:, ya, x0]
+                + ly * lx * m[:, ya, xa]
+            )
     return total / (gh * gw)
 
 
@@ -155,10 +170,14 @@ def test_cls_target_uses_roi_aligns_adaptive_sampling():
     g = torch.Generator().manual_seed(0)
     b, h, w, k, classes = 16, 12, 12, 5, 40
     scores = torch.randn(b, h, w, k, generator=g) * 3
-    indices = torch.stack([torch.randperm(classes, generator=g)[:k] for _ in range(b * h * w)]).view(b, h, w, k)
+    indices = torch.stack([torch.randperm(classes, generator=g)[:k] for _ in range(b * h * w)]).view(
+        b, h, w, k
+    )
     lo = torch.rand(b, 2, generator=g) * 0.4
     boxes = torch.cat([lo, lo + 0.3 + torch.rand(b, 2, generator=g) * 0.3], 1)
-    cls, _ = crop_aligned_targets(scores, indices, boxes, torch.zeros(b, dtype=torch.bool), classes, 7, smoothing=0.0)
+    cls, _ = crop_aligned_targets(
+        scores, indices, boxes, torch.zeros(b, dtype=torch.bool), classes, 7, smoothing=0.0
+    )
     maps = dense_score_maps(scores, indices, classes)
     rois = torch.cat([torch.arange(b, dtype=torch.float32)[:, None], boxes * torch.tensor([w, h, w, h])], 1)
     default = roi_align(maps, rois, output_size=(1, 1), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
@@ -167,7 +186,9 @@ def test_cls_target_uses_roi_aligns_adaptive_sampling():
         ref = torch.softmax(_adaptive_cls_reference(maps[i], rois[i, 1:].tolist()), 0).float()
         torch.testing.assert_close(cls[i], ref, atol=1e-5, rtol=0)
     fixed = roi_align(maps, rois, output_size=(1, 1), spatial_scale=1.0, sampling_ratio=2, aligned=True)
-    assert (cls - torch.softmax(fixed.flatten(1), 1)).abs().max() > 1e-2  # the old 2x2 is measurably different
+    assert (
+        cls - torch.softmax(fixed.flatten(1), 1)
+    ).abs().max() > 1e-2  # the old 2x2 is measurably different
 
 
 def test_crop_reaching_past_the_map_takes_the_nearest_cell():
@@ -179,5 +200,9 @@ def test_crop_reaching_past_the_map_takes_the_nearest_cell():
     top = dense[0].argmax(-1).view(3, 3)
     probs = dense[0].view(3, 3, -1)
     for i in range(3):
-        assert top[i].tolist() == [i * 4 + 0, int(top[i, 1]), i * 4 + 3]  # left bins: column 0, right: column 3
+        assert top[i].tolist() == [
+            i * 4 + 0,
+            int(top[i, 1]),
+            i * 4 + 3,
+        ]  # left bins: column 0, right: column 3
         assert float(probs[i, 0].max()) > 0.9 and float(probs[i, 2].max()) > 0.9  # the edge cell's target

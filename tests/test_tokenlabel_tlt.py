@@ -30,8 +30,13 @@ def tlt():
 
 
 def _label_fns(tra):
-    return {ra.ROTATE: tra.rotate_label, ra.SHEAR_X: tra.shear_x_label, ra.SHEAR_Y: tra.shear_y_label,
-            ra.TRANSLATE_X: tra.translate_x_rel_label, ra.TRANSLATE_Y: tra.translate_y_rel_label}
+    return {
+        ra.ROTATE: tra.rotate_label,
+        ra.SHEAR_X: tra.shear_x_label,
+        ra.SHEAR_Y: tra.shear_y_label,
+        ra.TRANSLATE_X: tra.translate_x_rel_label,
+        ra.TRANSLATE_Y: tra.translate_y_rel_label,
+    }
 
 
 def _random_case(rng, layers):
@@ -53,8 +58,17 @@ def test_each_geometric_label_op_is_bitwise_tlts(tlt):
     rng = np.random.default_rng(0)
     for _ in range(200):
         scores, indices, ops, args, side = _random_case(rng, 1)
-        ours_s, ours_i = augment_maps(scores, indices, np.array([False]), ops, args, np.array([side]),
-                                      np.array([side]), np.array([[0.0, 0.0, 1.0, 1.0]]), convention="tlt")
+        ours_s, ours_i = augment_maps(
+            scores,
+            indices,
+            np.array([False]),
+            ops,
+            args,
+            np.array([side]),
+            np.array([side]),
+            np.array([[0.0, 0.0, 1.0, 1.0]]),
+            convention="tlt",
+        )
         ref = fns[int(ops[0, 0])](_tlt_label(scores, indices), float(args[0, 0])).numpy()
         assert np.array_equal(ref[0], ours_s[0].transpose(2, 0, 1)), ra.OP_NAMES[int(ops[0, 0])]
         assert np.array_equal(ref[1], ours_i[0].transpose(2, 0, 1)), ra.OP_NAMES[int(ops[0, 0])]
@@ -89,11 +103,27 @@ def test_flip_ops_crop_and_targets_match_tlts_chain_except_the_box_order(tlt, mo
         batch = torch.stack([label, label])  # B > 1: tlt squeezes the batch dimension away otherwise
         ref = mixup.get_labelmaps_with_coords(batch, classes, label_size=size, device="cpu")[0, :, 1:]
 
-        ours_s, ours_i = augment_maps(scores, indices, np.array([flip]), ops, args, np.array([side]),
-                                      np.array([side]), np.array([[0.0, 0.0, 1.0, 1.0]]), convention="tlt")
+        ours_s, ours_i = augment_maps(
+            scores,
+            indices,
+            np.array([flip]),
+            ops,
+            args,
+            np.array([side]),
+            np.array([side]),
+            np.array([[0.0, 0.0, 1.0, 1.0]]),
+            convention="tlt",
+        )
         box = torch.tensor([[left / side, top / side, (left + w) / side, (top + h) / side]])
-        cls, dense = crop_aligned_targets(torch.from_numpy(ours_s), torch.from_numpy(ours_i), box,
-                                          torch.tensor([False]), classes, size, smoothing=0.0)
+        cls, dense = crop_aligned_targets(
+            torch.from_numpy(ours_s),
+            torch.from_numpy(ours_i),
+            box,
+            torch.tensor([False]),
+            classes,
+            size,
+            smoothing=0.0,
+        )
         torch.testing.assert_close(cls[0], ref[:, 0], atol=2e-6, rtol=0)
         torch.testing.assert_close(dense[0], ref[:, 1:].T, atol=2e-6, rtol=0)
 
@@ -108,9 +138,19 @@ def test_training_convention_differs_from_tlt_by_at_most_half_a_cell(tlt):
         r, c = np.meshgrid(np.arange(s), np.arange(s), indexing="ij")
         coords = np.stack([c, r, r], -1)[None].astype(np.float32)  # cell (col, row) as "indices"
         rect = np.array([[0.0, 0.0, 1.0, 1.0]])
-        _, tlt_src = augment_maps(scores, coords, np.array([False]), ops, args, np.array([side]), np.array([side]),
-                                  rect, convention="tlt")
-        _, our_src = augment_maps(scores, coords, np.array([False]), ops, args, np.array([side]), np.array([side]),
-                                  rect)
+        _, tlt_src = augment_maps(
+            scores,
+            coords,
+            np.array([False]),
+            ops,
+            args,
+            np.array([side]),
+            np.array([side]),
+            rect,
+            convention="tlt",
+        )
+        _, our_src = augment_maps(
+            scores, coords, np.array([False]), ops, args, np.array([side]), np.array([side]), rect
+        )
         # index maps of the nearest cell: the two conventions pick cells at most one apart
         assert np.abs(tlt_src - our_src).max() <= 1

@@ -20,8 +20,15 @@ def digits(tmp_path_factory):
 
 
 def common(digits, run_dir):
-    return [f"run.dir={run_dir}", f"data.train={digits}/train.beton", f"data.val={digits}/val.beton",
-            f"data.img_size={IMG}", "data.num_workers=1", "run.log_every=1", "checkpoint.every_steps=1000"]
+    return [
+        f"run.dir={run_dir}",
+        f"data.train={digits}/train.beton",
+        f"data.val={digits}/val.beton",
+        f"data.img_size={IMG}",
+        "data.num_workers=1",
+        "run.log_every=1",
+        "checkpoint.every_steps=1000",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +38,37 @@ def labelled(digits, tmp_path_factory):
     teacher = base / "teacher"
     assert main(["recipes/smoke.yaml", *common(digits, teacher), "optim.epochs=4"]) == 0
     store = base / "train.tokenlabel"
-    gen.generate(gen.parse_args([f"{digits}/train.beton", str(store), "--teacher", "rmt_test", "--checkpoint",
-                                 str(teacher), "--img-size", str(IMG), "--workers", "1", "--device", "cpu"]))
+    gen.generate(
+        gen.parse_args(
+            [
+                f"{digits}/train.beton",
+                str(store),
+                "--teacher",
+                "rmt_test",
+                "--checkpoint",
+                str(teacher),
+                "--img-size",
+                str(IMG),
+                "--workers",
+                "1",
+                "--device",
+                "cpu",
+            ]
+        )
+    )
     return store
 
 
 def student(digits, run_dir, store, *extra):
-    return ["recipes/smoke.yaml", *common(digits, run_dir), "model.token_label=true", "tokenlabel.enabled=true",
-            f"tokenlabel.store={store}", "tokenlabel.size=2", *extra]
+    return [
+        "recipes/smoke.yaml",
+        *common(digits, run_dir),
+        "model.token_label=true",
+        "tokenlabel.enabled=true",
+        f"tokenlabel.store={store}",
+        "tokenlabel.size=2",
+        *extra,
+    ]
 
 
 def test_teacher_labels_cover_the_training_set(labelled, digits):
@@ -69,5 +99,7 @@ def test_missing_store_stops_before_training(digits, tmp_path, capsys):
 
 
 def test_store_with_other_classes_stops_before_training(labelled, digits, tmp_path, capsys):
-    assert main(student(digits, tmp_path / "r", labelled, "model.num_classes=12", "run.stop_after_steps=2")) == 2
+    assert (
+        main(student(digits, tmp_path / "r", labelled, "model.num_classes=12", "run.stop_after_steps=2")) == 2
+    )
     assert "model.num_classes=12" in capsys.readouterr().err

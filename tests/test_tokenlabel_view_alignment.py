@@ -55,10 +55,22 @@ def check_alignment(beton, store, num_classes: int, source_xy, tol: float, rects
     the teacher's view, the dense target's top class must sit at the token's source location, within
     `tol` of the view's side (+ the 1/255 coordinate quantisation). source_xy(classes [T, T], h, w)
     gives a class's source (x, y) fractions. Returns how many tokens were checked."""
-    cfg = data_config(beton, img_size=128, batch_size=8, scale=[0.2, 1.0], label_smoothing=0.0, num_workers=1,
-                      overrides=[f"model.num_classes={num_classes}", "model.token_label=true",
-                                 "tokenlabel.enabled=true", f"tokenlabel.store={store}", f"tokenlabel.size={TOKENS}",
-                                 "tokenlabel.label_smoothing=0.0"])
+    cfg = data_config(
+        beton,
+        img_size=128,
+        batch_size=8,
+        scale=[0.2, 1.0],
+        label_smoothing=0.0,
+        num_workers=1,
+        overrides=[
+            f"model.num_classes={num_classes}",
+            "model.token_label=true",
+            "tokenlabel.enabled=true",
+            f"tokenlabel.store={store}",
+            f"tokenlabel.size={TOKENS}",
+            "tokenlabel.label_smoothing=0.0",
+        ],
+    )
     loader = TokenLabelTrainLoader(build_train_loader(cfg), cfg)
     mean = torch.tensor(cfg.data.mean).view(1, 3, 1, 1)
     std = torch.tensor(cfg.data.std).view(1, 3, 1, 1)
@@ -72,13 +84,22 @@ def check_alignment(beton, store, num_classes: int, source_xy, tol: float, rects
             for b in range(len(images)):
                 h, w = SIZES[1] if px[b, 2].mean() > 0.5 else SIZES[0]
                 x0, y0, x1, y1 = rects[h, w]
-                inside = (lo[b, 0] >= x0 - eps) & (hi[b, 0] <= x1 + eps) & (lo[b, 1] >= y0 - eps) & (hi[b, 1] <= y1 + eps)
+                inside = (
+                    (lo[b, 0] >= x0 - eps)
+                    & (hi[b, 0] <= x1 + eps)
+                    & (lo[b, 1] >= y0 - eps)
+                    & (hi[b, 1] <= y1 + eps)
+                )
                 if not inside.any():
                     continue
                 lx, ly = source_xy(top[b], h, w)
                 dx = (lx - centre[b, 0]).abs()[inside].max()
                 dy = (ly - centre[b, 1]).abs()[inside].max()
-                assert dx <= tol * (x1 - x0) + 0.01 and dy <= tol * (y1 - y0) + 0.01, ((h, w), float(dx), float(dy))
+                assert dx <= tol * (x1 - x0) + 0.01 and dy <= tol * (y1 - y0) + 0.01, (
+                    (h, w),
+                    float(dx),
+                    float(dy),
+                )
                 checked += int(inside.sum())
     return checked
 
@@ -103,9 +124,20 @@ def test_centre_crop_maps_point_at_the_right_source_cells(beton, tmp_path):
     np.save(store / "scores.npy", scores)
     np.save(store / "indices.npy", indices)
     view = TeacherView("center_crop", 1.0)
-    StoreMeta(teacher="coordinates", teacher_checkpoint=None, img_size=0, topk=3, map_h=MAP_H, map_w=MAP_W,
-              num_classes=classes, beton=str(beton), beton_fingerprint=beton_fingerprint(beton), num_samples=N,
-              complete=True, view=view.to_dict()).write(store)
+    StoreMeta(
+        teacher="coordinates",
+        teacher_checkpoint=None,
+        img_size=0,
+        topk=3,
+        map_h=MAP_H,
+        map_w=MAP_W,
+        num_classes=classes,
+        beton=str(beton),
+        beton_fingerprint=beton_fingerprint(beton),
+        num_samples=N,
+        complete=True,
+        view=view.to_dict(),
+    ).write(store)
 
     def source_xy(cls, h, w):
         return view_to_source((cls % MAP_W + 0.5) / MAP_W, (cls // MAP_W + 0.5) / MAP_H, h, w)
@@ -137,9 +169,28 @@ def test_both_generator_views_make_aligned_stores(beton, tmp_path, monkeypatch, 
     monkeypatch.setattr(gen, "per_location_logits", lambda model, x: model(x))
     monkeypatch.setattr(gen, "_beton_info", lambda b: (N, GRID * GRID))
     store = tmp_path / f"{view_arg}.tokenlabel"
-    gen.generate(gen.parse_args([str(beton), str(store), "--teacher", "coordinates", "--img-size", str(TEACHER_SIZE),
-                                 "--topk", "3", "--batch-size", "8", "--workers", "1", "--device", "cpu",
-                                 "--view", view_arg]))
+    gen.generate(
+        gen.parse_args(
+            [
+                str(beton),
+                str(store),
+                "--teacher",
+                "coordinates",
+                "--img-size",
+                str(TEACHER_SIZE),
+                "--topk",
+                "3",
+                "--batch-size",
+                "8",
+                "--workers",
+                "1",
+                "--device",
+                "cpu",
+                "--view",
+                view_arg,
+            ]
+        )
+    )
     meta = TokenLabelStore(store).meta
     view = TeacherView.from_dict(meta.view)
     assert view.kind == view_arg.replace("-", "_") and (meta.map_h, meta.map_w) == (16, 16)

@@ -24,8 +24,15 @@ def digits(tmp_path_factory) -> Path:
 
 def test_main_runs_and_writes_the_run_dir(digits, tmp_path):
     run_dir = tmp_path / "run"
-    argv = ["recipes/smoke.yaml", f"run.dir={run_dir}", f"data.train={digits}/train.beton",
-            f"data.val={digits}/val.beton", "run.stop_after_steps=2", "run.log_every=1", "data.num_workers=1"]
+    argv = [
+        "recipes/smoke.yaml",
+        f"run.dir={run_dir}",
+        f"data.train={digits}/train.beton",
+        f"data.val={digits}/val.beton",
+        "run.stop_after_steps=2",
+        "run.log_every=1",
+        "data.num_workers=1",
+    ]
     assert main(argv) == 0
     cfg = load_resolved(run_dir / "config.yaml")
     assert cfg.derived.world_size == 1 and cfg.derived.global_batch == 32
@@ -60,12 +67,17 @@ def test_bf16_autocast_trains(digits, tmp_path, single_rank, strategy):
     device_type = single_rank.device.type
     seen = []  # (autocast on, its dtype) inside each forward of the first linear layer
     linear = next(m for m in t.strategy.module.modules() if isinstance(m, torch.nn.Linear))
-    linear.register_forward_pre_hook(lambda m, args: seen.append(
-        (torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))))
+    linear.register_forward_pre_hook(
+        lambda m, args: seen.append(
+            (torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
+        )
+    )
     batches = t.train_loader.epoch(0)
     losses = [t.train_step([next(batches)]).loss for _ in range(3)]
     assert all(torch.isfinite(torch.tensor(losses)))
-    assert seen and all(s == (True, torch.bfloat16) for s in seen), f"forward not under bf16 autocast: {set(seen)}"
+    assert seen and all(s == (True, torch.bfloat16) for s in seen), (
+        f"forward not under bf16 autocast: {set(seen)}"
+    )
     # FSDP2's policy computes in bf16 but keeps fp32 master weights (and an fp32 EMA).
     assert all(p.dtype == torch.float32 for p in t.strategy.module.parameters())
     assert all(v.dtype == torch.float32 for v in t.ema.state.values() if v.is_floating_point())
@@ -82,7 +94,9 @@ def test_fp16_overflow_is_skipped_and_counted(digits, tmp_path, single_rank):
     assert stats.overflow and not stats.applied and not stats.bad
     assert t.state.overflow_steps == 1 and t.state.bad_streak == 0
     after = t.strategy.full_state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before), "an overflow step must not change the weights"
+    assert all(torch.equal(before[k], after[k]) for k in before), (
+        "an overflow step must not change the weights"
+    )
     assert t.strategy.scaler.get_scale() < 2.0**100
     t.strategy.scaler.update(new_scale=2.0**8)
     stats = t.train_step([next(batches)])
@@ -91,7 +105,9 @@ def test_fp16_overflow_is_skipped_and_counted(digits, tmp_path, single_rank):
 
 
 def test_gradient_accumulation_counts_optimizer_steps(digits, tmp_path, single_rank):
-    t = _trainer(digits, tmp_path, single_rank, "optim.accum_steps=2", "data.batch_size=16", "optim.clip_grad=null")
+    t = _trainer(
+        digits, tmp_path, single_rank, "optim.accum_steps=2", "data.batch_size=16", "optim.clip_grad=null"
+    )
     assert t.steps_per_epoch == t.train_loader.steps_per_epoch // 2
     assert t.cfg.derived.global_batch == 32
     batches = t.train_loader.epoch(0)
@@ -102,11 +118,18 @@ def test_gradient_accumulation_counts_optimizer_steps(digits, tmp_path, single_r
     sum(t.criterion(reference(images), targets) / 2 for images, targets in micro).backward()
     expected = {n: p.grad for n, p in reference.named_parameters() if p.grad is not None}
     stepped = {}
-    t.strategy.optimizer.register_step_pre_hook(lambda opt, args, kwargs: stepped.update(
-        {n: p.grad.clone() for n, p in t.strategy.module.named_parameters() if p.grad is not None}))
+    t.strategy.optimizer.register_step_pre_hook(
+        lambda opt, args, kwargs: stepped.update(
+            {n: p.grad.clone() for n, p in t.strategy.module.named_parameters() if p.grad is not None}
+        )
+    )
     stats = t.train_step(micro)
     assert stats.applied and t.state.step == 1
     assert stepped.keys() == expected.keys()
-    worst = max((stepped[n] - g).abs().max().item() / (g.abs().max().item() + 1e-12) for n, g in expected.items())
-    assert worst < 1e-4, f"the accumulated gradient is not the mean over both micro-batches (rel. error {worst:.3g})"
+    worst = max(
+        (stepped[n] - g).abs().max().item() / (g.abs().max().item() + 1e-12) for n, g in expected.items()
+    )
+    assert worst < 1e-4, (
+        f"the accumulated gradient is not the mean over both micro-batches (rel. error {worst:.3g})"
+    )
     t.close()

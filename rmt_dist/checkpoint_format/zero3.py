@@ -8,7 +8,9 @@ from __future__ import annotations
 import torch
 
 
-def join_partitions(parts: list[torch.Tensor], numel: int, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+def join_partitions(
+    parts: list[torch.Tensor], numel: int, shape: torch.Size | tuple[int, ...]
+) -> torch.Tensor:
     """The full tensor from every rank's partition, in rank order (the padding cut off)."""
     return torch.cat([p.reshape(-1) for p in parts])[:numel].view(shape)
 
@@ -16,5 +18,5 @@ def join_partitions(parts: list[torch.Tensor], numel: int, shape: torch.Size | t
 def partition_of(full: torch.Tensor, rank: int, size: int) -> torch.Tensor:
     """Rank `rank`'s partition (`size` elements, zero-padded at the end) of a full tensor."""
     flat = full.reshape(-1)
-    piece = flat[rank * size:][:size]
+    piece = flat[rank * size :][:size]
     return torch.cat([piece, piece.new_zeros(size - piece.numel())])

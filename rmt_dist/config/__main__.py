@@ -14,8 +14,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m rmt_dist.config", description=__doc__)
     p.add_argument("recipe", help="recipe YAML file, e.g. recipes/rmt_l_tokenlabel.yaml")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optim.lr=1e-3")
-    p.add_argument("--world-size", type=int, default=None,
-                   help="ranks to derive lr / EMA decay for (default: slurm.nodes x tasks per node)")
+    p.add_argument(
+        "--world-size",
+        type=int,
+        default=None,
+        help="ranks to derive lr / EMA decay for (default: slurm.nodes x tasks per node)",
+    )
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.recipe, args.overrides)

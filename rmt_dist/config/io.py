@@ -61,7 +61,9 @@ def load_resolved(path: str | os.PathLike) -> DerivedConfig:
     except yaml.YAMLError as e:
         raise ConfigError(f"{where}: is not valid YAML: {getattr(e, 'problem', e)}") from None
     if not isinstance(tree, dict) or not isinstance(tree.get("derived"), dict):
-        raise ConfigError(f"{where}: has no derived section, so it was not written by a run "
-                          "(a run's config.yaml records its world size, global batch, peak lr and EMA decay)")
+        raise ConfigError(
+            f"{where}: has no derived section, so it was not written by a run "
+            "(a run's config.yaml records its world size, global batch, peak lr and EMA decay)"
+        )
     _drop_removed_keys(tree, where)
     return build(DerivedConfig, tree, {}, default_where=where)

@@ -43,8 +43,10 @@ def _unknown(where: str, key: str) -> ConfigError:
         fix = "drop the override" if where == CLI else "delete it from the recipe"
         return ConfigError(f"{where}: {key} was removed: {REMOVED_KEYS[key]}; {fix}")
     if key == "derived" or key.startswith("derived."):
-        return ConfigError(f"{where}: {key} is computed at launch from the recipe and the world size "
-                           "(rmt_dist/config/derive.py); set optim.lr, ema.decay or data.batch_size instead")
+        return ConfigError(
+            f"{where}: {key} is computed at launch from the recipe and the world size "
+            "(rmt_dist/config/derive.py); set optim.lr, ema.decay or data.batch_size instead"
+        )
     hint = difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.6)
     extra = f" (did you mean {hint[0]}?)" if hint else ""
     return ConfigError(f"{where}: unknown key {key!r}{extra}")
@@ -59,7 +61,9 @@ def _expand_env(value: Any, where: str, key: str) -> Any:
                 return os.environ[name]
             if default is not None:
                 return default
-            raise ConfigError(f"{where}: {key}: environment variable ${{{name}}} is not set (export it or use ${{{name}:-default}})")
+            raise ConfigError(
+                f"{where}: {key}: environment variable ${{{name}}} is not set (export it or use ${{{name}:-default}})"
+            )
 
         return _ENV.sub(sub, value)
     if isinstance(value, list):
@@ -177,7 +181,9 @@ def build(cls: type, tree: dict, prov: dict[str, str], prefix: str = "", default
     for k in tree:
         if k not in names:
             key = prefix + k
-            below = [w for p, w in prov.items() if p.startswith(key + ".")]  # a section: where its keys came from
+            below = [
+                w for p, w in prov.items() if p.startswith(key + ".")
+            ]  # a section: where its keys came from
             raise _unknown(prov.get(key) or (below[0] if below else default_where), key)
     kwargs = {}
     for f in dataclasses.fields(cls):
@@ -237,7 +243,7 @@ def _blame(e: ConfigError, recipe: str, prov: dict[str, str]) -> ConfigError:
     """validate() names the recipe; name where the offending key was set instead (a base
     file, or the command line for a `key=value` override)."""
     text = str(e)
-    body = text[len(recipe) + 2:] if text.startswith(recipe + ": ") else text
+    body = text[len(recipe) + 2 :] if text.startswith(recipe + ": ") else text
     for key in _KEY.findall(body):
         where = prov.get(key)
         if where and where != recipe:

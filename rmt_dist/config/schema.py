@@ -80,7 +80,9 @@ class DataConfig:
     repeated_aug: bool = True
     num_repeats: int = 3
     drop_last: bool = True
-    stage_dir: str | None = None  # node-local copy of betons + token labels ({node} = node name); data/stage.py
+    stage_dir: str | None = (
+        None  # node-local copy of betons + token labels ({node} = node name); data/stage.py
+    )
 
 
 @dataclass(frozen=True)
@@ -209,13 +211,13 @@ class DerivedConfig(Config):
 # config.yaml with a warning, so runs written before the removal still export and evaluate.
 REMOVED_KEYS: dict[str, str] = {
     "data.os_cache": "it had no effect: samples are always read through a memory map (the OS page cache), "
-                     "see rmt_dist/data/loader.py",
+    "see rmt_dist/data/loader.py",
     "tokenlabel.teacher": "nothing read it: the teacher is chosen when making the store "
-                          "(python -m rmt_dist.tokenlabel.generate --teacher NAME)",
+    "(python -m rmt_dist.tokenlabel.generate --teacher NAME)",
     "tokenlabel.teacher_checkpoint": "nothing read it: pass the teacher's weights when making the store "
-                                     "(python -m rmt_dist.tokenlabel.generate --checkpoint PATH)",
+    "(python -m rmt_dist.tokenlabel.generate --checkpoint PATH)",
     "tokenlabel.teacher_img_size": "nothing read it: set the teacher's input side when making the store "
-                                   "(python -m rmt_dist.tokenlabel.generate --img-size N)",
+    "(python -m rmt_dist.tokenlabel.generate --img-size N)",
     "tokenlabel.topk": "nothing read it: set k when making the store (python -m rmt_dist.tokenlabel.generate "
-                       "--topk K); the trainer reads it from the store",
+    "--topk K); the trainer reads it from the store",
 }

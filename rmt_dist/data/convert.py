@@ -127,14 +127,25 @@ class _Images:
             return np.zeros((1, 1, 3), np.uint8), self.labels[i]
 
 
-def write_beton(out: Path, dataset: _Images, *, max_resolution: int | None, jpeg_quality: int,
-                compress_probability: float, workers: int) -> None:
+def write_beton(
+    out: Path,
+    dataset: _Images,
+    *,
+    max_resolution: int | None,
+    jpeg_quality: int,
+    compress_probability: float,
+    workers: int,
+) -> None:
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
 
     fields = {
-        "image": RGBImageField(write_mode="proportion", max_resolution=max_resolution,
-                               jpeg_quality=jpeg_quality, compress_probability=compress_probability),
+        "image": RGBImageField(
+            write_mode="proportion",
+            max_resolution=max_resolution,
+            jpeg_quality=jpeg_quality,
+            compress_probability=compress_probability,
+        ),
         "label": IntField(),
     }
     writer = DatasetWriter(os.fspath(out), fields, num_workers=max(1, workers))
@@ -145,10 +156,17 @@ def write_beton(out: Path, dataset: _Images, *, max_resolution: int | None, jpeg
     writer.from_indexed_dataset(dataset, chunksize=32)
 
 
-def convert(src: str | os.PathLike, out: str | os.PathLike, *, classes: str | os.PathLike | None = None,
-            max_resolution: int | None = DEFAULT_MAX_RESOLUTION, jpeg_quality: int = DEFAULT_JPEG_QUALITY,
-            compress_probability: float = DEFAULT_COMPRESS_PROBABILITY, workers: int | None = None,
-            overwrite: bool = False) -> ConvertResult:
+def convert(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    classes: str | os.PathLike | None = None,
+    max_resolution: int | None = DEFAULT_MAX_RESOLUTION,
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+    compress_probability: float = DEFAULT_COMPRESS_PROBABILITY,
+    workers: int | None = None,
+    overwrite: bool = False,
+) -> ConvertResult:
     """Convert SRC to OUT (see module docstring). Raises DataError on bad input."""
     start = time.perf_counter()
     src, out = Path(src), Path(out)
@@ -183,8 +201,14 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, classes: str | os
 
     with atomic_path(out) as tmp:  # renamed last: OUT exists only once complete, and its meta with it
         dataset = _Images(good, class_map)
-        write_beton(tmp, dataset, max_resolution=max_resolution, jpeg_quality=jpeg_quality,
-                    compress_probability=compress_probability, workers=workers)
+        write_beton(
+            tmp,
+            dataset,
+            max_resolution=max_resolution,
+            jpeg_quality=jpeg_quality,
+            compress_probability=compress_probability,
+            workers=workers,
+        )
         if dataset.failures.value:
             raise DataError(f"{dataset.failures.value} files became unreadable during conversion; re-run")
         meta = {
@@ -194,8 +218,11 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, classes: str | os
             "skipped": skipped,
             "fields": {"image": "RGBImageField", "label": "IntField"},
             "source": str(src.resolve()),
-            "settings": {"max_resolution": max_resolution, "jpeg_quality": jpeg_quality,
-                         "compress_probability": compress_probability},
+            "settings": {
+                "max_resolution": max_resolution,
+                "jpeg_quality": jpeg_quality,
+                "compress_probability": compress_probability,
+            },
             "fingerprint": beton_fingerprint(tmp),
             "paths": _write_paths(out, good_rel),
             "checksum": full_checksum(tmp),  # every byte: python -m rmt_dist.data.verify checks it
@@ -233,16 +260,20 @@ def record_paths(src: str | os.PathLike, beton: str | os.PathLike) -> int:
     kept = [(s, rel) for s, rel in kept if rel not in skipped_tails and bad_path_reason(rel) is None]
     n = int(meta["num_samples"])
     if len(kept) != n:
-        raise DataError(f"{src} now lists {len(kept)} usable images but {beton} has {n} samples (the folder "
-                        f"changed since conversion); re-convert with python -m rmt_dist.data.convert {src} {beton} --overwrite")
+        raise DataError(
+            f"{src} now lists {len(kept)} usable images but {beton} has {n} samples (the folder "
+            f"changed since conversion); re-convert with python -m rmt_dist.data.convert {src} {beton} --overwrite"
+        )
     classes = meta["classes"]
     labels = BetonImages(str(beton)).labels
     wrong = [i for i, (s, _) in enumerate(kept) if classes.get(s.label) != int(labels[i])]
     if wrong:
         i = wrong[0]
-        raise DataError(f"{kept[i][0].path} is class {kept[i][0].label!r} but sample {i} of {beton} has label "
-                        f"{int(labels[i])} ({len(wrong)} such samples: the folder changed since conversion); "
-                        f"re-convert with python -m rmt_dist.data.convert {src} {beton} --overwrite")
+        raise DataError(
+            f"{kept[i][0].path} is class {kept[i][0].label!r} but sample {i} of {beton} has label "
+            f"{int(labels[i])} ({len(wrong)} such samples: the folder changed since conversion); "
+            f"re-convert with python -m rmt_dist.data.convert {src} {beton} --overwrite"
+        )
     meta["paths"] = _write_paths(beton, [rel for _, rel in kept])
     write_json_atomic(meta_path(beton), meta)
     return n
@@ -251,18 +282,37 @@ def record_paths(src: str | os.PathLike, beton: str | os.PathLike) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m rmt_dist.data.convert", description=__doc__.split("\n\n")[0])
     p.add_argument("src", help="ImageFolder root (SRC/<class>/<image>) or a `path<TAB>label` list file")
-    p.add_argument("out", help="output .beton (its meta file is OUT.meta.json, its source paths OUT.paths.txt)")
-    p.add_argument("--classes", help="class map to reuse: a {name: index} JSON or the train split's .beton.meta.json")
-    p.add_argument("--max-resolution", type=int, default=DEFAULT_MAX_RESOLUTION,
-                   help=f"resize so the longest side is at most N px; 0 = keep (default {DEFAULT_MAX_RESOLUTION})")
-    p.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY, help=f"default {DEFAULT_JPEG_QUALITY}")
-    p.add_argument("--compress-probability", type=float, default=DEFAULT_COMPRESS_PROBABILITY,
-                   help="fraction stored as JPEG, the rest raw pixels (default 1.0: all JPEG)")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: the CPUs this process may use)")
+    p.add_argument(
+        "out", help="output .beton (its meta file is OUT.meta.json, its source paths OUT.paths.txt)"
+    )
+    p.add_argument(
+        "--classes", help="class map to reuse: a {name: index} JSON or the train split's .beton.meta.json"
+    )
+    p.add_argument(
+        "--max-resolution",
+        type=int,
+        default=DEFAULT_MAX_RESOLUTION,
+        help=f"resize so the longest side is at most N px; 0 = keep (default {DEFAULT_MAX_RESOLUTION})",
+    )
+    p.add_argument(
+        "--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY, help=f"default {DEFAULT_JPEG_QUALITY}"
+    )
+    p.add_argument(
+        "--compress-probability",
+        type=float,
+        default=DEFAULT_COMPRESS_PROBABILITY,
+        help="fraction stored as JPEG, the rest raw pixels (default 1.0: all JPEG)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=None, help="processes (default: the CPUs this process may use)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
-    p.add_argument("--record-paths", action="store_true",
-                   help="do not convert: write OUT.paths.txt (each sample's source path) for an existing OUT "
-                        "converted before paths were recorded, from its unchanged SRC")
+    p.add_argument(
+        "--record-paths",
+        action="store_true",
+        help="do not convert: write OUT.paths.txt (each sample's source path) for an existing OUT "
+        "converted before paths were recorded, from its unchanged SRC",
+    )
     a = p.parse_args(argv)
     if a.record_paths:
         try:
@@ -272,14 +322,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {paths_file(a.out)}: {n} source paths")
         return 0
     try:
-        r = convert(a.src, a.out, classes=a.classes, max_resolution=a.max_resolution or None,
-                    jpeg_quality=a.jpeg_quality, compress_probability=a.compress_probability,
-                    workers=a.workers, overwrite=a.overwrite)
+        r = convert(
+            a.src,
+            a.out,
+            classes=a.classes,
+            max_resolution=a.max_resolution or None,
+            jpeg_quality=a.jpeg_quality,
+            compress_probability=a.compress_probability,
+            workers=a.workers,
+            overwrite=a.overwrite,
+        )
     except DataError as e:
         return report(e)
     size_mb = r.beton.stat().st_size / 2**20
-    print(f"wrote {r.beton}: {r.num_samples} samples, {len(r.skipped)} skipped, {size_mb:.1f} MiB, "
-          f"{r.seconds:.1f} s ({r.num_samples / max(r.seconds, 1e-9):.0f} img/s); meta {meta_path(r.beton)}")
+    print(
+        f"wrote {r.beton}: {r.num_samples} samples, {len(r.skipped)} skipped, {size_mb:.1f} MiB, "
+        f"{r.seconds:.1f} s ({r.num_samples / max(r.seconds, 1e-9):.0f} img/s); meta {meta_path(r.beton)}"
+    )
     for s in r.skipped[:10]:
         print(f"  skipped {s['path']}: {s['reason']}")
     if len(r.skipped) > 10:

@@ -39,10 +39,14 @@ class BetonImages:
         try:
             reader = Reader(path)
         except (OSError, AssertionError, ValueError) as e:
-            raise DataError(f"{path}: not a readable FFCV .beton ({e}); convert it with python -m rmt_dist.data.convert") from e
+            raise DataError(
+                f"{path}: not a readable FFCV .beton ({e}); convert it with python -m rmt_dist.data.convert"
+            ) from e
         names = reader.field_names
         if "image" not in names or "label" not in names:
-            raise DataError(f"{path}: fields {names}, expected 'image' and 'label' (made by rmt_dist.data.convert)")
+            raise DataError(
+                f"{path}: fields {names}, expected 'image' and 'label' (made by rmt_dist.data.convert)"
+            )
         self.path = path
         self.num_samples = int(reader.num_samples)
         # FFCV names the metadata columns f0, f1, ... in field order.
@@ -61,36 +65,80 @@ class BetonImages:
 
 
 @njit(nogil=True, parallel=True)
-def _decode_batch(data, ptrs, sizes, modes, heights, widths, indices, boxes, resize, flips, out, scratch, kind,
-                  ra_ops, ra_args, fill):
+def _decode_batch(
+    data,
+    ptrs,
+    sizes,
+    modes,
+    heights,
+    widths,
+    indices,
+    boxes,
+    resize,
+    flips,
+    out,
+    scratch,
+    kind,
+    ra_ops,
+    ra_args,
+    fill,
+):
     for k in prange(indices.shape[0]):
         s = indices[k]
         h = heights[s]
         w = widths[s]
-        raw = data[ptrs[s]:ptrs[s] + sizes[s]]
+        raw = data[ptrs[s] : ptrs[s] + sizes[s]]
         if modes[s] == 0:
-            buf = scratch[get_thread_id(), :h * w * 3].reshape((h, w, 3))
+            buf = scratch[get_thread_id(), : h * w * 3].reshape((h, w, 3))
             _imdecode(raw, buf, h, w, h, w, 0, 0, 1, 1, False, False)
         else:
             buf = raw.reshape((h, w, 3))
-        resize_window(buf, boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3],
-                      resize[k, 0], resize[k, 1], resize[k, 2], resize[k, 3], out[k], flips[k], kind)
+        resize_window(
+            buf,
+            boxes[k, 0],
+            boxes[k, 1],
+            boxes[k, 2],
+            boxes[k, 3],
+            resize[k, 0],
+            resize[k, 1],
+            resize[k, 2],
+            resize[k, 3],
+            out[k],
+            flips[k],
+            kind,
+        )
         for layer in range(ra_ops.shape[1]):
             if ra_ops[k, layer] != NO_OP:
                 apply_op(out[k], ra_ops[k, layer], ra_args[k, layer], fill, kind == BICUBIC)
 
 
 @njit(nogil=True, parallel=True)
-def _decode_batch_whole(data, ptrs, sizes, modes, heights, widths, indices, boxes, flips, kinds, out, scratch,
-                        ra_ops, ra_args, ra_bicubic, fill):
+def _decode_batch_whole(
+    data,
+    ptrs,
+    sizes,
+    modes,
+    heights,
+    widths,
+    indices,
+    boxes,
+    flips,
+    kinds,
+    out,
+    scratch,
+    ra_ops,
+    ra_args,
+    ra_bicubic,
+    fill,
+):
     """tlt's order: flip the whole decoded image, RandAugment it at its stored size, then crop
     and resize (each sample with its own crop filter, each op with its own affine filter)."""
     for k in prange(indices.shape[0]):
         s = indices[k]
         h = heights[s]
         w = widths[s]
-        raw = data[ptrs[s]:ptrs[s] + sizes[s]]
-        buf = scratch[get_thread_id(), :h * w * 3].reshape((h, w, 3))
+        raw = data[ptrs[s] : ptrs[s] + sizes[s]]
+        buf = scratch[get_thread_id(), : h * w * 3].reshape((h, w, 3))
         if modes[s] == 0:
             _imdecode(raw, buf, h, w, h, w, 0, 0, 1, 1, False, False)
         else:
@@ -107,8 +155,15 @@ def _decode_batch_whole(data, ptrs, sizes, modes, heights, widths, indices, boxe
                 win[layer] = win[layer + 1]
             else:
                 win[layer, 0], win[layer, 1], win[layer, 2], win[layer, 3] = source_window(
-                    op, ra_args[k, layer], h, w, win[layer + 1, 0], win[layer + 1, 1], win[layer + 1, 2],
-                    win[layer + 1, 3])
+                    op,
+                    ra_args[k, layer],
+                    h,
+                    w,
+                    win[layer + 1, 0],
+                    win[layer + 1, 1],
+                    win[layer + 1, 2],
+                    win[layer + 1, 3],
+                )
         if flips[k]:  # whole rows: the window's columns come from the mirrored ones
             for y in range(win[0, 0], win[0, 1]):
                 row = buf[y]
@@ -119,10 +174,21 @@ def _decode_batch_whole(data, ptrs, sizes, modes, heights, widths, indices, boxe
                         row[w - 1 - x, c] = t
         for layer in range(layers):
             if ra_ops[k, layer] != NO_OP:
-                apply_op(buf, ra_ops[k, layer], ra_args[k, layer], fill, ra_bicubic[k, layer],
-                         win[layer + 1, 0], win[layer + 1, 1], win[layer + 1, 2], win[layer + 1, 3])
+                apply_op(
+                    buf,
+                    ra_ops[k, layer],
+                    ra_args[k, layer],
+                    fill,
+                    ra_bicubic[k, layer],
+                    win[layer + 1, 0],
+                    win[layer + 1, 1],
+                    win[layer + 1, 2],
+                    win[layer + 1, 3],
+                )
         oh, ow = out.shape[1], out.shape[2]
-        resize_window(buf, boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3], oh, ow, 0, 0, out[k], False, kinds[k])
+        resize_window(
+            buf, boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3], oh, ow, 0, 0, out[k], False, kinds[k]
+        )
 
 
 class BatchDecoder:
@@ -147,37 +213,84 @@ class BatchDecoder:
         self.scratch = np.empty((config.NUMBA_NUM_THREADS, max(images.max_pixels, 1) * 3), np.uint8)  # type: ignore[attr-defined]  # numba sets its config at run time
         self.num_threads = num_threads
 
-    def decode(self, indices: np.ndarray, boxes: np.ndarray, flips: np.ndarray, out: np.ndarray,
-               resize: np.ndarray | None = None, rand_augment: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
+    def decode(
+        self,
+        indices: np.ndarray,
+        boxes: np.ndarray,
+        flips: np.ndarray,
+        out: np.ndarray,
+        resize: np.ndarray | None = None,
+        rand_augment: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ) -> None:
         """`rand_augment`: (ops, args) from `randaugment.sample_ops` and the fill colour."""
         im = self.images
         if rand_augment is None:
-            rand_augment = (np.zeros((len(indices), 0), np.int64), np.zeros((len(indices), 0)), np.zeros(3, np.uint8))
+            rand_augment = (
+                np.zeros((len(indices), 0), np.int64),
+                np.zeros((len(indices), 0)),
+                np.zeros(3, np.uint8),
+            )
         ops, args, fill = rand_augment
         if resize is None:
             resize = np.zeros((len(indices), 4), np.int64)
             resize[:, 0], resize[:, 1] = out.shape[1], out.shape[2]
-        _decode_batch(im.data, im.ptrs, im.sizes, im.modes, im.heights, im.widths,
-                      np.ascontiguousarray(indices, np.int64), np.ascontiguousarray(boxes, np.int64),
-                      np.ascontiguousarray(resize, np.int64), np.ascontiguousarray(flips, np.bool_), out,
-                      self.scratch, self.kind, np.ascontiguousarray(ops, np.int64),
-                      np.ascontiguousarray(args, np.float64), np.ascontiguousarray(fill, np.uint8))
+        _decode_batch(
+            im.data,
+            im.ptrs,
+            im.sizes,
+            im.modes,
+            im.heights,
+            im.widths,
+            np.ascontiguousarray(indices, np.int64),
+            np.ascontiguousarray(boxes, np.int64),
+            np.ascontiguousarray(resize, np.int64),
+            np.ascontiguousarray(flips, np.bool_),
+            out,
+            self.scratch,
+            self.kind,
+            np.ascontiguousarray(ops, np.int64),
+            np.ascontiguousarray(args, np.float64),
+            np.ascontiguousarray(fill, np.uint8),
+        )
 
-    def decode_whole(self, indices: np.ndarray, boxes: np.ndarray, flips: np.ndarray, out: np.ndarray,
-                     crop_bicubic: np.ndarray, rand_augment: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None
-                     ) -> None:
+    def decode_whole(
+        self,
+        indices: np.ndarray,
+        boxes: np.ndarray,
+        flips: np.ndarray,
+        out: np.ndarray,
+        crop_bicubic: np.ndarray,
+        rand_augment: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None,
+    ) -> None:
         """tlt's order (`data.augment_order: tlt`): flip, RandAugment on the whole stored image,
         then crop `boxes` (drawn on that image) and resize. `crop_bicubic` (B,) picks each crop's
         filter; `rand_augment`: (ops, args, bicubic (B, layers) per affine op, fill colour)."""
         im = self.images
         n = len(indices)
         if rand_augment is None:
-            rand_augment = (np.zeros((n, 0), np.int64), np.zeros((n, 0)), np.zeros((n, 0), np.bool_),
-                            np.zeros(3, np.uint8))
+            rand_augment = (
+                np.zeros((n, 0), np.int64),
+                np.zeros((n, 0)),
+                np.zeros((n, 0), np.bool_),
+                np.zeros(3, np.uint8),
+            )
         ops, args, bicubic, fill = rand_augment
         kinds = np.where(np.asarray(crop_bicubic, np.bool_), BICUBIC, BILINEAR).astype(np.int64)
-        _decode_batch_whole(im.data, im.ptrs, im.sizes, im.modes, im.heights, im.widths,
-                            np.ascontiguousarray(indices, np.int64), np.ascontiguousarray(boxes, np.int64),
-                            np.ascontiguousarray(flips, np.bool_), kinds, out, self.scratch,
-                            np.ascontiguousarray(ops, np.int64), np.ascontiguousarray(args, np.float64),
-                            np.ascontiguousarray(bicubic, np.bool_), np.ascontiguousarray(fill, np.uint8))
+        _decode_batch_whole(
+            im.data,
+            im.ptrs,
+            im.sizes,
+            im.modes,
+            im.heights,
+            im.widths,
+            np.ascontiguousarray(indices, np.int64),
+            np.ascontiguousarray(boxes, np.int64),
+            np.ascontiguousarray(flips, np.bool_),
+            kinds,
+            out,
+            self.scratch,
+            np.ascontiguousarray(ops, np.int64),
+            np.ascontiguousarray(args, np.float64),
+            np.ascontiguousarray(bicubic, np.bool_),
+            np.ascontiguousarray(fill, np.uint8),
+        )

@@ -25,8 +25,9 @@ class ErasingSpec:
     min_aspect: float = 0.3
 
 
-def sample_erasing(rng: random.Random, batch: int, height: int, width: int,
-                   spec: ErasingSpec) -> list[tuple[int, int, int, int] | None]:
+def sample_erasing(
+    rng: random.Random, batch: int, height: int, width: int, spec: ErasingSpec
+) -> list[tuple[int, int, int, int] | None]:
     """Per image: None or the erased box (top, left, h, w); timm RandomErasing(count=1)'s draws."""
     boxes: list[tuple[int, int, int, int] | None] = []
     log_aspect = (math.log(spec.min_aspect), math.log(1 / spec.min_aspect))
@@ -46,8 +47,12 @@ def sample_erasing(rng: random.Random, batch: int, height: int, width: int,
     return boxes
 
 
-def apply_erasing(images: torch.Tensor, boxes: list[tuple[int, int, int, int] | None], mode: str,
-                  generator: torch.Generator | None) -> torch.Tensor:
+def apply_erasing(
+    images: torch.Tensor,
+    boxes: list[tuple[int, int, int, int] | None],
+    mode: str,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
     """Fill each box in place, drawing values in image order like timm's `_get_pixels`."""
     chans = images.shape[1]
     for i, box in enumerate(boxes):
@@ -55,12 +60,16 @@ def apply_erasing(images: torch.Tensor, boxes: list[tuple[int, int, int, int] | 
             continue
         top, left, h, w = box
         if mode == "pixel":
-            fill = torch.empty((chans, h, w), dtype=images.dtype, device=images.device).normal_(generator=generator)
+            fill = torch.empty((chans, h, w), dtype=images.dtype, device=images.device).normal_(
+                generator=generator
+            )
         elif mode == "rand":
-            fill = torch.empty((chans, 1, 1), dtype=images.dtype, device=images.device).normal_(generator=generator)
+            fill = torch.empty((chans, 1, 1), dtype=images.dtype, device=images.device).normal_(
+                generator=generator
+            )
         else:
             fill = torch.zeros((chans, 1, 1), dtype=images.dtype, device=images.device)
-        images[i, :, top:top + h, left:left + w] = fill
+        images[i, :, top : top + h, left : left + w] = fill
     return images
 
 
@@ -91,7 +100,11 @@ def sample_mix(rng: np.random.RandomState, spec: MixSpec, height: int, width: in
     use_cutmix = False
     if spec.mixup_alpha > 0 and spec.cutmix_alpha > 0:
         use_cutmix = bool(rng.rand() < spec.switch_prob)
-        lam = rng.beta(spec.cutmix_alpha, spec.cutmix_alpha) if use_cutmix else rng.beta(spec.mixup_alpha, spec.mixup_alpha)
+        lam = (
+            rng.beta(spec.cutmix_alpha, spec.cutmix_alpha)
+            if use_cutmix
+            else rng.beta(spec.mixup_alpha, spec.mixup_alpha)
+        )
     elif spec.mixup_alpha > 0:
         lam = rng.beta(spec.mixup_alpha, spec.mixup_alpha)
     else:
@@ -115,7 +128,9 @@ def soft_targets(labels: torch.Tensor, num_classes: int, smoothing: float, lam: 
     """timm's mixup_target: smoothed one-hot of labels, mixed with the flipped batch's by lam."""
     off = smoothing / num_classes
     on = 1.0 - smoothing + off
-    y1 = torch.full((labels.shape[0], num_classes), off, device=labels.device).scatter_(1, labels.long().view(-1, 1), on)
+    y1 = torch.full((labels.shape[0], num_classes), off, device=labels.device).scatter_(
+        1, labels.long().view(-1, 1), on
+    )
     if lam == 1.0:
         return y1
     return y1 * lam + y1.flip(0) * (1.0 - lam)

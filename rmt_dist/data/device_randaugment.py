@@ -57,8 +57,9 @@ AFFINE_OPS = (ROTATE, SHEAR_X, SHEAR_Y, TRANSLATE_X, TRANSLATE_Y)
 AFFINE_CHUNK_PIXELS = 16 * 224 * 224
 
 
-def rand_augment_on_device(images: torch.Tensor, ops: np.ndarray, args: np.ndarray, fill: np.ndarray,
-                           bicubic: bool = True) -> torch.Tensor:
+def rand_augment_on_device(
+    images: torch.Tensor, ops: np.ndarray, args: np.ndarray, fill: np.ndarray, bicubic: bool = True
+) -> torch.Tensor:
     """Apply each image's RandAugment layers in place. images: uint8 (B, H, W, 3), any device;
     ops, args: (B, layers) from `sample_ops` (NO_OP where a layer is skipped)."""
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != 3:
@@ -98,7 +99,10 @@ def _const(value: float, like: torch.Tensor) -> torch.Tensor:
 
 # --- LUT ops ---------------------------------------------------------------------------
 
-def _lut_ops(x: torch.Tensor, op: np.ndarray, arg: np.ndarray, fill: np.ndarray, bicubic: bool) -> torch.Tensor:
+
+def _lut_ops(
+    x: torch.Tensor, op: np.ndarray, arg: np.ndarray, fill: np.ndarray, bicubic: bool
+) -> torch.Tensor:
     n = x.shape[0]
     i = torch.arange(256, device=x.device, dtype=torch.int64).view(1, 1, 256)
     a = _upload(np.trunc(arg).astype(np.int64), x.device).view(n, 1, 1)  # pil_ops: int(arg)
@@ -115,8 +119,10 @@ def _lut_ops(x: torch.Tensor, op: np.ndarray, arg: np.ndarray, fill: np.ndarray,
             idx = _upload(sel, x.device)
             lut[idx] = table(x[idx])
     # out[b, y, x, c] = lut[b, c, x[b, y, x, c]]: one gather over a flat (n * 3 * 256) table.
-    base = (torch.arange(n, device=x.device).view(n, 1, 1, 1) * 768
-            + torch.arange(3, device=x.device).view(1, 1, 1, 3) * 256)
+    base = (
+        torch.arange(n, device=x.device).view(n, 1, 1, 1) * 768
+        + torch.arange(3, device=x.device).view(1, 1, 1, 3) * 256
+    )
     return lut.to(torch.uint8).reshape(-1)[base + x.long()]
 
 
@@ -135,8 +141,11 @@ def _auto_contrast_luts(x: torch.Tensor) -> torch.Tensor:
 def _equalize_luts(x: torch.Tensor) -> torch.Tensor:
     """ImageOps.equalize: Pillow's cumulative-histogram table per channel."""
     n = x.shape[0]
-    flat = (x.long() + torch.arange(3, device=x.device).view(1, 1, 1, 3) * 256
-            + torch.arange(n, device=x.device).view(n, 1, 1, 1) * 768)
+    flat = (
+        x.long()
+        + torch.arange(3, device=x.device).view(1, 1, 1, 3) * 256
+        + torch.arange(n, device=x.device).view(n, 1, 1, 1) * 768
+    )
     # scatter_add_, not bincount: CUDA's bincount reads min/max back to the host (two syncs).
     hist = torch.zeros(n * 768, dtype=torch.int64, device=x.device)
     hist = hist.scatter_add_(0, flat.reshape(-1), torch.ones_like(flat).reshape(-1)).view(n, 3, 256)
@@ -153,6 +162,7 @@ def _equalize_luts(x: torch.Tensor) -> torch.Tensor:
 
 # --- blends (ImageEnhance) -------------------------------------------------------------
 
+
 def _grey(x: torch.Tensor) -> torch.Tensor:
     """Pillow's RGB -> L (ITU-R 601-2, 16-bit fixed point), (n, H, W, 1) int32."""
     c = x.int()
@@ -166,7 +176,7 @@ def _smooth(x: torch.Tensor) -> torch.Tensor:
     s = c[:, 1:-1, 1:-1] * 4
     for dy in (0, 1, 2):
         for dx in (0, 1, 2):
-            s = s + c[:, dy:dy + c.shape[1] - 2, dx:dx + c.shape[2] - 2]
+            s = s + c[:, dy : dy + c.shape[1] - 2, dx : dx + c.shape[2] - 2]
     f = s.float()
     inner = torch.trunc(torch.div(f, _const(13.0, f)) + 0.5).clamp(0, 255).int()
     out = c.clone()
@@ -174,7 +184,9 @@ def _smooth(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _blend_ops(x: torch.Tensor, op: np.ndarray, arg: np.ndarray, fill: np.ndarray, bicubic: bool) -> torch.Tensor:
+def _blend_ops(
+    x: torch.Tensor, op: np.ndarray, arg: np.ndarray, fill: np.ndarray, bicubic: bool
+) -> torch.Tensor:
     """Image.blend(degenerate, image, factor) as ImagingBlend computes it: float32
     degenerate + factor * (image - degenerate), clipped, truncated."""
     code = _per_image(op.astype(np.int64), x, torch.int64)
@@ -200,6 +212,7 @@ def _blend_ops(x: torch.Tensor, op: np.ndarray, arg: np.ndarray, fill: np.ndarra
 
 # --- affine ops (Image.transform AFFINE / Image.rotate) --------------------------------
 
+
 def affine_coefficients(op: np.ndarray, arg: np.ndarray, h: int, w: int) -> np.ndarray:
     """(n, 6) inverse-map coefficients (a, b, c, d, e, f) of timm's affine ops."""
     m = np.zeros((len(op), 6))
@@ -218,13 +231,19 @@ def affine_coefficients(op: np.ndarray, arg: np.ndarray, h: int, w: int) -> np.n
     return m
 
 
-def _affine_ops(x: torch.Tensor, op: np.ndarray, arg: np.ndarray, fill: np.ndarray, bicubic: bool) -> torch.Tensor:
+def _affine_ops(
+    x: torch.Tensor, op: np.ndarray, arg: np.ndarray, fill: np.ndarray, bicubic: bool
+) -> torch.Tensor:
     coef = affine_coefficients(op, arg, x.shape[1], x.shape[2])
     chunk = max(1, AFFINE_CHUNK_PIXELS // (x.shape[1] * x.shape[2]))
-    return torch.cat([affine(x[k:k + chunk], coef[k:k + chunk], fill, bicubic) for k in range(0, x.shape[0], chunk)])
+    return torch.cat(
+        [affine(x[k : k + chunk], coef[k : k + chunk], fill, bicubic) for k in range(0, x.shape[0], chunk)]
+    )
 
 
-def _cubic(v1: torch.Tensor, v2: torch.Tensor, v3: torch.Tensor, v4: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+def _cubic(
+    v1: torch.Tensor, v2: torch.Tensor, v3: torch.Tensor, v4: torch.Tensor, d: torch.Tensor
+) -> torch.Tensor:
     """Pillow's bicubic (a = -0.5) in its own evaluation order."""
     p2 = -v1 + v3
     p3 = 2.0 * (v1 - v2) + v3 - v4

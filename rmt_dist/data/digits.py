@@ -30,7 +30,7 @@ def _colourise(gray8: np.ndarray, size: int) -> np.ndarray:
     from PIL import Image
 
     t = (gray8 / 16.0).astype(np.float32)
-    rgb = np.stack([40 + 215 * t, 30 + 190 * t ** 0.7, 90 + 60 * (1 - t)], axis=-1)
+    rgb = np.stack([40 + 215 * t, 30 + 190 * t**0.7, 90 + 60 * (1 - t)], axis=-1)
     img = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
     return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR))
 

@@ -1,6 +1,5 @@
 """The one exception type data commands turn into a one-line error and a non-zero exit."""
 
-
 from ..errors import BadInputError
 
 

@@ -26,8 +26,9 @@ from .device_augment import MixParams
 TOP, LEFT, HEIGHT, WIDTH, OFFSET, STRIDE_C, STRIDE_Y, STRIDE_X = range(8)
 
 
-def erasing_table(boxes: list[tuple[int, int, int, int] | None], mode: str, batch: int,
-                  generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+def erasing_table(
+    boxes: list[tuple[int, int, int, int] | None], mode: str, batch: int, generator: torch.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """(table int64 (batch, 8), noise float32) for `boxes` from `sample_erasing`, drawing the
     noise in image order from `generator` exactly as `device_augment.apply_erasing` does."""
     table = np.zeros((batch, 8), np.int64)
@@ -101,9 +102,9 @@ def finish_batch(images, out, mean, inv_std, channels_last, erase, noise, cutmix
             _row(images, k, y, mean, inv_std, erase, noise, rk)
             _row(images, j, y, mean, inv_std, erase, noise, rj)
             if cutmix and box[0] <= y < box[1]:  # swap the pasted segment
-                seg = rk[:, box[2]:box[3]].copy()
-                rk[:, box[2]:box[3]] = rj[:, box[2]:box[3]]
-                rj[:, box[2]:box[3]] = seg
+                seg = rk[:, box[2] : box[3]].copy()
+                rk[:, box[2] : box[3]] = rj[:, box[2] : box[3]]
+                rj[:, box[2] : box[3]] = seg
             _store(out, k, y, rk, rj, lam, one_minus_lam, not cutmix, channels_last)
             if j != k:
                 _store(out, j, y, rj, rk, lam, one_minus_lam, not cutmix, channels_last)
@@ -135,8 +136,16 @@ def normalize_erase(images, out, mean, inv_std, channels_last, erase, noise):
                         out[k, c, e[TOP] + y, e[LEFT] + x] = v
 
 
-def finish_on_host(images: np.ndarray, out: np.ndarray, mean: np.ndarray, inv_std: np.ndarray, channels_last: bool,
-                   erase: np.ndarray | None, noise: np.ndarray | None, mix: MixParams) -> None:
+def finish_on_host(
+    images: np.ndarray,
+    out: np.ndarray,
+    mean: np.ndarray,
+    inv_std: np.ndarray,
+    channels_last: bool,
+    erase: np.ndarray | None,
+    noise: np.ndarray | None,
+    mix: MixParams,
+) -> None:
     """`finish_batch` with defaults for "no erasing" / "no mixing"."""
     if erase is None:
         erase, noise = np.zeros((images.shape[0], 8), np.int64), np.zeros(1, np.float32)
@@ -145,5 +154,16 @@ def finish_on_host(images: np.ndarray, out: np.ndarray, mean: np.ndarray, inv_st
         return
     cutmix = mix.use_cutmix and mix.box is not None
     box = np.asarray(mix.box if cutmix else (0, 0, 0, 0), np.int64)
-    finish_batch(images, out, mean, inv_std, channels_last, erase, noise, cutmix,
-                 np.float32(mix.lam), np.float32(1.0 - mix.lam), box)
+    finish_batch(
+        images,
+        out,
+        mean,
+        inv_std,
+        channels_last,
+        erase,
+        noise,
+        cutmix,
+        np.float32(mix.lam),
+        np.float32(1.0 - mix.lam),
+        box,
+    )

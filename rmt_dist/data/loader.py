@@ -120,15 +120,19 @@ def _open_beton(path: str | None, key: str) -> BetonImages:
     if not path:
         raise DataError(f"{key} is not set (path to a .beton made by python -m rmt_dist.data.convert)")
     if not os.path.isfile(path):
-        raise DataError(f"{key}: {path} does not exist (convert it with python -m rmt_dist.data.convert, "
-                        "or for the demo: python -m rmt_dist.data.digits data/digits)")
+        raise DataError(
+            f"{key}: {path} does not exist (convert it with python -m rmt_dist.data.convert, "
+            "or for the demo: python -m rmt_dist.data.digits data/digits)"
+        )
     return BetonImages(path)
 
 
 def _check_classes(images: BetonImages, num_classes: int, key: str) -> None:
     if images.num_samples and int(images.labels.max()) >= num_classes:
-        raise DataError(f"{key}: {images.path} has labels up to {int(images.labels.max())} but "
-                        f"model.num_classes is {num_classes}; set model.num_classes to at least {int(images.labels.max()) + 1}")
+        raise DataError(
+            f"{key}: {images.path} has labels up to {int(images.labels.max())} but "
+            f"model.num_classes is {num_classes}; set model.num_classes to at least {int(images.labels.max()) + 1}"
+        )
     if meta_path(images.path).exists():
         n = len(read_meta(images.path).get("classes", {}))
         if n > num_classes:
@@ -159,9 +163,20 @@ class _Batch:
 
 
 class _Base:
-    def __init__(self, images: BetonImages, *, batch_size: int, img_size: int, workers: int,
-                 device: torch.device, mean: Sequence[float], std: Sequence[float], channels_last: bool,
-                 interpolation: str, placement: Placement) -> None:
+    def __init__(
+        self,
+        images: BetonImages,
+        *,
+        batch_size: int,
+        img_size: int,
+        workers: int,
+        device: torch.device,
+        mean: Sequence[float],
+        std: Sequence[float],
+        channels_last: bool,
+        interpolation: str,
+        placement: Placement,
+    ) -> None:
         self.images = images
         self.batch_size = batch_size
         self.img_size = img_size
@@ -172,8 +187,10 @@ class _Base:
         self.bicubic = interpolation == "bicubic"
         self.placement = placement  # where RandAugment and the finishing pass run (placement.py)
         pin = device.type == "cuda"
-        self.buffers = [torch.empty((batch_size, img_size, img_size, 3), dtype=torch.uint8, pin_memory=pin)
-                        for _ in range(BATCHES_AHEAD + 2)]
+        self.buffers = [
+            torch.empty((batch_size, img_size, img_size, 3), dtype=torch.uint8, pin_memory=pin)
+            for _ in range(BATCHES_AHEAD + 2)
+        ]
         self.prefetcher = Prefetcher(self.buffers, device)
         self.float_pool = FloatPool(BATCHES_AHEAD + 4)
         self.fill = fill_color(mean)  # RandAugment's affine fill: timm's img_mean
@@ -192,7 +209,9 @@ class _Base:
                 if batch.ra_ops is not None:
                     assert batch.ra_args is not None and batch.ra_bicubic is not None  # sampled with ra_ops
                     whole_ra = (batch.ra_ops, batch.ra_args, batch.ra_bicubic, self.fill)
-                self.decoder.decode_whole(batch.indices, batch.boxes, batch.flips, out, batch.crop_bicubic, whole_ra)
+                self.decoder.decode_whole(
+                    batch.indices, batch.boxes, batch.flips, out, batch.crop_bicubic, whole_ra
+                )
             else:
                 ra = None
                 if batch.ra_ops is not None and not self.placement.randaugment_on_device:
@@ -201,10 +220,22 @@ class _Base:
                 self.decoder.decode(batch.indices, batch.boxes, batch.flips, out, batch.resize, ra)
             if self.placement.finish_on_host:
                 n = batch.size
-                shape = (n, self.img_size, self.img_size, 3) if self.channels_last else (n, 3, self.img_size, self.img_size)
+                shape = (
+                    (n, self.img_size, self.img_size, 3)
+                    if self.channels_last
+                    else (n, 3, self.img_size, self.img_size)
+                )
                 batch.normalized = self.float_pool.get(shape)
-                finish_on_host(out, batch.normalized.numpy(), self.mean_np, self.inv_std_np, self.channels_last,
-                               batch.erase_table, batch.erase_noise, batch.mix)
+                finish_on_host(
+                    out,
+                    batch.normalized.numpy(),
+                    self.mean_np,
+                    self.inv_std_np,
+                    self.channels_last,
+                    batch.erase_table,
+                    batch.erase_noise,
+                    batch.mix,
+                )
         return batch
 
     def _to_device(self, buffer: torch.Tensor, batch: _Batch) -> torch.Tensor:
@@ -213,7 +244,7 @@ class _Base:
         if batch.normalized is not None:  # CPU device: done by the workers
             x = batch.normalized
             return x.permute(0, 3, 1, 2) if self.channels_last else x
-        x = buffer[:batch.size].to(self.device, non_blocking=True)
+        x = buffer[: batch.size].to(self.device, non_blocking=True)
         if self.placement.randaugment_on_device and batch.ra_ops is not None:
             assert batch.ra_args is not None  # sampled with ra_ops
             x = rand_augment_on_device(x, batch.ra_ops, batch.ra_args, self.fill, self.bicubic)
@@ -224,13 +255,28 @@ class _Base:
 class TrainLoader(_Base):
     """See the module docstring."""
 
-    def __init__(self, images: BetonImages, cfg: Config, rank: int, world_size: int, device: torch.device) -> None:
+    def __init__(
+        self, images: BetonImages, cfg: Config, rank: int, world_size: int, device: torch.device
+    ) -> None:
         d = cfg.data
-        placement = Placement.resolve(device.type, rand_augment=bool(d.auto_augment), augment_order=d.augment_order,
-                                      randaugment_on=d.randaugment_on)
-        super().__init__(images, batch_size=d.batch_size, img_size=d.img_size, workers=worker_threads(d.num_workers),
-                         device=device, mean=d.mean, std=d.std, channels_last=cfg.model.channels_last,
-                         interpolation=d.interpolation, placement=placement)
+        placement = Placement.resolve(
+            device.type,
+            rand_augment=bool(d.auto_augment),
+            augment_order=d.augment_order,
+            randaugment_on=d.randaugment_on,
+        )
+        super().__init__(
+            images,
+            batch_size=d.batch_size,
+            img_size=d.img_size,
+            workers=worker_threads(d.num_workers),
+            device=device,
+            mean=d.mean,
+            std=d.std,
+            channels_last=cfg.model.channels_last,
+            interpolation=d.interpolation,
+            placement=placement,
+        )
         self.seed, self.rank, self.world_size = cfg.run.seed, rank, world_size
         self.num_classes = cfg.model.num_classes
         self.scale = (float(d.scale[0]), float(d.scale[1]))
@@ -244,18 +290,27 @@ class TrainLoader(_Base):
         if d.interpolation == "random" and d.augment_order != "tlt":
             raise DataError("data.interpolation=random needs data.augment_order=tlt")
         self.erasing = ErasingSpec(probability=d.reprob, mode=d.remode) if d.reprob > 0 else None
-        self.mix = MixSpec(mixup_alpha=d.mixup, cutmix_alpha=d.cutmix, prob=d.mixup_prob,
-                           switch_prob=d.mixup_switch_prob, label_smoothing=d.label_smoothing)
+        self.mix = MixSpec(
+            mixup_alpha=d.mixup,
+            cutmix_alpha=d.cutmix,
+            prob=d.mixup_prob,
+            switch_prob=d.mixup_switch_prob,
+            label_smoothing=d.label_smoothing,
+        )
         self.label_smoothing = d.label_smoothing
         self.samples_per_rank = images.num_samples // world_size
         full, rest = divmod(self.samples_per_rank, d.batch_size)
         self.steps_per_epoch = full if (d.drop_last or rest == 0) else full + 1
         if self.steps_per_epoch == 0:
-            raise DataError(f"data.train: {images.path} has {images.num_samples} samples, fewer than one batch per rank "
-                            f"(data.batch_size {d.batch_size} x {world_size} ranks); lower data.batch_size")
+            raise DataError(
+                f"data.train: {images.path} has {images.num_samples} samples, fewer than one batch per rank "
+                f"(data.batch_size {d.batch_size} x {world_size} ranks); lower data.batch_size"
+            )
         if self.mix.active and d.batch_size % 2:
-            raise DataError(f"data.batch_size {d.batch_size}: mixup/cutmix pairs each image with the reversed batch "
-                            "and needs an even batch size")
+            raise DataError(
+                f"data.batch_size {d.batch_size}: mixup/cutmix pairs each image with the reversed batch "
+                "and needs an even batch size"
+            )
 
     def __len__(self) -> int:
         return self.steps_per_epoch
@@ -269,15 +324,24 @@ class TrainLoader(_Base):
         else:
             ra = f"{'on the device' if self.placement.randaugment_on_device else 'in the workers'} ({self.device.type})"
         finish = "in the workers" if self.placement.finish_on_host else f"on the device ({self.device.type})"
-        return (f"{self.images.path}: {self.images.num_samples} samples, batch {self.batch_size} per rank, "
-                f"{self.steps_per_epoch} steps/epoch, decode threads {self.workers} "
-                f"(data.num_workers capped by the {usable_cpus()} CPUs this process may use), RandAugment {ra}, "
-                f"finishing pass (normalise, erase, mix) {finish}")
+        return (
+            f"{self.images.path}: {self.images.num_samples} samples, batch {self.batch_size} per rank, "
+            f"{self.steps_per_epoch} steps/epoch, decode threads {self.workers} "
+            f"(data.num_workers capped by the {usable_cpus()} CPUs this process may use), RandAugment {ra}, "
+            f"finishing pass (normalise, erase, mix) {finish}"
+        )
 
     def indices(self, epoch: int) -> np.ndarray:
         """This rank's sample order for `epoch` (before cutting into batches)."""
-        return train_indices(self.images.num_samples, seed=self.seed, epoch=epoch, rank=self.rank,
-                             world_size=self.world_size, repeated_aug=self.repeated_aug, num_repeats=self.num_repeats)
+        return train_indices(
+            self.images.num_samples,
+            seed=self.seed,
+            epoch=epoch,
+            rank=self.rank,
+            world_size=self.world_size,
+            repeated_aug=self.repeated_aug,
+            num_repeats=self.num_repeats,
+        )
 
     def _seeds(self, epoch: int, step: int) -> list[np.random.SeedSequence]:
         key = [self.seed, epoch, self.rank, self.world_size, step]
@@ -290,7 +354,7 @@ class TrainLoader(_Base):
         return np.full(shape, self.bicubic)
 
     def _plan(self, epoch: int, step: int, order: np.ndarray) -> _Batch:
-        idx = order[step * self.batch_size:(step + 1) * self.batch_size]
+        idx = order[step * self.batch_size : (step + 1) * self.batch_size]
         seeds = self._seeds(epoch, step)
         rng = np.random.default_rng(seeds[0])
         im = self.images
@@ -298,11 +362,15 @@ class TrainLoader(_Base):
             # tlt's order of draws: flip, RandAugment (op, level, sign, filter), then the crop
             # box on the augmented image (same size as stored).
             flips = rng.random(len(idx)) < self.hflip
-            batch = _Batch(step=step, indices=idx, boxes=np.zeros((len(idx), 4), np.int64), flips=flips, whole=True)
+            batch = _Batch(
+                step=step, indices=idx, boxes=np.zeros((len(idx), 4), np.int64), flips=flips, whole=True
+            )
             if self.rand_augment is not None:
                 batch.ra_ops, batch.ra_args = sample_ops(rng, len(idx), self.rand_augment)
                 batch.ra_bicubic = self._filters(rng, batch.ra_ops.shape)
-            batch.boxes = random_resized_crop_boxes(rng, im.heights[idx], im.widths[idx], self.scale, self.ratio)
+            batch.boxes = random_resized_crop_boxes(
+                rng, im.heights[idx], im.widths[idx], self.scale, self.ratio
+            )
             batch.crop_bicubic = self._filters(rng, (len(idx),))
         else:
             boxes = random_resized_crop_boxes(rng, im.heights[idx], im.widths[idx], self.scale, self.ratio)
@@ -311,13 +379,21 @@ class TrainLoader(_Base):
             if self.rand_augment is not None:
                 batch.ra_ops, batch.ra_args = sample_ops(rng, len(idx), self.rand_augment)
         if self.erasing is not None:
-            batch.erase_boxes = sample_erasing(random.Random(int(seeds[1].generate_state(1, np.uint64)[0])), len(idx),
-                                               self.img_size, self.img_size, self.erasing)
+            batch.erase_boxes = sample_erasing(
+                random.Random(int(seeds[1].generate_state(1, np.uint64)[0])),
+                len(idx),
+                self.img_size,
+                self.img_size,
+                self.erasing,
+            )
             if self.placement.finish_on_host:
                 batch.erase_table, batch.erase_noise = erasing_table(
-                    batch.erase_boxes, self.erasing.mode, len(idx), self._noise_generator(seeds))
+                    batch.erase_boxes, self.erasing.mode, len(idx), self._noise_generator(seeds)
+                )
         if self.mix.active:
-            batch.mix = sample_mix(np.random.RandomState(seeds[2].generate_state(4)), self.mix, self.img_size, self.img_size)
+            batch.mix = sample_mix(
+                np.random.RandomState(seeds[2].generate_state(4)), self.mix, self.img_size, self.img_size
+            )
         return batch
 
     def _noise_generator(self, seeds: list[np.random.SeedSequence]) -> torch.Generator:
@@ -331,7 +407,9 @@ class TrainLoader(_Base):
         is left to the device). `epoch` finishes each with `device_stage`; bench/loader.py
         times the two apart, to show what the CPUs of a GPU node must sustain."""
         if not 0 <= start_step <= self.steps_per_epoch:
-            raise DataError(f"start_step {start_step}: must be in [0, {self.steps_per_epoch}] (steps_per_epoch)")
+            raise DataError(
+                f"start_step {start_step}: must be in [0, {self.steps_per_epoch}] (steps_per_epoch)"
+            )
         order = self.indices(epoch)
 
         def fill(slot: int, step: int) -> _Batch:
@@ -339,15 +417,21 @@ class TrainLoader(_Base):
 
         return self.prefetcher.run(range(start_step, self.steps_per_epoch), fill)
 
-    def device_stage(self, epoch: int, batch: _Batch, buffer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def device_stage(
+        self, epoch: int, batch: _Batch, buffer: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Finish one `host_stage` batch on the device: (images, soft targets)."""
         images = self._to_device(buffer, batch)
         labels = torch.from_numpy(self.images.labels[batch.indices]).to(self.device, non_blocking=True)
         if batch.normalized is None:  # on the device; on CPU the workers did it (host_finish)
             if batch.erase_boxes is not None:
                 assert self.erasing is not None  # boxes are drawn only when erasing is on
-                apply_erasing(images, batch.erase_boxes, self.erasing.mode,
-                              self._noise_generator(self._seeds(epoch, batch.step)))
+                apply_erasing(
+                    images,
+                    batch.erase_boxes,
+                    self.erasing.mode,
+                    self._noise_generator(self._seeds(epoch, batch.step)),
+                )
             images = apply_mix(images, batch.mix)
         return images, soft_targets(labels, self.num_classes, self.label_smoothing, batch.mix.lam)
 
@@ -363,7 +447,9 @@ class TrainLoader(_Base):
                 "indices": torch.from_numpy(batch.indices.copy()),
                 "labels": torch.from_numpy(im.labels[batch.indices]),
                 "boxes": torch.from_numpy(batch.boxes),
-                "image_size": torch.from_numpy(np.stack([im.heights[batch.indices], im.widths[batch.indices]], 1)),
+                "image_size": torch.from_numpy(
+                    np.stack([im.heights[batch.indices], im.widths[batch.indices]], 1)
+                ),
                 "flipped": torch.from_numpy(batch.flips),
                 "mix_lam": mix.lam,
                 "mix_box": mix.box,
@@ -381,15 +467,27 @@ class TrainLoader(_Base):
 class EvalLoader(_Base):
     """See the module docstring. Iterating twice gives the same batches."""
 
-    def __init__(self, images: BetonImages, cfg: Config, rank: int, world_size: int, device: torch.device) -> None:
+    def __init__(
+        self, images: BetonImages, cfg: Config, rank: int, world_size: int, device: torch.device
+    ) -> None:
         d = cfg.data
-        super().__init__(images, batch_size=d.eval_batch_size or 2 * d.batch_size, img_size=d.img_size,
-                         workers=worker_threads(d.num_workers), device=device, mean=d.mean, std=d.std,
-                         channels_last=cfg.model.channels_last, interpolation=d.interpolation,
-                         placement=Placement.resolve(device.type))
+        super().__init__(
+            images,
+            batch_size=d.eval_batch_size or 2 * d.batch_size,
+            img_size=d.img_size,
+            workers=worker_threads(d.num_workers),
+            device=device,
+            mean=d.mean,
+            std=d.std,
+            channels_last=cfg.model.channels_last,
+            interpolation=d.interpolation,
+            placement=Placement.resolve(device.type),
+        )
         self.crop_pct = d.crop_pct
         self.order = eval_indices(images.num_samples, rank, world_size)
-        center_crop_boxes(images.heights[:1], images.widths[:1], self.img_size, self.crop_pct)  # validates crop_pct now
+        center_crop_boxes(
+            images.heights[:1], images.widths[:1], self.img_size, self.crop_pct
+        )  # validates crop_pct now
 
     def __len__(self) -> int:
         return -(-len(self.order) // self.batch_size)
@@ -403,7 +501,7 @@ class EvalLoader(_Base):
         im = self.images
         plans = []
         for step in range(len(self)):
-            idx = self.order[step * self.batch_size:(step + 1) * self.batch_size]
+            idx = self.order[step * self.batch_size : (step + 1) * self.batch_size]
             boxes, resize = center_crop_boxes(im.heights[idx], im.widths[idx], self.img_size, self.crop_pct)
             plans.append(_Batch(step, idx, boxes, np.zeros(len(idx), np.bool_), resize=resize))
         for batch, buffer in self.prefetcher.run(plans, self._decode):
@@ -416,16 +514,23 @@ def _check_rank(rank: int, world_size: int) -> None:
         raise DataError(f"rank {rank} / world_size {world_size}: need 0 <= rank < world_size")
 
 
-def build_train_loader(cfg: Config, *, rank: int = 0, world_size: int = 1,
-                       device: torch.device | str = "cpu") -> TrainLoader:
+def build_train_loader(
+    cfg: Config, *, rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu"
+) -> TrainLoader:
     _check_rank(rank, world_size)
     images = _open_beton(cfg.data.train, "data.train")
     _check_classes(images, cfg.model.num_classes, "data.train")
     return TrainLoader(images, cfg, rank, world_size, torch.device(device))
 
 
-def build_eval_loader(cfg: Config, *, rank: int = 0, world_size: int = 1,
-                      device: torch.device | str = "cpu", path: str | None = None) -> EvalLoader:
+def build_eval_loader(
+    cfg: Config,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | str = "cpu",
+    path: str | None = None,
+) -> EvalLoader:
     """`path` overrides cfg.data.val (e.g. `rmt_dist.evaluate --data VAL.beton`)."""
     _check_rank(rank, world_size)
     images = _open_beton(path or cfg.data.val, "data.val")

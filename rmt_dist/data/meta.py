@@ -33,7 +33,9 @@ def read_meta(beton: str | os.PathLike) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise DataError(f"{path}: meta file missing (re-run `python -m rmt_dist.data.convert` for {beton})") from None
+        raise DataError(
+            f"{path}: meta file missing (re-run `python -m rmt_dist.data.convert` for {beton})"
+        ) from None
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -46,9 +48,19 @@ def write_json_atomic(path: Path, data: Any) -> None:
 # fingerprint (the launcher's pre-flight on a login node, the store checks) does not import
 # ffcv, numba and torch.
 _FFCV_VERSION = 2
-_HEADER = np.dtype([("version", "<u2"), ("num_fields", "<u2"), ("page_size", "<u4"), ("num_samples", "<u8"),
-                    ("alloc_table_ptr", "<u8")], align=True)
-_FIELD_DESC = np.dtype([("type_id", "<u1"), ("name", ("<u1", 16)), ("arguments", ("<u1", (1024,)))], align=True)
+_HEADER = np.dtype(
+    [
+        ("version", "<u2"),
+        ("num_fields", "<u2"),
+        ("page_size", "<u4"),
+        ("num_samples", "<u8"),
+        ("alloc_table_ptr", "<u8"),
+    ],
+    align=True,
+)
+_FIELD_DESC = np.dtype(
+    [("type_id", "<u1"), ("name", ("<u1", 16)), ("arguments", ("<u1", (1024,)))], align=True
+)
 _ALLOC_TABLE = np.dtype([("sample_id", "<u8"), ("ptr", "<u8"), ("size", "<u8")])
 _PTR_SIZE = np.dtype([("ptr", "<u8"), ("size", "<u8")])
 _FIELD_METADATA = {  # type_id -> per-sample metadata of that field

@@ -249,8 +249,13 @@ def _row(src, r, xs, ch, dx):
     exactly (p1 + 0 * ...), so the arithmetic is skipped (shear/translate along y)."""
     if dx == 0.0:
         return float(src[r, xs[1], ch])
-    return _cubic(float(src[r, xs[0], ch]), float(src[r, xs[1], ch]), float(src[r, xs[2], ch]),
-                  float(src[r, xs[3], ch]), dx)
+    return _cubic(
+        float(src[r, xs[0], ch]),
+        float(src[r, xs[1], ch]),
+        float(src[r, xs[2], ch]),
+        float(src[r, xs[3], ch]),
+        dx,
+    )
 
 
 @njit(**_JIT)
@@ -300,8 +305,12 @@ def _general(img, src, a, b, c, d, e, f, fill, bicubic, y_lo, y_hi, x_lo, x_hi):
             if bicubic:
                 x0 -= 1
                 y0 -= 1
-                xs = (min(max(x0, 0), w - 1), min(max(x0 + 1, 0), w - 1),
-                      min(max(x0 + 2, 0), w - 1), min(max(x0 + 3, 0), w - 1))
+                xs = (
+                    min(max(x0, 0), w - 1),
+                    min(max(x0 + 1, 0), w - 1),
+                    min(max(x0 + 2, 0), w - 1),
+                    min(max(x0 + 3, 0), w - 1),
+                )
                 if dy == 0.0:
                     # Pillow's vertical pass returns v2 exactly at d = 0 (p1 + 0 * ...), and
                     # row y0 + 1 is in range here: skip the other three rows.
@@ -376,7 +385,9 @@ def _shift_row(img, src, y, b, c, fill):
         for x in range(lo, hi):
             for ch in range(3):
                 i = x * 3 + ch
-                v = _cubic(float(row[i + s]), float(row[i + s + 3]), float(row[i + s + 6]), float(row[i + s + 9]), dx)
+                v = _cubic(
+                    float(row[i + s]), float(row[i + s + 3]), float(row[i + s + 6]), float(row[i + s + 9]), dx
+                )
                 if abs(v - math.floor(v + 0.5)) < 1e-8:
                     _general(img, src, 1.0, b, c, 0.0, 1.0, 0.0, fill, True, y, y + 1, x, x + 1)
                     break

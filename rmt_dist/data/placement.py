@@ -25,13 +25,20 @@ class Placement:
     finish: Literal["host", "device"]
 
     @classmethod
-    def resolve(cls, device_type: str, *, rand_augment: bool = False, augment_order: str = "crop_first",
-                randaugment_on: str = "auto") -> Placement:
+    def resolve(
+        cls,
+        device_type: str,
+        *,
+        rand_augment: bool = False,
+        augment_order: str = "crop_first",
+        randaugment_on: str = "auto",
+    ) -> Placement:
         ra: Literal["none", "host", "device"]
         if not rand_augment:
             ra = "none"
-        elif augment_order == "crop_first" and (randaugment_on == "device"
-                                                or (randaugment_on == "auto" and device_type == "cuda")):
+        elif augment_order == "crop_first" and (
+            randaugment_on == "device" or (randaugment_on == "auto" and device_type == "cuda")
+        ):
             ra = "device"
         else:
             ra = "host"

@@ -39,7 +39,6 @@ class FloatPool:
         return t.view(shape)
 
 
-
 class Prefetcher:
     """Runs `fill(slot, item) -> result` for each work item on a background thread, into a
     ring of (pinned, for CUDA) uint8 buffers; `run` yields (result, buffer) in order and

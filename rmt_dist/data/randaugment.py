@@ -33,11 +33,41 @@ from . import pil_ops
 from .errors import DataError
 
 # Kernel op codes; the order is timm's transform list order (same for inc0 and inc1).
-OP_NAMES = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color",
-            "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+OP_NAMES = (
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+    "Rotate",
+    "Posterize",
+    "Solarize",
+    "SolarizeAdd",
+    "Color",
+    "Contrast",
+    "Brightness",
+    "Sharpness",
+    "ShearX",
+    "ShearY",
+    "TranslateXRel",
+    "TranslateYRel",
+)
 NO_OP = -1
-(AUTO_CONTRAST, EQUALIZE, INVERT, ROTATE, POSTERIZE, SOLARIZE, SOLARIZE_ADD, COLOR, CONTRAST, BRIGHTNESS,
- SHARPNESS, SHEAR_X, SHEAR_Y, TRANSLATE_X, TRANSLATE_Y) = range(len(OP_NAMES))
+(
+    AUTO_CONTRAST,
+    EQUALIZE,
+    INVERT,
+    ROTATE,
+    POSTERIZE,
+    SOLARIZE,
+    SOLARIZE_ADD,
+    COLOR,
+    CONTRAST,
+    BRIGHTNESS,
+    SHARPNESS,
+    SHEAR_X,
+    SHEAR_Y,
+    TRANSLATE_X,
+    TRANSLATE_Y,
+) = range(len(OP_NAMES))
 _LEVEL_DENOM = 10.0
 
 
@@ -56,14 +86,18 @@ class RandAugmentSpec:
         """timm's syntax, e.g. 'rand-m9-mstd0.5-inc1' (sections: m, n, p, mstd, mmax, inc)."""
         parts = config.split("-")
         if parts[0] != "rand":
-            raise DataError(f"data.auto_augment {config!r}: only RandAugment ('rand-...', e.g. "
-                            "'rand-m9-mstd0.5-inc1') is supported; use null to disable")
+            raise DataError(
+                f"data.auto_augment {config!r}: only RandAugment ('rand-...', e.g. "
+                "'rand-m9-mstd0.5-inc1') is supported; use null to disable"
+            )
         kw: dict[str, float | int | bool] = {}
         for part in parts[1:]:
             m = re.fullmatch(r"(mstd|mmax|inc|m|n|p)(\d+(?:\.\d*)?)", part)
             if not m:
-                raise DataError(f"data.auto_augment {config!r}: unknown section {part!r} "
-                                "(expected m<int>, n<int>, p<float>, mstd<float>, mmax<int>, inc<0|1>)")
+                raise DataError(
+                    f"data.auto_augment {config!r}: unknown section {part!r} "
+                    "(expected m<int>, n<int>, p<float>, mstd<float>, mmax<int>, inc<0|1>)"
+                )
             key, val = m.groups()
             if key == "mstd":
                 kw["magnitude_std"] = math.inf if float(val) > 100 else float(val)

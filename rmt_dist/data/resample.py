@@ -64,7 +64,9 @@ def coefficients(in_size, out_size, kind):
             total += weights[t]
         for t in range(n):
             v = weights[t] / total if total != 0.0 else weights[t]
-            taps[o, t] = int(-0.5 + v * (1 << PRECISION_BITS)) if v < 0 else int(0.5 + v * (1 << PRECISION_BITS))
+            taps[o, t] = (
+                int(-0.5 + v * (1 << PRECISION_BITS)) if v < 0 else int(0.5 + v * (1 << PRECISION_BITS))
+            )
         bounds[o, 0] = lo
         bounds[o, 1] = n
     return bounds, taps
@@ -96,10 +98,10 @@ def resize_window(src, top, left, height, width, full_h, full_w, win_top, win_le
     oh, ow, _ = dst.shape
     vb, vk = coefficients(height, full_h, kind)
     hb, hk = coefficients(width, full_w, kind)
-    vb, vk = vb[win_top:win_top + oh], vk[win_top:win_top + oh]
-    hb, hk = hb[win_left:win_left + ow], hk[win_left:win_left + ow]
+    vb, vk = vb[win_top : win_top + oh], vk[win_top : win_top + oh]
+    hb, hk = hb[win_left : win_left + ow], hk[win_left : win_left + ow]
     flat = src.reshape((src.shape[0], src.shape[1] * 3))
-    crop = flat[top:top + height, left * 3:(left + width) * 3]
+    crop = flat[top : top + height, left * 3 : (left + width) * 3]
     acc = np.empty(max(width, ow, oh, height) * 3, np.int32)
     # Pillow 13's ImagingResampleInner: vertical first if the height shrinks > 2x the width.
     if (height - full_h) > 0 and (height - full_h) > (width - full_w) * 2:

@@ -17,8 +17,16 @@ def epoch_permutation(num_samples: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch, 0x5EED]).permutation(num_samples)
 
 
-def train_indices(num_samples: int, *, seed: int, epoch: int, rank: int, world_size: int,
-                  repeated_aug: bool = False, num_repeats: int = 3) -> np.ndarray:
+def train_indices(
+    num_samples: int,
+    *,
+    seed: int,
+    epoch: int,
+    rank: int,
+    world_size: int,
+    repeated_aug: bool = False,
+    num_repeats: int = 3,
+) -> np.ndarray:
     """This rank's sample indices for `epoch`, in order, `num_samples // world_size` of them.
 
     Plain: one shuffle of the whole set per epoch, cut to a multiple of world_size
@@ -45,9 +53,14 @@ def eval_indices(num_samples: int, rank: int, world_size: int) -> np.ndarray:
     return np.array_split(np.arange(num_samples, dtype=np.int64), world_size)[rank]
 
 
-def random_resized_crop_boxes(rng: np.random.Generator, heights: np.ndarray, widths: np.ndarray,
-                              scale: tuple[float, float], ratio: tuple[float, float],
-                              attempts: int = 10) -> np.ndarray:
+def random_resized_crop_boxes(
+    rng: np.random.Generator,
+    heights: np.ndarray,
+    widths: np.ndarray,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    attempts: int = 10,
+) -> np.ndarray:
     """torchvision's RandomResizedCrop.get_params, vectorised: (B, 4) int64 (top, left, height, width)."""
     b = len(heights)
     h = heights.astype(np.float64)[:, None]
@@ -69,14 +82,18 @@ def random_resized_crop_boxes(rng: np.random.Generator, heights: np.ndarray, wid
     if miss.any():
         hh, ww = h[miss, 0], w[miss, 0]
         in_ratio = ww / hh
-        fw = np.where(in_ratio < min(ratio), ww, np.where(in_ratio > max(ratio), np.rint(hh * max(ratio)), ww))
+        fw = np.where(
+            in_ratio < min(ratio), ww, np.where(in_ratio > max(ratio), np.rint(hh * max(ratio)), ww)
+        )
         fh = np.where(in_ratio < min(ratio), np.rint(ww / min(ratio)), hh)
         bw[miss], bh[miss] = fw, fh
         top[miss], left[miss] = (hh - fh) // 2, (ww - fw) // 2
     return np.stack([top, left, bh, bw], axis=1).astype(np.int64)
 
 
-def center_crop_boxes(heights: np.ndarray, widths: np.ndarray, size: int, crop_pct: float) -> tuple[np.ndarray, np.ndarray]:
+def center_crop_boxes(
+    heights: np.ndarray, widths: np.ndarray, size: int, crop_pct: float
+) -> tuple[np.ndarray, np.ndarray]:
     """timm's eval transform, Resize(floor(size / crop_pct)) on the short side then
     CenterCrop(size), with torchvision's rounding, as arguments for `BatchDecoder.decode`:
     (boxes: the whole image, resize: (full_h, full_w, win_top, win_left))."""

@@ -27,7 +27,9 @@ class Sample:
 def list_image_folder(root: Path) -> list[Sample]:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise DataError(f"{root}: no class sub-folders found (expected ROOT/<class>/<image>, or pass a `path<TAB>label` list file)")
+        raise DataError(
+            f"{root}: no class sub-folders found (expected ROOT/<class>/<image>, or pass a `path<TAB>label` list file)"
+        )
     samples = []
     for name in classes:
         for path in sorted((root / name).rglob("*")):
@@ -59,7 +61,9 @@ def list_samples(src: Path) -> list[Sample]:
         return list_image_folder(src)
     if src.is_file():
         return list_file(src)
-    raise DataError(f"{src}: no such folder or list file (give an ImageFolder root or a `path<TAB>label` file)")
+    raise DataError(
+        f"{src}: no such folder or list file (give an ImageFolder root or a `path<TAB>label` file)"
+    )
 
 
 def class_map_from_labels(labels: list[str]) -> dict[str, int]:
@@ -78,7 +82,7 @@ def load_class_map(path: Path) -> dict[str, int]:
     if isinstance(data, dict) and isinstance(data.get("classes"), dict):
         data = data["classes"]
     if not isinstance(data, dict) or not all(isinstance(v, int) for v in data.values()):
-        raise DataError(f"--classes {path}: expected {{name: index}} or a .beton.meta.json with \"classes\"")
+        raise DataError(f'--classes {path}: expected {{name: index}} or a .beton.meta.json with "classes"')
     return {str(k): int(v) for k, v in data.items()}
 
 
@@ -86,8 +90,10 @@ def check_labels(samples: list[Sample], classes: dict[str, int], classes_file: P
     missing = sorted({s.label for s in samples} - classes.keys())
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise DataError(f"class {missing[0]!r}{more} is not in the class map {classes_file}; "
-                        "convert with the matching train split's meta file or fix the folder names")
+        raise DataError(
+            f"class {missing[0]!r}{more} is not in the class map {classes_file}; "
+            "convert with the matching train split's meta file or fix the folder names"
+        )
 
 
 # --- Each sample's source, recorded beside the beton -----------------------------------
@@ -140,19 +146,25 @@ def read_source_paths(beton: str | Path, meta: dict, paths: str | Path | None = 
     import hashlib
 
     n = int(meta["num_samples"])
-    fix = (f"re-run python -m rmt_dist.data.convert SRC {beton} --record-paths (writes the list for this "
-           f"beton from its unchanged source folder), or pass --paths FILE (one `<class dir>/<file>` per "
-           f"sample, in beton order)")
+    fix = (
+        f"re-run python -m rmt_dist.data.convert SRC {beton} --record-paths (writes the list for this "
+        f"beton from its unchanged source folder), or pass --paths FILE (one `<class dir>/<file>` per "
+        f"sample, in beton order)"
+    )
     if paths is None:
         rec = meta.get("paths")
         if not rec:
-            raise DataError(f"{beton} has no recorded source paths (converted before they were recorded); {fix}")
+            raise DataError(
+                f"{beton} has no recorded source paths (converted before they were recorded); {fix}"
+            )
         path = Path(beton).with_name(rec["file"])
         if not path.is_file():
             raise DataError(f"{path}: source paths list of {beton} is missing; {fix}")
         data = path.read_bytes()
         if hashlib.sha256(data).hexdigest() != rec["sha256"]:
-            raise DataError(f"{path} does not match the sha256 in {beton}.meta.json (changed after conversion); {fix}")
+            raise DataError(
+                f"{path} does not match the sha256 in {beton}.meta.json (changed after conversion); {fix}"
+            )
     else:
         path = Path(paths)
         if not path.is_file():

@@ -48,7 +48,11 @@ def node_name(env=os.environ) -> str:
 
 def attempt_id(env=os.environ) -> str:
     """Same on every rank of one job attempt, different on a requeue or a new launch."""
-    job = env.get("SLURM_JOB_ID") or env.get("TORCHELASTIC_RUN_ID") or f"{env.get('MASTER_ADDR')}:{env.get('MASTER_PORT')}"
+    job = (
+        env.get("SLURM_JOB_ID")
+        or env.get("TORCHELASTIC_RUN_ID")
+        or f"{env.get('MASTER_ADDR')}:{env.get('MASTER_PORT')}"
+    )
     restart = env.get("SLURM_RESTART_COUNT") or env.get("TORCHELASTIC_RESTART_COUNT") or "0"
     return f"{job}.{restart}"
 
@@ -77,8 +81,13 @@ def _source_id(src: Path) -> dict:
     files = _files(src)
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
-        raise StageError(f"cannot stage {src}: {missing[0]} does not exist (check data.train/data.val/tokenlabel.store)")
-    return {"source": str(src.resolve()), "files": {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in files}}
+        raise StageError(
+            f"cannot stage {src}: {missing[0]} does not exist (check data.train/data.val/tokenlabel.store)"
+        )
+    return {
+        "source": str(src.resolve()),
+        "files": {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in files},
+    }
 
 
 def _copy_file(src: Path, dst: Path, progress: Callable[[int], None]) -> None:
@@ -90,8 +99,10 @@ def _copy_file(src: Path, dst: Path, progress: Callable[[int], None]) -> None:
             fo.flush()
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise StageError(f"copying {src} to {dst} failed: {e.strerror or e}; free space there or set "
-                         "data.stage_dir to a larger local disk (or null to read the shared copy)") from None
+        raise StageError(
+            f"copying {src} to {dst} failed: {e.strerror or e}; free space there or set "
+            "data.stage_dir to a larger local disk (or null to read the shared copy)"
+        ) from None
 
 
 def _verify(src: Path, dst: Path, ident: dict) -> str | None:
@@ -107,7 +118,9 @@ def _verify(src: Path, dst: Path, ident: dict) -> str | None:
         if want is not None and beton_fingerprint(dst) != want:
             return "fingerprint differs from its meta file"
     else:
-        if (src / "meta.json").is_file() and (src / "meta.json").read_bytes() != (dst / "meta.json").read_bytes():
+        if (src / "meta.json").is_file() and (src / "meta.json").read_bytes() != (
+            dst / "meta.json"
+        ).read_bytes():
             return "meta.json differs"
     return None
 
@@ -131,8 +144,10 @@ def stage_one(src: Path, root: Path) -> Path:
     total = sum(size for size, _ in ident["files"].values())
     free = shutil.disk_usage(root).free
     if free < total:
-        raise StageError(f"data.stage_dir {root} has {free / 1e9:.1f} GB free, staging {src} needs {total / 1e9:.1f} GB;"
-                         " point data.stage_dir at a larger local disk or set it to null")
+        raise StageError(
+            f"data.stage_dir {root} has {free / 1e9:.1f} GB free, staging {src} needs {total / 1e9:.1f} GB;"
+            " point data.stage_dir at a larger local disk or set it to null"
+        )
     if src.is_dir():
         dst.mkdir(exist_ok=True)
     start, done = time.monotonic(), 0
@@ -145,8 +160,10 @@ def stage_one(src: Path, root: Path) -> Path:
         if now - last[0] >= 5 or done == total:
             last[0] = now
             rate = done / 1e6 / max(now - start, 1e-6)
-            _log(f"staging {src.name}: {100 * done / max(total, 1):.0f}% ({done / 1e6:.1f}/{total / 1e6:.1f} MB) "
-                 f"{rate:.0f} MB/s")
+            _log(
+                f"staging {src.name}: {100 * done / max(total, 1):.0f}% ({done / 1e6:.1f}/{total / 1e6:.1f} MB) "
+                f"{rate:.0f} MB/s"
+            )
 
     for f in _files(src):
         target = dst / f.name if src.is_dir() else (dst if f == src else Path(f"{dst}.meta.json"))
@@ -154,10 +171,14 @@ def stage_one(src: Path, root: Path) -> Path:
     secs = time.monotonic() - start
     reason = _verify(src, dst, ident)
     if reason:
-        raise StageError(f"staged copy {dst} of {src} failed verification ({reason}); check the local disk "
-                         "or set data.stage_dir=null")
-    _log(f"staged {src} -> {dst}: {total / 1e6:.1f} MB in {secs:.1f} s ({total / 1e6 / max(secs, 1e-6):.0f} MB/s), "
-         "verified")
+        raise StageError(
+            f"staged copy {dst} of {src} failed verification ({reason}); check the local disk "
+            "or set data.stage_dir=null"
+        )
+    _log(
+        f"staged {src} -> {dst}: {total / 1e6:.1f} MB in {secs:.1f} s ({total / 1e6 / max(secs, 1e-6):.0f} MB/s), "
+        "verified"
+    )
     atomic_write(marker, json.dumps(ident))
     return dst
 
@@ -172,7 +193,9 @@ def _sources(cfg) -> dict[str, str]:
 
 
 def _with_paths(cfg, local: dict[str, str]):
-    data = dataclasses.replace(cfg.data, **{k.split(".", 1)[1]: v for k, v in local.items() if k.startswith("data.")})
+    data = dataclasses.replace(
+        cfg.data, **{k.split(".", 1)[1]: v for k, v in local.items() if k.startswith("data.")}
+    )
     tl = cfg.tokenlabel
     if "tokenlabel.store" in local:
         tl = dataclasses.replace(tl, store=local["tokenlabel.store"])
@@ -194,16 +217,21 @@ def stage(cfg, env=os.environ, wait_s: float = STAGE_WAIT_S):
         except StageError as e:
             result = {"ok": False, "error": str(e)}
         except OSError as e:
-            result = {"ok": False, "error": f"data.stage_dir {root}: {e.strerror or e}; set data.stage_dir to a "
-                                            "writable local directory, or null"}
+            result = {
+                "ok": False,
+                "error": f"data.stage_dir {root}: {e.strerror or e}; set data.stage_dir to a "
+                "writable local directory, or null",
+            }
         if root.is_dir():
             atomic_write(done, json.dumps(result))
     else:
         end = time.monotonic() + wait_s
         while not done.is_file():
             if time.monotonic() > end:
-                raise StageError(f"waited {wait_s:.0f} s for local rank 0 to stage the data into {root} "
-                                 f"({done.name} never appeared); see local rank 0's log on node {node_name(env)}")
+                raise StageError(
+                    f"waited {wait_s:.0f} s for local rank 0 to stage the data into {root} "
+                    f"({done.name} never appeared); see local rank 0's log on node {node_name(env)}"
+                )
             time.sleep(POLL_S)
         result = json.loads(done.read_text())
     if not result["ok"]:

@@ -39,37 +39,52 @@ def check_beton(path: str | os.PathLike | None, key: str) -> dict[str, Any]:
     if os.path.getsize(path) == 0:
         raise DataError(f"{key}: {path} is empty (0 bytes); re-run python -m rmt_dist.data.convert for it")
     if not meta_path(path).is_file():
-        raise DataError(f"{key}: {meta_path(path)} is missing; re-run python -m rmt_dist.data.convert for {path}")
+        raise DataError(
+            f"{key}: {meta_path(path)} is missing; re-run python -m rmt_dist.data.convert for {path}"
+        )
     try:
         meta = read_meta(path)
     except ValueError as e:  # DataError is a ValueError too: keep its message
         if isinstance(e, DataError):
             raise
-        raise DataError(f"{key}: {meta_path(path)} is not valid JSON ({e}); re-run python -m rmt_dist.data.convert "
-                        f"for {path}") from None
+        raise DataError(
+            f"{key}: {meta_path(path)} is not valid JSON ({e}); re-run python -m rmt_dist.data.convert "
+            f"for {path}"
+        ) from None
     want = meta.get("fingerprint")
     try:
         got = beton_fingerprint(path)
     except DataError as e:
         raise DataError(f"{key}: {e}; the beton is truncated or damaged: re-convert it") from None
     if want is not None and got != want:
-        raise DataError(f"{key}: {path} does not match its meta file (fingerprint {got[:19]} vs {want[:19]}): "
-                        "the beton was changed or damaged after conversion; re-convert it")
+        raise DataError(
+            f"{key}: {path} does not match its meta file (fingerprint {got[:19]} vs {want[:19]}): "
+            "the beton was changed or damaged after conversion; re-convert it"
+        )
     return meta
 
 
-def check_classes(meta: dict[str, Any], key: str, path: str, num_classes: int,
-                  train_meta: dict[str, Any] | None = None) -> None:
+def check_classes(
+    meta: dict[str, Any], key: str, path: str, num_classes: int, train_meta: dict[str, Any] | None = None
+) -> None:
     """Refuse a beton whose labels do not fit the model (or differ from the train split's)."""
     n = meta.get("num_classes")
     if n is not None and n != num_classes:
-        raise DataError(f"{key}: {path} has {n} classes but model.num_classes={num_classes}: set "
-                        f"model.num_classes={n}, or use a beton of the model's classes (convert a val split with "
-                        "--classes TRAIN.beton.meta.json)")
-    if train_meta is not None and meta.get("classes") and train_meta.get("classes") \
-            and meta["classes"] != train_meta["classes"]:
-        raise DataError(f"{key}: {path} maps its class names to other labels than data.train's beton: re-convert it "
-                        "with --classes TRAIN.beton.meta.json")
+        raise DataError(
+            f"{key}: {path} has {n} classes but model.num_classes={num_classes}: set "
+            f"model.num_classes={n}, or use a beton of the model's classes (convert a val split with "
+            "--classes TRAIN.beton.meta.json)"
+        )
+    if (
+        train_meta is not None
+        and meta.get("classes")
+        and train_meta.get("classes")
+        and meta["classes"] != train_meta["classes"]
+    ):
+        raise DataError(
+            f"{key}: {path} maps its class names to other labels than data.train's beton: re-convert it "
+            "with --classes TRAIN.beton.meta.json"
+        )
 
 
 def full_checksum(path: str | os.PathLike, progress: bool = False) -> str:
@@ -80,7 +95,9 @@ def full_checksum(path: str | os.PathLike, progress: bool = False) -> str:
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=size, unit="B", unit_scale=True, desc=f"checksum {os.path.basename(path)}", leave=False)
+        bar = tqdm(
+            total=size, unit="B", unit_scale=True, desc=f"checksum {os.path.basename(path)}", leave=False
+        )
     crc = 0
     try:
         with open(path, "rb") as f:
@@ -104,18 +121,26 @@ def verify_beton(path: str | os.PathLike, progress: bool = True) -> str:
     want = meta.get("checksum")
     got = full_checksum(path, progress=progress)
     if want is None:
-        return (f"{path}: fingerprint ok, {meta.get('num_samples', '?')} samples; no full checksum recorded "
-                f"(converted before checksums were): its checksum is {got}")
+        return (
+            f"{path}: fingerprint ok, {meta.get('num_samples', '?')} samples; no full checksum recorded "
+            f"(converted before checksums were): its checksum is {got}"
+        )
     if got != want:
-        raise DataError(f"{path}: full checksum {got} differs from the meta file's {want}: the beton was damaged "
-                        "after conversion; re-convert it")
+        raise DataError(
+            f"{path}: full checksum {got} differs from the meta file's {want}: the beton was damaged "
+            "after conversion; re-convert it"
+        )
     return f"{path}: ok ({meta.get('num_samples', '?')} samples, {got})"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m rmt_dist.data.verify",
-                                description="Check betons against their meta files: fingerprint and full checksum.")
-    p.add_argument("betons", nargs="+", metavar="BETON", help="a .beton made by python -m rmt_dist.data.convert")
+    p = argparse.ArgumentParser(
+        prog="python -m rmt_dist.data.verify",
+        description="Check betons against their meta files: fingerprint and full checksum.",
+    )
+    p.add_argument(
+        "betons", nargs="+", metavar="BETON", help="a .beton made by python -m rmt_dist.data.convert"
+    )
     try:
         args = p.parse_args(argv)
     except SystemExit as e:

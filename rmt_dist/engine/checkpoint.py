@@ -101,11 +101,11 @@ def _disk_hint(e: BaseException, where: Path) -> str:
         free = None
     if errno_ == 28 or (free is not None and free < 16 << 20):
         left = f" ({free} bytes free)" if free is not None else ""
-        return (f"no space left on the file system of {where}{left}: free space there (or set run.dir "
-                "elsewhere), then relaunch to resume")
+        return (
+            f"no space left on the file system of {where}{left}: free space there (or set run.dir "
+            "elsewhere), then relaunch to resume"
+        )
     return "check the file system of the run dir, then relaunch to resume"
-
-
 
 
 class CheckpointManager:
@@ -127,7 +127,9 @@ class CheckpointManager:
         barrier()
         return CheckpointSaveError(f"saving checkpoint step {step} to {path} failed: {error}; {hint}")
 
-    def save(self, step: int, strategy, ema_state: dict | None, train_state: dict, config_yaml: str = "") -> Path:
+    def save(
+        self, step: int, strategy, ema_state: dict | None, train_state: dict, config_yaml: str = ""
+    ) -> Path:
         """Collective: every rank writes its part and checksums a share of the files; rank 0
         seals it (COMPLETE, then latest). Raises CheckpointSaveError on every rank on failure."""
         path = self.root / step_dir_name(step)
@@ -157,7 +159,7 @@ class CheckpointManager:
         # Checksums right after writing, each rank reading its share of the files.
         names = broadcast_object(list_files(path) if self.info.is_main else None)
         try:
-            sums = {n: file_crc32(path / n) for n in names[self.info.rank::self.info.world_size]}
+            sums = {n: file_crc32(path / n) for n in names[self.info.rank :: self.info.world_size]}
         except OSError as e:
             failure = (describe_error(e), _disk_hint(e, path))
             sums = {}
@@ -188,8 +190,11 @@ class CheckpointManager:
         def saved(path: Path) -> Saved:
             return Saved(path, step_of(path), invalid_reason(path) is None, _bad_streak(path))
 
-        older = [saved(p) for p in list_step_dirs(self.root)
-                 if p != newest and p not in self.unreadable and step_of(p) <= step_of(newest)]
+        older = [
+            saved(p)
+            for p in list_step_dirs(self.root)
+            if p != newest and p not in self.unreadable and step_of(p) <= step_of(newest)
+        ]
         for path in to_prune(saved(newest), older, self.keep_last):
             shutil.rmtree(path, ignore_errors=True)
 
@@ -197,8 +202,9 @@ class CheckpointManager:
         """Rank 0 decides (one directory scan, one set of warnings), everyone gets the list."""
         skipped: dict[Path, str] = {}
         found = resume_candidates(self.root, skipped) if self.info.is_main else None
-        got = broadcast_object(([str(p) for p in found], {str(k): v for k, v in skipped.items()})
-                               if found is not None else None)
+        got = broadcast_object(
+            ([str(p) for p in found], {str(k): v for k, v in skipped.items()}) if found is not None else None
+        )
         self.skipped.update({Path(k): v for k, v in got[1].items()})
         # Sealed but damaged: not ours to delete (the user may restore them); only a save
         # of the same step replaces one.
@@ -208,7 +214,7 @@ class CheckpointManager:
     def verify(self, path: Path) -> str | None:
         """Collective: the checksums of `path`, each rank reading a share; the first mismatch or None."""
         names = broadcast_object(sorted(read_manifest(path)) if self.info.is_main else None)
-        return self._agree(checksum_reason(path, names[self.info.rank::self.info.world_size]))
+        return self._agree(checksum_reason(path, names[self.info.rank :: self.info.world_size]))
 
     def load_rank_state(self, path: Path) -> dict | None:
         f = path / rank_file(self.info.rank)

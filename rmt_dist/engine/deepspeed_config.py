@@ -42,8 +42,14 @@ def generated_config(cfg: Config, world_size: int) -> dict[str, Any]:
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
-        "fp16": {"enabled": cfg.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16,
-                 "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1},
+        "fp16": {
+            "enabled": cfg.precision == "fp16",
+            "loss_scale": 0,
+            "initial_scale_power": 16,
+            "loss_scale_window": 1000,
+            "hysteresis": 2,
+            "min_loss_scale": 1,
+        },
         # check_grad_overflow: a non-finite gradient norm skips the step under bf16 too.
         "bf16": {"enabled": cfg.precision == "bf16", "check_grad_overflow": True},
     }
@@ -54,8 +60,10 @@ def _merge(dst: dict, src: dict, path: str, where: str) -> None:
     for key, value in src.items():
         dotted = f"{path}{key}"
         if dotted in RECIPE_OWNED:
-            raise ConfigError(f"{where}: {dotted} is set by the recipe; set {RECIPE_OWNED[dotted]} instead of "
-                              f"overriding it in the DeepSpeed JSON")
+            raise ConfigError(
+                f"{where}: {dotted} is set by the recipe; set {RECIPE_OWNED[dotted]} instead of "
+                f"overriding it in the DeepSpeed JSON"
+            )
         if isinstance(value, dict) and isinstance(dst.get(key), dict):
             _merge(dst[key], value, dotted + ".", where)
         else:

@@ -34,7 +34,9 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"environment variable {name}={value!r} is not an integer (torchrun/SLURM set it)") from None
+        raise ValueError(
+            f"environment variable {name}={value!r} is not an integer (torchrun/SLURM set it)"
+        ) from None
 
 
 def pick_device(local_rank: int) -> torch.device:
@@ -65,9 +67,16 @@ def init_distributed(backend: str = "auto", timeout_s: int = 1800) -> DistInfo:
         rank, world = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
         for name in ("MASTER_ADDR", "MASTER_PORT"):
             if name not in os.environ:
-                raise RuntimeError(f"RANK/WORLD_SIZE are set but {name} is not (launch with torchrun or the SLURM launcher)")
-        dist.init_process_group(backend, rank=rank, world_size=world, timeout=timeout,
-                                device_id=device if device.type == "cuda" else None)
+                raise RuntimeError(
+                    f"RANK/WORLD_SIZE are set but {name} is not (launch with torchrun or the SLURM launcher)"
+                )
+        dist.init_process_group(
+            backend,
+            rank=rank,
+            world_size=world,
+            timeout=timeout,
+            device_id=device if device.type == "cuda" else None,
+        )
     else:
         # Single process: a private store on a free port, so parallel test runs never collide.
         store = dist.TCPStore("127.0.0.1", 0, 1, is_master=True, timeout=timeout)

@@ -29,15 +29,20 @@ def _clone_like(src: torch.Tensor, on_cpu: bool) -> torch.Tensor:
     src = src.detach()
     if isinstance(src, DTensor):
         loc = src.to_local().to(dtype=dtype, device="cpu" if on_cpu else src.device, copy=True)
-        return DTensor.from_local(loc, src.device_mesh, src.placements, run_check=False,
-                                  shape=src.shape, stride=src.stride())
+        return DTensor.from_local(
+            loc, src.device_mesh, src.placements, run_check=False, shape=src.shape, stride=src.stride()
+        )
     return src.to(dtype=dtype, device="cpu" if on_cpu else src.device, copy=True)
 
 
 class Ema:
-    def __init__(self, sources: dict[str, torch.Tensor], decay: float, on_cpu: bool = False, every_steps: int = 1):
+    def __init__(
+        self, sources: dict[str, torch.Tensor], decay: float, on_cpu: bool = False, every_steps: int = 1
+    ):
         if not 0.0 < decay < 1.0:
-            raise ValueError(f"EMA decay must be in (0, 1), got {decay} (check ema.decay / cfg.derived.ema_decay)")
+            raise ValueError(
+                f"EMA decay must be in (0, 1), got {decay} (check ema.decay / cfg.derived.ema_decay)"
+            )
         # Updating every k steps with decay**k keeps the same averaging horizon in images.
         self.decay = decay**every_steps
         self.every_steps = every_steps

@@ -28,5 +28,8 @@ def evaluate(forward, batches: Iterable, device: torch.device, prefix: str = "ev
     correct1, correct5, total = all_reduce_sum([correct1, correct5, total], device)
     if total == 0:
         raise RuntimeError("evaluation saw no samples: is data.val an empty beton?")
-    return {f"{prefix}/top1": 100.0 * correct1 / total, f"{prefix}/top5": 100.0 * correct5 / total,
-            f"{prefix}/samples": int(total)}
+    return {
+        f"{prefix}/top1": 100.0 * correct1 / total,
+        f"{prefix}/top5": 100.0 * correct5 / total,
+        f"{prefix}/samples": int(total),
+    }

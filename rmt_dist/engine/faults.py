@@ -59,4 +59,6 @@ def faults_from_env(rank: int, world_size: int) -> Faults | None:
     if not steps and sigterm is None:
         return None
     nan_here = bool(steps) and rank == int(os.environ.get(ENV_RANK, world_size - 1))
-    return Faults(nan_steps=steps if nan_here else set(), sigterm_step=sigterm if rank == world_size - 1 else None)
+    return Faults(
+        nan_steps=steps if nan_here else set(), sigterm_step=sigterm if rank == world_size - 1 else None
+    )

@@ -65,7 +65,9 @@ class MetricsWriter:
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step hides events a previous attempt wrote past the resumed step.
-            self._tb = SummaryWriter(str(run_dir / TB_DIR), purge_step=resume_step + 1 if resume_step else None)
+            self._tb = SummaryWriter(
+                str(run_dir / TB_DIR), purge_step=resume_step + 1 if resume_step else None
+            )
 
     def write(self, record: dict, prefix: str = "") -> None:
         if not self.enabled:
@@ -75,7 +77,11 @@ class MetricsWriter:
         self._file.flush()
         if self._tb is not None:
             for key, value in record.items():
-                if key not in _NOT_SCALARS and isinstance(value, (int, float)) and not isinstance(value, bool):
+                if (
+                    key not in _NOT_SCALARS
+                    and isinstance(value, (int, float))
+                    and not isinstance(value, bool)
+                ):
                     self._tb.add_scalar(prefix + key, value, record["step"])
             self._tb.flush()
 

@@ -31,8 +31,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def build_optimizer(model: nn.Module, cfg: DerivedConfig) -> torch.optim.Optimizer:
     o = cfg.optim
     # foreach=False keeps the update order per parameter identical whatever the sharding.
-    return torch.optim.AdamW(param_groups(model, o.weight_decay), lr=cfg.derived.lr, betas=(o.betas[0], o.betas[1]),
-                             eps=o.eps, weight_decay=o.weight_decay, foreach=False)
+    return torch.optim.AdamW(
+        param_groups(model, o.weight_decay),
+        lr=cfg.derived.lr,
+        betas=(o.betas[0], o.betas[1]),
+        eps=o.eps,
+        weight_decay=o.weight_decay,
+        foreach=False,
+    )
 
 
 @dataclass(frozen=True)
@@ -60,9 +66,14 @@ class LrSchedule:
 
 def build_schedule(cfg: DerivedConfig, steps_per_epoch: int) -> LrSchedule:
     o = cfg.optim
-    return LrSchedule(peak=cfg.derived.lr, warmup_lr=o.warmup_lr, min_lr=o.min_lr,
-                      warmup_steps=o.warmup_epochs * steps_per_epoch, cosine_end=o.epochs * steps_per_epoch,
-                      total_steps=(o.epochs + o.cooldown_epochs) * steps_per_epoch)
+    return LrSchedule(
+        peak=cfg.derived.lr,
+        warmup_lr=o.warmup_lr,
+        min_lr=o.min_lr,
+        warmup_steps=o.warmup_epochs * steps_per_epoch,
+        cosine_end=o.epochs * steps_per_epoch,
+        total_steps=(o.epochs + o.cooldown_epochs) * steps_per_epoch,
+    )
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -105,8 +105,11 @@ def watch_launcher(poll_s: float = 1.0, grace_s: float = 120.0) -> Callable[[], 
         while not done.wait(poll_s):
             who = gone()
             if who:
-                log.error("error: %s is gone: stopping this rank (it saves a checkpoint first when "
-                          "checkpoint.save_on_signal); relaunch to resume", who)
+                log.error(
+                    "error: %s is gone: stopping this rank (it saves a checkpoint first when "
+                    "checkpoint.save_on_signal); relaunch to resume",
+                    who,
+                )
                 request_stop(f"{who} is gone")
                 if not done.wait(grace_s):
                     os._exit(EXIT_FAILED)

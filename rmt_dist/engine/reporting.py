@@ -38,16 +38,23 @@ class Reporter:
         if self.progress is not None:
             self.progress.update(1)
         if stats.bad and self.is_main:
-            log.warning("step %d skipped: non-finite loss or gradient norm (%d in a row)", state.step,
-                        state.bad_streak)
+            log.warning(
+                "step %d skipped: non-finite loss or gradient norm (%d in a row)",
+                state.step,
+                state.bad_streak,
+            )
         if state.step % self.log_every == 0 or state.step == self.start_step + 1:
             self._log_train(stats, state)
 
     def eval_done(self, record: dict, finished_epoch: int, results: dict) -> None:
         self.metrics.write(record)
         if self.is_main:
-            log.info("eval after epoch %d (step %d): %s", finished_epoch, record["step"],
-                     "  ".join(f"{k} {v:.2f}" for k, v in results.items() if k.endswith(("top1", "top5"))))
+            log.info(
+                "eval after epoch %d (step %d): %s",
+                finished_epoch,
+                record["step"],
+                "  ".join(f"{k} {v:.2f}" for k, v in results.items() if k.endswith(("top1", "top5"))),
+            )
 
     def stop(self) -> float:
         """The loop ended; returns its wall time in seconds."""
@@ -62,15 +69,25 @@ class Reporter:
     # -- pieces -----------------------------------------------------------------------
     def _log_train(self, stats, state) -> None:
         perf = self.perf.end_window()
-        record = {"step": state.step, "epoch": state.epoch, "loss": stats.loss,
-                  "lr": stats.lr, "grad_norm": stats.grad_norm, "img_per_s": perf["img_per_s"],
-                  "skipped_steps": state.bad_steps + state.overflow_steps, "bad_steps": state.bad_steps,
-                  "overflow_steps": state.overflow_steps, **{k: v for k, v in perf.items() if k != "img_per_s"}}
+        record = {
+            "step": state.step,
+            "epoch": state.epoch,
+            "loss": stats.loss,
+            "lr": stats.lr,
+            "grad_norm": stats.grad_norm,
+            "img_per_s": perf["img_per_s"],
+            "skipped_steps": state.bad_steps + state.overflow_steps,
+            "bad_steps": state.bad_steps,
+            "overflow_steps": state.overflow_steps,
+            **{k: v for k, v in perf.items() if k != "img_per_s"},
+        }
         self.metrics.write(record, prefix="train/")
         if self.is_main:
-            line = (f"step {state.step}/{self.total_steps} epoch {state.epoch} loss {stats.loss:.4f} "
-                    f"lr {stats.lr:.3e} grad_norm {stats.grad_norm:.3f} img/s {perf['img_per_s']:.1f} "
-                    f"eta {self.eta(state.step)}")
+            line = (
+                f"step {state.step}/{self.total_steps} epoch {state.epoch} loss {stats.loss:.4f} "
+                f"lr {stats.lr:.3e} grad_norm {stats.grad_norm:.3f} img/s {perf['img_per_s']:.1f} "
+                f"eta {self.eta(state.step)}"
+            )
             if self.progress is not None:
                 self.progress.set_postfix(loss=f"{stats.loss:.4f}", lr=f"{stats.lr:.2e}")
                 self.progress.write(line)
@@ -90,16 +107,19 @@ class Reporter:
             return None
         from tqdm import tqdm
 
-        return tqdm(total=self.total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
-                    leave=False)
+        return tqdm(
+            total=self.total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True, leave=False
+        )
 
     def summary(self, state, seconds: float, eval_results: list[dict], last_saved_step: int) -> None:
         """The run's last line: steps and time, skipped steps, accuracy over every eval of the
         run (from metrics.jsonl, so evals before a requeue count), the last checkpoint."""
         if not self.is_main:
             return
-        parts = [f"{state.step - self.start_step} steps (to step {state.step}/{self.total_steps}) in {seconds:.1f} s",
-                 f"skipped {state.bad_steps} non-finite + {state.overflow_steps} fp16-overflow steps"]
+        parts = [
+            f"{state.step - self.start_step} steps (to step {state.step}/{self.total_steps}) in {seconds:.1f} s",
+            f"skipped {state.bad_steps} non-finite + {state.overflow_steps} fp16-overflow steps",
+        ]
         if accuracy := summary_line(getattr(self.metrics, "path", None), eval_results):
             parts.append(accuracy)
         if last_saved_step >= 0:

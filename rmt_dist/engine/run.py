@@ -47,7 +47,9 @@ def setup_logging(rank: int) -> None:
             logger.removeHandler(h)
     handler = logging.StreamHandler(sys.stderr)
     handler._rmt_dist = True  # type: ignore[attr-defined]
-    handler.setFormatter(logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(message)s", "%H:%M:%S"))
+    handler.setFormatter(
+        logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(message)s", "%H:%M:%S")
+    )
     logger.addHandler(handler)
     logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     logger.propagate = False
@@ -83,8 +85,9 @@ def _prepare_run_dir(cfg: Config, check_betons: bool):
         try:
             atomic_write(run_dir / "config.yaml", to_yaml(cfg))
         except OSError as e:
-            raise RunDirFailure(f"writing {run_dir / 'config.yaml'} failed: {describe_error(e)}; "
-                                      f"{_disk_hint(e, run_dir)}") from None
+            raise RunDirFailure(
+                f"writing {run_dir / 'config.yaml'} failed: {describe_error(e)}; {_disk_hint(e, run_dir)}"
+            ) from None
     except BaseException:
         lock.release()
         raise
@@ -125,11 +128,23 @@ def run(cfg: Config, info: DistInfo | None = None, train_loader=None, eval_loade
         cfg = derive(cfg, info.world_size)
         lock = _start(cfg, info, check_betons=train_loader is None)
         if info.is_main:
-            log.info("run dir %s: %s on %d rank(s), %s, global batch %d, peak lr %.3e, EMA decay %s",
-                     cfg.run.dir, cfg.model.name, info.world_size, cfg.strategy.name, cfg.derived.global_batch,
-                     cfg.derived.lr, cfg.derived.ema_decay)
-        trainer = Trainer(cfg, info, train_loader=train_loader, eval_loader=eval_loader,
-                          faults=faults_from_env(info.rank, info.world_size))
+            log.info(
+                "run dir %s: %s on %d rank(s), %s, global batch %d, peak lr %.3e, EMA decay %s",
+                cfg.run.dir,
+                cfg.model.name,
+                info.world_size,
+                cfg.strategy.name,
+                cfg.derived.global_batch,
+                cfg.derived.lr,
+                cfg.derived.ema_decay,
+            )
+        trainer = Trainer(
+            cfg,
+            info,
+            train_loader=train_loader,
+            eval_loader=eval_loader,
+            faults=faults_from_env(info.rank, info.world_size),
+        )
         return trainer.train()
     except _StartFailed as e:
         return e.code
@@ -142,8 +157,12 @@ def run(cfg: Config, info: DistInfo | None = None, train_loader=None, eval_loade
             log.error("error: %s", e)
         return preempt.EXIT_BAD_INPUT
     except OSError as e:  # a full disk or a run dir gone read-only mid-run
-        log.error("error: training failed on rank %d: %s; %s", info.rank, describe_error(e),
-                  _disk_hint(e, Path(cfg.run.dir)))
+        log.error(
+            "error: training failed on rank %d: %s; %s",
+            info.rank,
+            describe_error(e),
+            _disk_hint(e, Path(cfg.run.dir)),
+        )
         return preempt.EXIT_FAILED
     except Exception:
         log.exception("training failed on rank %d", info.rank)

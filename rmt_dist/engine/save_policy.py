@@ -26,8 +26,12 @@ class SavePolicy:
 
     def wants_save(self, step: int, epoch_end: bool, stopping: bool, stop_requested: bool) -> bool:
         """After step `step`: `stopping` when the run ends here, `stop_requested` when by a signal."""
-        return (step % self.every_steps == 0 or (epoch_end and self.at_epoch_end) or step >= self.total_steps
-                or (stopping and (not stop_requested or self.save_on_signal)))
+        return (
+            step % self.every_steps == 0
+            or (epoch_end and self.at_epoch_end)
+            or step >= self.total_steps
+            or (stopping and (not stop_requested or self.save_on_signal))
+        )
 
 
 @dataclass(frozen=True)

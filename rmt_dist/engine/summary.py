@@ -47,8 +47,11 @@ def _value(record: dict, key: str) -> float | None:
 
 
 def _series(records: list[dict], key: str, source: str) -> list[Top1]:
-    return [Top1(v, int(r.get("epoch", 0)), int(r.get("step", 0)), source)
-            for r in records if (v := _value(r, key)) is not None]
+    return [
+        Top1(v, int(r.get("epoch", 0)), int(r.get("step", 0)), source)
+        for r in records
+        if (v := _value(r, key)) is not None
+    ]
 
 
 def _best(points: list[Top1]) -> Top1 | None:
@@ -75,8 +78,13 @@ def summarize(records: Iterable[dict]) -> EvalSummary:
         if q is None or p.value > q.value:
             by_step[p.step] = p
     both = [by_step[s] for s in sorted(by_step)]
-    return EvalSummary(final=model[-1] if model else None, best=_best(model),
-                       final_ema=ema[-1] if ema else None, best_ema=_best(ema), best_of_both=_best(both))
+    return EvalSummary(
+        final=model[-1] if model else None,
+        best=_best(model),
+        final_ema=ema[-1] if ema else None,
+        best_ema=_best(ema),
+        best_of_both=_best(both),
+    )
 
 
 def format_summary(s: EvalSummary) -> str | None:
@@ -92,8 +100,10 @@ def format_summary(s: EvalSummary) -> str | None:
         parts += [f"final EMA {at(s.final_ema)}", f"best EMA {at(s.best_ema)}"]
         b = s.best_of_both
         assert b is not None  # an EMA series makes best_of_both
-        parts.append(f"best of max(model, EMA) {b.value:.2f} ({b.source}, epoch {b.epoch + 1}) "
-                     "[the official max_accuracy]")
+        parts.append(
+            f"best of max(model, EMA) {b.value:.2f} ({b.source}, epoch {b.epoch + 1}) "
+            "[the official max_accuracy]"
+        )
     return ", ".join(parts)
 
 

@@ -24,8 +24,11 @@ class TrainState:
     global_batch: int = 0
 
     def state_dict(self) -> dict:
-        return {**{k: getattr(self, k) for k in _COUNTERS}, "world_size": self.world_size,
-                "global_batch": self.global_batch}
+        return {
+            **{k: getattr(self, k) for k in _COUNTERS},
+            "world_size": self.world_size,
+            "global_batch": self.global_batch,
+        }
 
     def same_layout(self, saved: dict) -> bool:
         """`saved` was written on this world size: its data position and per-rank state apply as they are."""

@@ -61,8 +61,6 @@ class StepStats:
     stop_requested: bool  # some rank got SIGTERM/SIGUSR2 or request_stop()
 
 
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -78,11 +76,19 @@ class Trainer:
 
     `state` is the TrainState: `trainer.state.state_dict()` / `load_state_dict(...)`."""
 
-    def __init__(self, cfg: DerivedConfig, info: DistInfo, train_loader=None, eval_loader=None,
-                 faults: Faults | None = None):
+    def __init__(
+        self,
+        cfg: DerivedConfig,
+        info: DistInfo,
+        train_loader=None,
+        eval_loader=None,
+        faults: Faults | None = None,
+    ):
         if cfg.derived.world_size != info.world_size:
-            raise ValueError(f"cfg.derived.world_size={cfg.derived.world_size} but the process group has "
-                             f"{info.world_size} ranks: call derive(cfg, world_size) first")
+            raise ValueError(
+                f"cfg.derived.world_size={cfg.derived.world_size} but the process group has "
+                f"{info.world_size} ranks: call derive(cfg, world_size) first"
+            )
         assert cfg.derived.global_batch is not None and cfg.derived.ema_decay is not None  # derive() ran
         self.cfg, self.info = cfg, info
         self.accum = cfg.optim.accum_steps
@@ -91,13 +97,18 @@ class Trainer:
         seed_everything(cfg.run.seed)  # the same initial weights on every rank
         self.strategy = parallelize(build_model(cfg), cfg, info)
         seed_everything(cfg.run.seed + 1000003 * info.rank)  # distinct drop-path / MixToken per rank
-        self.ema = (Ema(self.strategy.ema_sources(), cfg.derived.ema_decay, cfg.ema.on_cpu, cfg.ema.every_steps)
-                    if cfg.ema.enabled else None)
+        self.ema = (
+            Ema(self.strategy.ema_sources(), cfg.derived.ema_decay, cfg.ema.on_cpu, cfg.ema.every_steps)
+            if cfg.ema.enabled
+            else None
+        )
         self._eval_loader = eval_loader
         self.steps_per_epoch = self.train_loader.steps_per_epoch // self.accum
         if self.steps_per_epoch < 1:
-            raise ValueError(f"the loader gives {self.train_loader.steps_per_epoch} batches per rank per epoch, fewer "
-                             f"than optim.accum_steps={self.accum}: lower data.batch_size or optim.accum_steps")
+            raise ValueError(
+                f"the loader gives {self.train_loader.steps_per_epoch} batches per rank per epoch, fewer "
+                f"than optim.accum_steps={self.accum}: lower data.batch_size or optim.accum_steps"
+            )
         self.schedule = build_schedule(cfg, self.steps_per_epoch)
         self.total_steps = self.schedule.total_steps
         self.total_epochs = cfg.optim.epochs + cfg.optim.cooldown_epochs
@@ -107,9 +118,13 @@ class Trainer:
         self.save_policy = SavePolicy.from_config(cfg.checkpoint, self.total_steps)
         self.checkpoints = CheckpointManager(cfg.run.dir, cfg.checkpoint.keep_last, info)
         self.resumed_from = self._resume() if cfg.checkpoint.resume else None
-        self.report = Reporter(info.is_main, self.total_steps, cfg.run.log_every,
-                               MetricsWriter(cfg.run.dir, info.is_main, self.state.step, cfg.run.tensorboard),
-                               PerfMeter(self.strategy.module, cfg, info))
+        self.report = Reporter(
+            info.is_main,
+            self.total_steps,
+            cfg.run.log_every,
+            MetricsWriter(cfg.run.dir, info.is_main, self.state.step, cfg.run.tensorboard),
+            PerfMeter(self.strategy.module, cfg, info),
+        )
         self.last_saved_step = self.state.step if self.resumed_from else -1
         self.eval_results: list[dict] = []
 
@@ -117,8 +132,9 @@ class Trainer:
     def _build_train_loader(self):
         from rmt_dist.data import build_train_loader
 
-        loader = build_train_loader(self.cfg, rank=self.info.rank, world_size=self.info.world_size,
-                                    device=self.info.device)
+        loader = build_train_loader(
+            self.cfg, rank=self.info.rank, world_size=self.info.world_size, device=self.info.device
+        )
         log.info("train data %s", loader.describe())
         if self.cfg.tokenlabel.enabled:  # batches become (images, (cls_target, dense_target))
             from rmt_dist.tokenlabel.loader import TokenLabelTrainLoader
@@ -131,16 +147,23 @@ class Trainer:
         if self._eval_loader is None and self.cfg.data.val:
             from rmt_dist.data import build_eval_loader
 
-            self._eval_loader = build_eval_loader(self.cfg, rank=self.info.rank, world_size=self.info.world_size,
-                                                  device=self.info.device)
+            self._eval_loader = build_eval_loader(
+                self.cfg, rank=self.info.rank, world_size=self.info.world_size, device=self.info.device
+            )
         return self._eval_loader
 
     # -- checkpoints ------------------------------------------------------------------
     def checkpoint_train_state(self) -> dict:
         """train_state.json of a checkpoint: the TrainState, the strategy's layout, the model's identity."""
-        return {**self.state.state_dict(), **self.strategy.checkpoint_identity(),
-                "model": {"name": self.cfg.model.name, "num_classes": self.cfg.model.num_classes,
-                          "token_label": self.cfg.model.token_label}}
+        return {
+            **self.state.state_dict(),
+            **self.strategy.checkpoint_identity(),
+            "model": {
+                "name": self.cfg.model.name,
+                "num_classes": self.cfg.model.num_classes,
+                "token_label": self.cfg.model.token_label,
+            },
+        }
 
     def _resume(self):
         """Load the newest checkpoint that verifies and loads; fall back to older ones. When
@@ -161,13 +184,17 @@ class Trainer:
             self.checkpoints.unreadable.add(path)
             failed.append(f"{path.name}: {reason}")
         # Directories without COMPLETE are interrupted saves, not checkpoints: they never block a start.
-        sealed = broadcast_object([f"{p.name}: {r}" for p, r in self.checkpoints.skipped.items()
-                                   if (p / MARKER).is_file()] if self.info.is_main else None)
+        sealed = broadcast_object(
+            [f"{p.name}: {r}" for p, r in self.checkpoints.skipped.items() if (p / MARKER).is_file()]
+            if self.info.is_main
+            else None
+        )
         if failed or sealed:
             raise ResumeError(
                 f"{self.checkpoints.root} holds checkpoints but none can be resumed from "
                 f"({'; '.join(failed + sealed)}); restore them, move them out of that folder to start from "
-                "step 0, or pass run.dir=<new dir>")
+                "step 0, or pass run.dir=<new dir>"
+            )
         return None
 
     def _load(self, path) -> str | None:
@@ -197,9 +224,11 @@ class Trainer:
                 model = None
         for key in ("name", "num_classes", "token_label"):
             if isinstance(model, dict) and key in model and model[key] != getattr(cfg.model, key):
-                return (f"holds a model with model.{key}={model[key]} but this run has model.{key}="
-                        f"{getattr(cfg.model, key)}; relaunch with model.{key}={model[key]}, or pass "
-                        "run.dir=<new dir>")
+                return (
+                    f"holds a model with model.{key}={model[key]} but this run has model.{key}="
+                    f"{getattr(cfg.model, key)}; relaunch with model.{key}={model[key]}, or pass "
+                    "run.dir=<new dir>"
+                )
         return None
 
     def _restore_position(self, path) -> None:
@@ -214,24 +243,42 @@ class Trainer:
         else:
             seed_everything(self.cfg.run.seed + 1000003 * self.info.rank + s.step)
             if self.info.is_main:
-                log.warning("resuming a %d-rank checkpoint on %d ranks: the data order changes from here on and the "
-                            "peak lr/EMA decay follow the new global batch %d (was %d)", ts["world_size"],
-                            self.info.world_size, self.cfg.derived.global_batch, ts["global_batch"])
+                log.warning(
+                    "resuming a %d-rank checkpoint on %d ranks: the data order changes from here on and the "
+                    "peak lr/EMA decay follow the new global batch %d (was %d)",
+                    ts["world_size"],
+                    self.info.world_size,
+                    self.cfg.derived.global_batch,
+                    ts["global_batch"],
+                )
         if self.info.is_main:
-            log.info("resumed from %s at step %d (epoch %d, batch %d of %d)", path, s.step, s.epoch,
-                     s.step_in_epoch, self.steps_per_epoch)
+            log.info(
+                "resumed from %s at step %d (epoch %d, batch %d of %d)",
+                path,
+                s.step,
+                s.epoch,
+                s.step_in_epoch,
+                self.steps_per_epoch,
+            )
 
     def save_checkpoint(self) -> bool:
         """Collective. Refuses (returns False) when any rank holds non-finite weights."""
         self.strategy.settle()
         finite = self.strategy.params_finite() and (self.ema is None or self.ema.finite())
         if all_reduce_sum([0.0 if finite else 1.0], self.info.device)[0] > 0:
-            log.error("not saving step %d: non-finite weights on some rank (the last good checkpoint stays)",
-                      self.state.step)
+            log.error(
+                "not saving step %d: non-finite weights on some rank (the last good checkpoint stays)",
+                self.state.step,
+            )
             return False
         t0 = time.perf_counter()
-        path = self.checkpoints.save(self.state.step, self.strategy, self.ema.state if self.ema else None,
-                                     self.checkpoint_train_state(), to_yaml(self.cfg))
+        path = self.checkpoints.save(
+            self.state.step,
+            self.strategy,
+            self.ema.state if self.ema else None,
+            self.checkpoint_train_state(),
+            to_yaml(self.cfg),
+        )
         self.last_saved_step = self.state.step
         if self.info.is_main:
             log.info("saved checkpoint %s (%.1f s)", path, time.perf_counter() - t0)
@@ -263,8 +310,13 @@ class Trainer:
             value = float(loss.detach())
             # One collective per micro-batch: the loss (for the log), non-finite flags, stop requests.
             total, nonfinite, stops = all_reduce_sum(
-                [value if math.isfinite(value) else 0.0, 0.0 if math.isfinite(value) else 1.0,
-                 1.0 if preempt.stop_requested() else 0.0], self.info.device)
+                [
+                    value if math.isfinite(value) else 0.0,
+                    0.0 if math.isfinite(value) else 1.0,
+                    1.0 if preempt.stop_requested() else 0.0,
+                ],
+                self.info.device,
+            )
             loss_sum += total / self.info.world_size
             bad |= nonfinite > 0
             stop |= stops > 0
@@ -278,8 +330,10 @@ class Trainer:
             out = self.strategy.skip_step(lr, backwards)
             outcome_norm, applied, overflow = out.grad_norm, out.applied, False
             if applied:
-                raise TrainingDiverged(f"step {step}: non-finite loss with optim.accum_steps={n} "
-                                       f"{self.strategy.cannot_skip_hint()}")
+                raise TrainingDiverged(
+                    f"step {step}: non-finite loss with optim.accum_steps={n} "
+                    f"{self.strategy.cannot_skip_hint()}"
+                )
         else:
             out = self.strategy.finish_step(lr)
             outcome_norm, applied, overflow = out.grad_norm, out.applied, out.overflow
@@ -318,7 +372,9 @@ class Trainer:
         assert self.cfg.derived.global_batch is not None  # derive() ran (checked in __init__)
         stop_at = cfg.run.stop_after_steps
         if stop_at is not None and s.step >= stop_at:
-            log.info("run.stop_after_steps=%d already reached (resumed at step %d): nothing to do", stop_at, s.step)
+            log.info(
+                "run.stop_after_steps=%d already reached (resumed at step %d): nothing to do", stop_at, s.step
+            )
             return preempt.EXIT_OK
         self.report.start(s.step)
         exit_code = preempt.EXIT_OK
@@ -335,7 +391,8 @@ class Trainer:
                         raise TrainingDiverged(
                             f"{s.bad_streak} consecutive steps (up to step {s.step}) had a non-finite loss or gradient "
                             f"norm (run.max_bad_steps={cfg.run.max_bad_steps}); {self._last_good()}. "
-                            "Lower optim.lr, set optim.clip_grad, or use bf16")
+                            "Lower optim.lr, set optim.clip_grad, or use bf16"
+                        )
                     epoch_end = s.step_in_epoch == self.steps_per_epoch
                     if epoch_end:
                         self._end_epoch()
@@ -346,15 +403,22 @@ class Trainer:
                             # The run's last save was refused: its end state is lost, not done.
                             exit_code = preempt.EXIT_FAILED
                             if self.info.is_main:
-                                log.error("error: the final checkpoint (step %d) was refused for non-finite "
-                                          "weights; %s. Lower optim.lr, set optim.clip_grad, or use bf16, then "
-                                          "relaunch to resume", s.step, self._last_good())
+                                log.error(
+                                    "error: the final checkpoint (step %d) was refused for non-finite "
+                                    "weights; %s. Lower optim.lr, set optim.clip_grad, or use bf16, then "
+                                    "relaunch to resume",
+                                    s.step,
+                                    self._last_good(),
+                                )
                     if stopping:
                         if stats.stop_requested and exit_code == preempt.EXIT_OK:
                             exit_code = preempt.EXIT_PREEMPTED
                             if self.info.is_main:
-                                log.warning("stop requested (%s): exiting at step %d", preempt.stop_reason() or
-                                            "signal on another rank", s.step)
+                                log.warning(
+                                    "stop requested (%s): exiting at step %d",
+                                    preempt.stop_reason() or "signal on another rank",
+                                    s.step,
+                                )
                         break
                     if epoch_end:
                         break
@@ -375,8 +439,9 @@ class Trainer:
     def _end_epoch(self) -> None:
         s, cfg = self.state, self.cfg
         finished = s.epoch + 1
-        if self.eval_loader is not None and (finished % cfg.run.eval_every_epochs == 0
-                                             or finished == self.total_epochs):
+        if self.eval_loader is not None and (
+            finished % cfg.run.eval_every_epochs == 0 or finished == self.total_epochs
+        ):
             t0 = time.perf_counter()
             results = self.evaluate()
             record = {"step": s.step, "epoch": s.epoch, **results, "eval_time_s": time.perf_counter() - t0}

@@ -39,7 +39,9 @@ def torch_env_from_slurm(env: Mapping[str, str] | None = None) -> dict[str, str]
     """MASTER_ADDR, MASTER_PORT, RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, NODE_RANK
     for the current SLURM task (`env` defaults to os.environ)."""
     env = os.environ if env is None else env
-    missing = [k for k in ("SLURM_JOB_ID", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_JOB_NODELIST") if k not in env]
+    missing = [
+        k for k in ("SLURM_JOB_ID", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_JOB_NODELIST") if k not in env
+    ]
     if missing:
         raise RuntimeError(f"not inside a SLURM task: {', '.join(missing)} unset (start it with srun/sbatch)")
     return {

@@ -1,6 +1,5 @@
 """The one error type launchers print as a single line (`error: ...`) before exiting non-zero."""
 
-
 from ..errors import BadInputError
 
 

@@ -29,7 +29,11 @@ class Check:
     detail: str  # ok: what was found; failed: why, and the fix
 
     def line(self) -> str:
-        return f"ok          {self.name}: {self.detail}" if self.ok else f"would fail  {self.name}: {self.detail}"
+        return (
+            f"ok          {self.name}: {self.detail}"
+            if self.ok
+            else f"would fail  {self.name}: {self.detail}"
+        )
 
 
 def _beton(path: str | None, key: str) -> tuple[Check, dict | None]:
@@ -50,18 +54,24 @@ def _class_map(train: dict, val: dict, val_path: str, train_path: str) -> Check:
     tc, vc = train.get("classes") or {}, val.get("classes") or {}
     diff = sorted(set(tc.items()) ^ set(vc.items()))[:1]
     where = f"e.g. {diff[0][0]!r}" if diff else "different order"
-    return Check("data.val classes", False,
-                 f"{val_path} has a class map that differs from data.train's ({len(vc)} vs {len(tc)} classes, "
-                 f"{where}); re-convert val with python -m rmt_dist.data.convert VAL_SRC {val_path} "
-                 f"--classes {train_path}.meta.json")
+    return Check(
+        "data.val classes",
+        False,
+        f"{val_path} has a class map that differs from data.train's ({len(vc)} vs {len(tc)} classes, "
+        f"{where}); re-convert val with python -m rmt_dist.data.convert VAL_SRC {val_path} "
+        f"--classes {train_path}.meta.json",
+    )
 
 
 def _num_classes(cfg: Config, train: dict) -> Check:
     n = train.get("num_classes", len(train.get("classes", {})))
     if n == cfg.model.num_classes:
         return Check("model.num_classes", True, f"{n}, as data.train")
-    return Check("model.num_classes", False,
-                 f"{cfg.model.num_classes} but data.train has {n} classes; set model.num_classes={n}")
+    return Check(
+        "model.num_classes",
+        False,
+        f"{cfg.model.num_classes} but data.train has {n} classes; set model.num_classes={n}",
+    )
 
 
 def _token_labels(cfg: Config) -> Check:
@@ -74,23 +84,32 @@ def _token_labels(cfg: Config) -> Check:
     except (TokenLabelStoreError, DataError) as e:
         return Check("tokenlabel.store", False, str(e))
     m = store.meta
-    return Check("tokenlabel.store", True,
-                 f"{cfg.tokenlabel.store} (complete, {m.num_samples} samples, {m.map_h}x{m.map_w} top-{m.topk}, "
-                 f"made for this beton)")
+    return Check(
+        "tokenlabel.store",
+        True,
+        f"{cfg.tokenlabel.store} (complete, {m.num_samples} samples, {m.map_h}x{m.map_w} top-{m.topk}, "
+        f"made for this beton)",
+    )
 
 
 def _init_checkpoint(path: str) -> Check:
     if not os.path.exists(path):
-        return Check("model.init_checkpoint", False,
-                     f"{path} does not exist; fix the path or set model.init_checkpoint=null for a random init")
+        return Check(
+            "model.init_checkpoint",
+            False,
+            f"{path} does not exist; fix the path or set model.init_checkpoint=null for a random init",
+        )
     try:
         from ..models.weights import read_weights  # the trainer's reader: files, run and checkpoint dirs
 
         sd = read_weights(path)
     except Exception as e:  # any reason it cannot be read is a reason the job would stop
-        return Check("model.init_checkpoint", False,
-                     f"{path} does not load ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                     "point it at a weights file (safetensors, .pth) or a run/checkpoint dir of this project")
+        return Check(
+            "model.init_checkpoint",
+            False,
+            f"{path} does not load ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            "point it at a weights file (safetensors, .pth) or a run/checkpoint dir of this project",
+        )
     return Check("model.init_checkpoint", True, f"{path} ({len(sd)} tensors)")
 
 
@@ -111,10 +130,19 @@ def _run_dir(run_dir: Path) -> Check:
         return Check("run.dir", False, f"{run_dir} is a file, not a directory; pass run.dir=<a directory>")
     base = _nearest_existing(run_dir)
     if not os.access(base, os.W_OK | os.X_OK):
-        return Check("run.dir", False, f"{run_dir} is not writable ({base} is read-only for this user); "
-                                       "pass run.dir=<a writable directory>")
-    state = "exists, will resume from its newest complete checkpoint" if (run_dir / "checkpoints").is_dir() \
-        else "new" if not run_dir.exists() else "exists, no checkpoint yet"
+        return Check(
+            "run.dir",
+            False,
+            f"{run_dir} is not writable ({base} is read-only for this user); "
+            "pass run.dir=<a writable directory>",
+        )
+    state = (
+        "exists, will resume from its newest complete checkpoint"
+        if (run_dir / "checkpoints").is_dir()
+        else "new"
+        if not run_dir.exists()
+        else "exists, no checkpoint yet"
+    )
     return Check("run.dir", True, f"{run_dir} (writable, {state})")
 
 
@@ -125,30 +153,44 @@ def _batch(cfg: DerivedConfig, train: dict) -> Check:
     per_rank = n // ws
     steps = per_rank // d.batch_size if d.drop_last else -(-per_rank // d.batch_size)
     if steps // accum < 1:
-        return Check("data.batch_size", False,
-                     f"{n} training samples give {steps} batches per rank per epoch (data.batch_size "
-                     f"{d.batch_size} x {ws} ranks), fewer than optim.accum_steps={accum}; lower data.batch_size "
-                     "or slurm.nodes")
+        return Check(
+            "data.batch_size",
+            False,
+            f"{n} training samples give {steps} batches per rank per epoch (data.batch_size "
+            f"{d.batch_size} x {ws} ranks), fewer than optim.accum_steps={accum}; lower data.batch_size "
+            "or slurm.nodes",
+        )
     mixing = d.mixup > 0 or d.cutmix > 0
     if mixing and d.batch_size % 2:
-        return Check("data.batch_size", False,
-                     f"{d.batch_size} is odd, but mixup/cutmix pair each image with the reversed batch; "
-                     f"set data.batch_size={d.batch_size + 1}")
-    return Check("data.batch_size", True,
-                 f"{d.batch_size} per rank x {ws} ranks x {accum} accumulation = {cfg.derived.global_batch} "
-                 f"per step; {steps // accum} steps per epoch")
+        return Check(
+            "data.batch_size",
+            False,
+            f"{d.batch_size} is odd, but mixup/cutmix pair each image with the reversed batch; "
+            f"set data.batch_size={d.batch_size + 1}",
+        )
+    return Check(
+        "data.batch_size",
+        True,
+        f"{d.batch_size} per rank x {ws} ranks x {accum} accumulation = {cfg.derived.global_batch} "
+        f"per step; {steps // accum} steps per epoch",
+    )
 
 
 def derived_check(cfg: DerivedConfig, steps_per_epoch: int | None) -> Check:
     d, o = cfg.derived, cfg.optim
-    text = (f"world size {d.world_size}, global batch {d.global_batch}, peak lr {d.lr:.6g}, "
-            f"EMA decay per step {d.ema_decay:.8g}, {o.epochs}+{o.cooldown_epochs} epochs")
+    text = (
+        f"world size {d.world_size}, global batch {d.global_batch}, peak lr {d.lr:.6g}, "
+        f"EMA decay per step {d.ema_decay:.8g}, {o.epochs}+{o.cooldown_epochs} epochs"
+    )
     if steps_per_epoch:
         total = (o.epochs + o.cooldown_epochs) * steps_per_epoch
         text += f", {o.warmup_epochs * steps_per_epoch} warm-up steps, {total} steps in all"
     if not (d.lr > 0 and 0 < d.ema_decay < 1):
-        return Check("derived", False, f"{text}: the peak lr must be > 0 and the EMA decay in (0, 1); "
-                                       "check optim.lr and ema.decay")
+        return Check(
+            "derived",
+            False,
+            f"{text}: the peak lr must be > 0 and the EMA decay in (0, 1); check optim.lr and ema.decay",
+        )
     return Check("derived", True, text)
 
 

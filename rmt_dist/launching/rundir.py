@@ -75,8 +75,10 @@ def _holder_is_gone(holder: dict) -> bool:
 
 def describe_holder(holder: dict) -> str:
     job = f", SLURM job {holder['slurm_job_id']}" if holder.get("slurm_job_id") else ""
-    return (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}{job}, "
-            f"since {holder.get('since', '?')}")
+    return (
+        f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}{job}, "
+        f"since {holder.get('since', '?')}"
+    )
 
 
 class RunDirLock:
@@ -108,7 +110,8 @@ class RunDirLock:
             if not _holder_is_gone(holder):
                 raise LaunchError(
                     f"run dir {str(self.run_dir)!r} is in use by another run ({describe_holder(holder)}; "
-                    f"{self.path}): wait for it to end or stop it, or pass run.dir=<new dir>") from None
+                    f"{self.path}): wait for it to end or stop it, or pass run.dir=<new dir>"
+                ) from None
             # A stale lock the file system kept: a fresh file (new inode) takes over.
             self.path.unlink(missing_ok=True)
             fd = self._open()
@@ -116,15 +119,21 @@ class RunDirLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise LaunchError(f"run dir {str(self.run_dir)!r} was just taken by another run "
-                                  f"({describe_holder(self._read())}): pass run.dir=<new dir>") from None
+                raise LaunchError(
+                    f"run dir {str(self.run_dir)!r} was just taken by another run "
+                    f"({describe_holder(self._read())}): pass run.dir=<new dir>"
+                ) from None
         except OSError as e:
             if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                 os.close(fd)
                 raise
             # No flock on this file system: the record below still names the run.
-        record = {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-                  "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        record = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)

@@ -23,7 +23,7 @@ def bad_input_teardown(folder: str | Path) -> list[str]:
     """Batch-script lines run after srun: when a rank refused a bad input, its line becomes the
     last line of the job's main log (task 0's stderr) and the job fails with exit code 2."""
     marker = shlex.quote(str(folder)) + "/bad_input_${SLURM_JOB_ID}"
-    return [f'if [ -f {marker} ]; then cat {marker} >&2; exit 2; fi']
+    return [f"if [ -f {marker} ]; then cat {marker} >&2; exit 2; fi"]
 
 
 def submitit_folder(run_dir: str | Path) -> Path:

@@ -30,8 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         return report(e)
     run_dir = str(Path(cfg.run.dir).resolve())
-    rc, _ = run_rank(argv[0], [*argv[1:], f"run.dir={run_dir}"], run_dir, cfg.slurm.max_requeues,
-                     cfg.run.stop_after_steps)
+    rc, _ = run_rank(
+        argv[0], [*argv[1:], f"run.dir={run_dir}"], run_dir, cfg.slurm.max_requeues, cfg.run.stop_after_steps
+    )
     return rc
 
 

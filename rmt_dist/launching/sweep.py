@@ -45,15 +45,20 @@ def points(recipes: list[str], sweeps: list[str]) -> list[Point]:
     axes = [parse_sweep(s) for s in sweeps]
     keys = [k for k, _ in axes]
     if len(set(keys)) != len(keys):
-        raise LaunchError(f"--sweep names {keys} more than once; give each key one --sweep with all its values")
+        raise LaunchError(
+            f"--sweep names {keys} more than once; give each key one --sweep with all its values"
+        )
     combos = list(itertools.product(*[[f"{k}={v}" for v in vals] for k, vals in axes]))
     return [Point(r, tuple(c)) for r in recipes for c in combos]
 
 
 def point_run_dirs(pts: list[Point], base_dirs: list[Path]) -> list[Path]:
     """Each point's run dir: its recipe's run dir (+ recipe stem when recipes share one) / slug."""
-    shared = {d for d in base_dirs if base_dirs.count(d) > 1 and len({p.recipe for p, b in zip(pts, base_dirs)
-                                                                      if b == d}) > 1}
+    shared = {
+        d
+        for d in base_dirs
+        if base_dirs.count(d) > 1 and len({p.recipe for p, b in zip(pts, base_dirs) if b == d}) > 1
+    }
     dirs = []
     for p, base in zip(pts, base_dirs):
         d = base / Path(p.recipe).stem if base in shared else base
@@ -61,7 +66,9 @@ def point_run_dirs(pts: list[Point], base_dirs: list[Path]) -> list[Path]:
     seen: dict[Path, Point] = {}
     for p, d in zip(pts, dirs):
         if d in seen:
-            raise LaunchError(f"sweep points {seen[d].name!r} and {p.name!r} would share run dir {str(d)!r}; "
-                              "give the recipes different run.dir values")
+            raise LaunchError(
+                f"sweep points {seen[d].name!r} and {p.name!r} would share run dir {str(d)!r}; "
+                "give the recipes different run.dir values"
+            )
         seen[d] = p
     return dirs

@@ -40,6 +40,8 @@ DEFAULT_ENTRY = "rmt_dist.train:main"
 # --kill-on-bad-exit would otherwise end rank 0 (on their exit code 75) before it has asked
 # SLURM to requeue the job. A requeue (or rank 0's own exit) ends them sooner.
 PREEMPTED_PEER_WAIT_S = 120
+
+
 def _resolve(entry: str) -> Callable[[list[str]], int]:
     module, _, func = entry.partition(":")
     return getattr(importlib.import_module(module), func or "main")
@@ -60,7 +62,7 @@ class _LastErrorLine:
         *lines, self._partial = self._partial.split("\n")
         for line in lines:
             if "error: " in line:
-                self.line = line[line.index("error: "):]
+                self.line = line[line.index("error: ") :]
         return self._stream.write(s)
 
     def __getattr__(self, name: str):
@@ -78,15 +80,23 @@ def bad_input_reported(log_folder: str, job_id: str) -> str:
 def _report_bad_input(log_folder: str, job_id: str, rank: int, line: str) -> None:
     marker = bad_input_marker(log_folder, job_id)
     try:
-        atomic_write(marker, (line or f"error: rank {rank} exited with code {EXIT_BAD_INPUT} (bad input; see its log)")
-                     + "\n")
+        atomic_write(
+            marker,
+            (line or f"error: rank {rank} exited with code {EXIT_BAD_INPUT} (bad input; see its log)") + "\n",
+        )
     except OSError:
         pass  # the rank's own log still ends with the line
 
 
-def run_rank(recipe: str, overrides: Sequence[str], run_dir: str, max_requeues: int,
-             stop_after_steps: int | None = None, entry: str = DEFAULT_ENTRY,
-             log_folder: str | None = None) -> tuple[int, int]:
+def run_rank(
+    recipe: str,
+    overrides: Sequence[str],
+    run_dir: str,
+    max_requeues: int,
+    stop_after_steps: int | None = None,
+    entry: str = DEFAULT_ENTRY,
+    log_folder: str | None = None,
+) -> tuple[int, int]:
     """One SLURM task: torch env from SLURM's, the entry point, then the run dir's
     bookkeeping on rank 0 (FINISHED after a full run, a requeue after a preemption save).
     Returns (exit code, rank)."""
@@ -95,9 +105,11 @@ def run_rank(recipe: str, overrides: Sequence[str], run_dir: str, max_requeues: 
     # Keep intra-op threads within the CPUs SLURM gave this task.
     os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("SLURM_CPUS_PER_TASK", "1"))
     rank, job_id = int(dist["RANK"]), os.environ["SLURM_JOB_ID"]
-    _log(f"job {job_id} restart {os.environ.get('SLURM_RESTART_COUNT', '0')}: rank {rank}/{dist['WORLD_SIZE']} "
-         f"on node {os.environ.get('SLURMD_NODENAME', '?')} (local rank {dist['LOCAL_RANK']}), "
-         f"master {dist['MASTER_ADDR']}:{dist['MASTER_PORT']}, run dir {run_dir}")
+    _log(
+        f"job {job_id} restart {os.environ.get('SLURM_RESTART_COUNT', '0')}: rank {rank}/{dist['WORLD_SIZE']} "
+        f"on node {os.environ.get('SLURMD_NODENAME', '?')} (local rank {dist['LOCAL_RANK']}), "
+        f"master {dist['MASTER_ADDR']}:{dist['MASTER_PORT']}, run dir {run_dir}"
+    )
     log_folder = log_folder or str(submitit_folder(run_dir))
     stderr = sys.stderr
     sys.stderr = errors = _LastErrorLine(stderr)
@@ -128,9 +140,16 @@ class TrainTask(submitit.helpers.Checkpointable):
     for tests of the launch plumbing; runs always use rmt_dist.train:main.
     """
 
-    def __init__(self, recipe: str, overrides: Sequence[str], run_dir: str, max_requeues: int,
-                 stop_after_steps: int | None = None, entry: str = DEFAULT_ENTRY,
-                 log_folder: str | None = None) -> None:
+    def __init__(
+        self,
+        recipe: str,
+        overrides: Sequence[str],
+        run_dir: str,
+        max_requeues: int,
+        stop_after_steps: int | None = None,
+        entry: str = DEFAULT_ENTRY,
+        log_folder: str | None = None,
+    ) -> None:
         self.recipe = recipe
         self.log_folder = log_folder or str(submitit_folder(run_dir))
         self.overrides = list(overrides)
@@ -140,8 +159,15 @@ class TrainTask(submitit.helpers.Checkpointable):
         self.entry = entry
 
     def __call__(self) -> int:
-        rc, rank = run_rank(self.recipe, self.overrides, self.run_dir, self.max_requeues,
-                            self.stop_after_steps, self.entry, getattr(self, "log_folder", None))
+        rc, rank = run_rank(
+            self.recipe,
+            self.overrides,
+            self.run_dir,
+            self.max_requeues,
+            self.stop_after_steps,
+            self.entry,
+            getattr(self, "log_folder", None),
+        )
         if rc == 0:
             return rc
         if rc == EXIT_PREEMPTED:
@@ -165,7 +191,10 @@ class TrainTask(submitit.helpers.Checkpointable):
         signal: resubmit the same task (it resumes from the newest complete checkpoint),
         unless slurm.max_requeues is spent (None tells submitit not to requeue)."""
         reason = may_requeue(self.max_requeues)
-        refused = bad_input_reported(getattr(self, "log_folder", None) or str(submitit_folder(self.run_dir)), os.environ.get("SLURM_JOB_ID", ""))
+        refused = bad_input_reported(
+            getattr(self, "log_folder", None) or str(submitit_folder(self.run_dir)),
+            os.environ.get("SLURM_JOB_ID", ""),
+        )
         if refused:
             reason = f"a rank refused its input ({refused})"
         if reason:

@@ -29,10 +29,13 @@ def create(model_cfg: ModelConfig, *, mix_token: bool = True, **overrides: Any) 
     """The model a `model:` config section describes, randomly initialised (no init_checkpoint).
 
     `mix_token` is `tokenlabel.mix_token` (it only matters with `model.token_label`)."""
-    kwargs: dict[str, Any] = dict(num_classes=model_cfg.num_classes, drop_path_rate=model_cfg.drop_path_rate,
-                                  attn_impl=model_cfg.attn_impl, attention=model_cfg.attention)
+    kwargs: dict[str, Any] = dict(
+        num_classes=model_cfg.num_classes,
+        drop_path_rate=model_cfg.drop_path_rate,
+        attn_impl=model_cfg.attn_impl,
+        attention=model_cfg.attention,
+    )
     if model_cfg.token_label:
         kwargs.update(token_label=True, mix_token=mix_token)
     kwargs.update(overrides)
     return create_model(model_cfg.name, **kwargs)
-

@@ -425,7 +425,9 @@ class RMT(nn.Module):
         take_indices, max_index = feature_take_indices(len(self.layers), indices)
         x = self.forward_stem(x)
         intermediates = []
-        stages = list(self.stages())[: max_index + 1] if stop_early or intermediates_only else list(self.stages())
+        stages = (
+            list(self.stages())[: max_index + 1] if stop_early or intermediates_only else list(self.stages())
+        )
         for i, stage in enumerate(stages):
             x = stage.forward_blocks(x)
             if i in take_indices:
@@ -530,7 +532,9 @@ def _cfg(crop_pct: float = 0.875, **kwargs: Any) -> dict[str, Any]:
     }
 
 
-_RELEASED = "released weights are on Baidu Pan (github.com/qhfan/RMT); load the .pth with rmt_dist.models.load_into"
+_RELEASED = (
+    "released weights are on Baidu Pan (github.com/qhfan/RMT); load the .pth with rmt_dist.models.load_into"
+)
 default_cfgs = generate_default_cfgs(
     {
         # The released evaluation crops: plain resize 256 -> crop 224 (0.875), token-label 0.96.

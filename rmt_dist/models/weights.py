@@ -45,26 +45,45 @@ class WeightsError(BadInputError, ValueError):
     """Weights that cannot be read, or do not fit the model: one line naming the source."""
 
 
-def read_weights(source: str | os.PathLike, ema: bool = False, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+def read_weights(
+    source: str | os.PathLike, ema: bool = False, model: nn.Module | None = None
+) -> dict[str, torch.Tensor]:
     """State dict of `source` (any kind above); with `model`, filtered to that model's names
     (without one, only the DDP/compile prefixes are stripped)."""
     path = Path(source)
     if path.is_dir():
         kind, sd = read_checkpoint_dir(path, ema=ema)
     elif path.is_file():
-        kind, sd = (_read_safetensors(path, ema) if path.suffix == ".safetensors" else _read_torch_file(path, ema))
+        kind, sd = (
+            _read_safetensors(path, ema) if path.suffix == ".safetensors" else _read_torch_file(path, ema)
+        )
     else:
-        raise WeightsError(f"weights {str(path)!r} do not exist (expected a .pth/.pt/.safetensors file or a run dir)")
+        raise WeightsError(
+            f"weights {str(path)!r} do not exist (expected a .pth/.pt/.safetensors file or a run dir)"
+        )
     n_read = len(sd)
     sd = _filter(sd, model, path)
     dropped = n_read - len(sd)
-    log.info("weights: %s %s -> %d tensors%s%s", kind, path, len(sd), " (EMA)" if ema else "",
-             f", {dropped} recomputed buffers/unused heads dropped" if dropped else "")
+    log.info(
+        "weights: %s %s -> %d tensors%s%s",
+        kind,
+        path,
+        len(sd),
+        " (EMA)" if ema else "",
+        f", {dropped} recomputed buffers/unused heads dropped" if dropped else "",
+    )
     return sd
 
 
-def load_into(model: nn.Module, source: str | os.PathLike, ema: bool = False, *, new_head_ok: bool = False,
-              what: str = "weights", classes_of: str = "the model") -> nn.Module:
+def load_into(
+    model: nn.Module,
+    source: str | os.PathLike,
+    ema: bool = False,
+    *,
+    new_head_ok: bool = False,
+    what: str = "weights",
+    classes_of: str = "the model",
+) -> nn.Module:
     """`read_weights` + a strict load into `model`; `new_head_ok` keeps the model's own (fresh)
     classifier when the checkpoint's has another class count (fine-tuning on a new dataset).
     `what` and `classes_of` name the source and the class count in errors."""
@@ -73,8 +92,14 @@ def load_into(model: nn.Module, source: str | os.PathLike, ema: bool = False, *,
     head = _head_keys(model)
     mismatched = [k for k in sd if k in ours and tuple(sd[k].shape) != tuple(ours[k].shape)]
     if new_head_ok and mismatched and set(mismatched) <= head:
-        log.info("%s: %s has a classifier of another size (%s %s, model %s): the model's head is kept fresh",
-                 what, source, mismatched[0], tuple(sd[mismatched[0]].shape), tuple(ours[mismatched[0]].shape))
+        log.info(
+            "%s: %s has a classifier of another size (%s %s, model %s): the model's head is kept fresh",
+            what,
+            source,
+            mismatched[0],
+            tuple(sd[mismatched[0]].shape),
+            tuple(ours[mismatched[0]].shape),
+        )
         sd = {k: v for k, v in sd.items() if k not in mismatched}
         mismatched = []
     missing = [k for k in ours if k not in sd]
@@ -88,16 +113,26 @@ def load_into(model: nn.Module, source: str | os.PathLike, ema: bool = False, *,
             k = mismatched[0]
             parts.append(f"it has {sd[k].shape[0]} classes but {classes_of} has {ours[k].shape[0]}")
         elif mismatched:
-            parts.append(f"{len(mismatched)} of other shape ({mismatched[0]} {tuple(sd[mismatched[0]].shape)}, "
-                         f"model {tuple(ours[mismatched[0]].shape)})")
+            parts.append(
+                f"{len(mismatched)} of other shape ({mismatched[0]} {tuple(sd[mismatched[0]].shape)}, "
+                f"model {tuple(ours[mismatched[0]].shape)})"
+            )
         if missing:
             parts.append(f"{len(missing)} missing ({_compact(missing)})")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected ({_compact(unexpected)})")
-        raise WeightsError(f"{what} {str(source)!r} do not fit model {name}: " + "; ".join(parts)
-                           + ": is it a checkpoint of this variant and class count?")
+        raise WeightsError(
+            f"{what} {str(source)!r} do not fit model {name}: "
+            + "; ".join(parts)
+            + ": is it a checkpoint of this variant and class count?"
+        )
     if allowed_missing:
-        log.info("%s: %s has no %s: the model's head is kept fresh", what, source, _compact(sorted(allowed_missing)))
+        log.info(
+            "%s: %s has no %s: the model's head is kept fresh",
+            what,
+            source,
+            _compact(sorted(allowed_missing)),
+        )
     model.load_state_dict(sd, strict=not allowed_missing)
     return model
 
@@ -115,8 +150,10 @@ def read_checkpoint_dir(path: str | os.PathLike, ema: bool = False) -> tuple[str
     state = json.loads((ckpt / TRAIN_STATE).read_text())
     from .factory import create
 
-    template = {k: v.detach().clone() for k, v in create(cfg.model, mix_token=cfg.tokenlabel.mix_token)
-                .state_dict().items()}
+    template = {
+        k: v.detach().clone()
+        for k, v in create(cfg.model, mix_token=cfg.tokenlabel.mix_token).state_dict().items()
+    }
     strategy = state.get("strategy") or "ddp"
     kind = f"{strategy} checkpoint (step {state.get('step')})"
     if strategy == "deepspeed":
@@ -133,7 +170,9 @@ def checkpoint_config(ckpt: Path):
     for candidate in (ckpt / "config.yaml", ckpt.parent.parent / "config.yaml"):
         if candidate.is_file():
             return load_resolved(candidate)
-    raise WeightsError(f"no config.yaml beside checkpoint {ckpt} (expected it in the checkpoint or its run dir)")
+    raise WeightsError(
+        f"no config.yaml beside checkpoint {ckpt} (expected it in the checkpoint or its run dir)"
+    )
 
 
 # -- files ------------------------------------------------------------------------------
@@ -146,7 +185,9 @@ def _read_safetensors(path: Path, ema: bool) -> tuple[str, dict[str, torch.Tenso
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
     if ema and meta.get("ema") != "True":
-        raise WeightsError(f"{path} is a .safetensors of one set of weights, not marked as EMA: read it without --ema")
+        raise WeightsError(
+            f"{path} is a .safetensors of one set of weights, not marked as EMA: read it without --ema"
+        )
     return "safetensors", load_file(str(path))
 
 
@@ -179,7 +220,9 @@ def _read_torch_file(path: Path, ema: bool) -> tuple[str, dict[str, torch.Tensor
         key = next((k for k in keys if isinstance(obj.get(k), dict)), None)
         if key is None:
             want = "EMA weights under " if ema else "a state dict or one under "
-            raise WeightsError(f"{path}: expected {want}{'/'.join(keys)}, found keys {_compact(sorted(obj), 6)}")
+            raise WeightsError(
+                f"{path}: expected {want}{'/'.join(keys)}, found keys {_compact(sorted(obj), 6)}"
+            )
         wrappers.append(key)
         obj = obj[key]
         keys = _MODEL_KEYS  # inside a wrapper: {"model": {"state_dict": ...}} and the like
@@ -212,7 +255,7 @@ def _filter(sd: dict[str, torch.Tensor], model: nn.Module | None, path: Path) ->
     for key, value in sd.items():
         for prefix in _PREFIXES:
             if key.startswith(prefix):
-                key = key[len(prefix):]
+                key = key[len(prefix) :]
         out[key] = value
     return out
 

@@ -60,8 +60,10 @@ def per_location_logits(model, x):
 
 def teacher_view(args: argparse.Namespace) -> TeacherView:
     try:
-        return TeacherView("squash" if args.view == "squash" else "center_crop",
-                           args.crop_pct if args.view == "center-crop" else 1.0)
+        return TeacherView(
+            "squash" if args.view == "squash" else "center_crop",
+            args.crop_pct if args.view == "center-crop" else 1.0,
+        )
     except TeacherViewError as e:
         raise TokenLabelStoreError(f"--crop-pct: {e}") from None
 
@@ -119,7 +121,7 @@ def _batches(images, decoder, rows: np.ndarray, img_size: int, batch_size: int, 
     import torch
 
     for start in range(0, len(rows), batch_size):
-        idx = rows[start:start + batch_size]
+        idx = rows[start : start + batch_size]
         boxes = view_boxes(view, images.heights[idx], images.widths[idx])
         out = np.empty((len(idx), img_size, img_size, 3), np.uint8)
         decoder.decode(idx, boxes, np.zeros(len(idx), bool), out)
@@ -150,8 +152,12 @@ def _label_rows(model, images, decoder, rows, args, device, mean, std, bar) -> d
         correct += int((logits.mean((1, 2)).argmax(-1).cpu() == labels).sum())
         if bar is not None:
             bar.update(len(batch))
-    return {"scores": np.concatenate(scores), "indices": np.concatenate(idx),
-            "rows": np.asarray(rows), "correct": np.asarray(correct)}
+    return {
+        "scores": np.concatenate(scores),
+        "indices": np.concatenate(idx),
+        "rows": np.asarray(rows),
+        "correct": np.asarray(correct),
+    }
 
 
 def _consolidate(store: Path, meta: StoreMeta, num_chunks: int, chunk_size: int) -> float:
@@ -172,7 +178,9 @@ def _consolidate(store: Path, meta: StoreMeta, num_chunks: int, chunk_size: int)
             correct += int(z["correct"])
     if not seen.all():
         missing = np.flatnonzero(~seen)
-        raise TokenLabelStoreError(f"{len(missing)} sample indices have no labels (first: {missing[:5].tolist()})")
+        raise TokenLabelStoreError(
+            f"{len(missing)} sample indices have no labels (first: {missing[:5].tolist()})"
+        )
     scores.flush()
     indices.flush()
     del scores, indices
@@ -190,12 +198,15 @@ def generate(args: argparse.Namespace) -> StoreMeta:
     num_samples, num_classes = _beton_info(beton)
     view = teacher_view(args)
     rank, world = _dist()
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(
+        args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         device = torch.device("cuda", torch.cuda.current_device())
-    model = build_teacher(args.teacher, args.checkpoint, num_classes, ema=args.ema,
-                          pretrained=args.pretrained).to(device)
+    model = build_teacher(
+        args.teacher, args.checkpoint, num_classes, ema=args.ema, pretrained=args.pretrained
+    ).to(device)
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), device=device).view(1, 3, 1, 1)
     std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225)), device=device).view(1, 3, 1, 1)
@@ -204,10 +215,17 @@ def generate(args: argparse.Namespace) -> StoreMeta:
     from ..data import beton_fingerprint
 
     meta = StoreMeta(
-        teacher=args.teacher, teacher_checkpoint=str(args.checkpoint) if args.checkpoint else None,
-        img_size=args.img_size, topk=args.topk, map_h=probe.shape[1], map_w=probe.shape[2],
-        num_classes=num_classes, beton=str(beton), beton_fingerprint=beton_fingerprint(beton),
-        num_samples=num_samples, view=view.to_dict(),
+        teacher=args.teacher,
+        teacher_checkpoint=str(args.checkpoint) if args.checkpoint else None,
+        img_size=args.img_size,
+        topk=args.topk,
+        map_h=probe.shape[1],
+        map_w=probe.shape[2],
+        num_classes=num_classes,
+        beton=str(beton),
+        beton_fingerprint=beton_fingerprint(beton),
+        num_samples=num_samples,
+        view=view.to_dict(),
     )
     if args.topk > num_classes:
         raise TokenLabelStoreError(f"--topk {args.topk} exceeds the dataset's {num_classes} classes")
@@ -246,8 +264,10 @@ def generate(args: argparse.Namespace) -> StoreMeta:
         from tqdm import tqdm
 
         done = num_chunks - len([c for c in range(num_chunks) if not _part(store, c).is_file()])
-        print(f"token labels: {num_samples} images, {num_chunks} chunks ({done} done), {world} rank(s), "
-              f"teacher {args.teacher} at {args.img_size}px -> {meta.map_h}x{meta.map_w} maps, top-{args.topk}")
+        print(
+            f"token labels: {num_samples} images, {num_chunks} chunks ({done} done), {world} rank(s), "
+            f"teacher {args.teacher} at {args.img_size}px -> {meta.map_h}x{meta.map_w} maps, top-{args.topk}"
+        )
         bar = tqdm(total=todo, unit="img", desc="rank 0", dynamic_ncols=True)
     t0 = time.time()
     for c in mine:
@@ -260,31 +280,52 @@ def generate(args: argparse.Namespace) -> StoreMeta:
     _barrier(world)
     if rank == 0:
         acc = _consolidate(store, meta, num_chunks, args.chunk_size)
-        print(f"token-label store {store}: {num_samples} samples complete in {time.time() - t0:.1f}s; "
-              f"teacher top-1 on these images (mean over locations): {acc * 100:.2f}%")
+        print(
+            f"token-label store {store}: {num_samples} samples complete in {time.time() - t0:.1f}s; "
+            f"teacher top-1 on these images (mean over locations): {acc * 100:.2f}%"
+        )
     _barrier(world)
     return StoreMeta.read(store)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m rmt_dist.tokenlabel.generate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m rmt_dist.tokenlabel.generate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("beton", help="training .beton (made by rmt_dist.data.convert)")
     p.add_argument("store", help="output store directory, e.g. train.tokenlabel")
     p.add_argument("--teacher", required=True, help="timm model name (RMT models included)")
-    p.add_argument("--checkpoint", default=None,
-                   help="teacher weights: .safetensors/.pth file, or a run/checkpoint dir of this project")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="teacher weights: .safetensors/.pth file, or a run/checkpoint dir of this project",
+    )
     p.add_argument("--ema", action="store_true", help="use the EMA weights of the checkpoint")
-    p.add_argument("--pretrained", action="store_true",
-                   help="use timm's pretrained weights: downloaded from the Hugging Face hub, so the node needs "
-                        "internet (or run once where it has, with HF_HOME on a shared file system)")
-    p.add_argument("--img-size", type=int, default=224, help="teacher input side (TokenLabeling: 576 for NFNet-F6)")
-    p.add_argument("--view", choices=("squash", "center-crop"), default="squash",
-                   help="what the teacher sees: the whole image squashed to img_size, or timm's eval centre crop "
-                        "(TokenLabeling: center-crop)")
-    p.add_argument("--crop-pct", type=float, default=1.0,
-                   help="center-crop only, tlt/timm meaning: short side resized to img_size / crop_pct, centre "
-                        "img_size crop (TokenLabeling: 1.0)")
+    p.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="use timm's pretrained weights: downloaded from the Hugging Face hub, so the node needs "
+        "internet (or run once where it has, with HF_HOME on a shared file system)",
+    )
+    p.add_argument(
+        "--img-size", type=int, default=224, help="teacher input side (TokenLabeling: 576 for NFNet-F6)"
+    )
+    p.add_argument(
+        "--view",
+        choices=("squash", "center-crop"),
+        default="squash",
+        help="what the teacher sees: the whole image squashed to img_size, or timm's eval centre crop "
+        "(TokenLabeling: center-crop)",
+    )
+    p.add_argument(
+        "--crop-pct",
+        type=float,
+        default=1.0,
+        help="center-crop only, tlt/timm meaning: short side resized to img_size / crop_pct, centre "
+        "img_size crop (TokenLabeling: 1.0)",
+    )
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=min(8, len(os.sched_getaffinity(0))))

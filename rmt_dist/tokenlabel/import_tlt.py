@@ -80,7 +80,9 @@ def _load(path: str):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def read_label_file(path: str, topk: int, map_hw: tuple[int, int], num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def read_label_file(
+    path: str, topk: int, map_hw: tuple[int, int], num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
     """One published file -> (scores float16 [H, W, k], indices int16 [H, W, k]); ValueError says why not."""
     import torch
 
@@ -89,7 +91,9 @@ def read_label_file(path: str, topk: int, map_hw: tuple[int, int], num_classes: 
     except FileNotFoundError:
         raise ValueError("missing") from None
     except Exception as e:  # truncated zip, not a torch file, pickle with other objects ...
-        raise ValueError(f"unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})") from None
+        raise ValueError(
+            f"unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
+        ) from None
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"wrong type: holds a {type(t).__name__}, expected a tensor")
     want = (2, topk, *map_hw)
@@ -104,11 +108,12 @@ def read_label_file(path: str, topk: int, map_hw: tuple[int, int], num_classes: 
     if bad.any():
         v = float(idx[bad][0])
         raise ValueError(f"bad class index: {v:g} is not an integer in 0..{num_classes - 1}")
-    return (t[0].permute(1, 2, 0).to(torch.float16).numpy(),
-            idx.permute(1, 2, 0).to(torch.int16).numpy())
+    return (t[0].permute(1, 2, 0).to(torch.float16).numpy(), idx.permute(1, 2, 0).to(torch.int16).numpy())
 
 
-def fallback_map(label: int, topk: int, map_hw: tuple[int, int], num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def fallback_map(
+    label: int, topk: int, map_hw: tuple[int, int], num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The ground truth as a map: distinct indices (label first), logit 30 for the label, 0 for the rest."""
     scores = np.zeros((*map_hw, topk), np.float16)
     scores[..., 0] = FALLBACK_LOGIT
@@ -143,8 +148,14 @@ def import_chunk(job: dict) -> dict:
         store = Path(job["store"])
         out = _part(store, job["chunk"], fallback=bool(problems))
         with atomic_path(out, suffix=".npz") as tmp:  # a part exists only when complete
-            np.savez(tmp, rows=rows, scores=scores, indices=indices, agree=np.asarray(agree),
-                     problems=np.asarray([f"{r}\t{f}\t{why}" for r, f, why in problems], dtype=str))
+            np.savez(
+                tmp,
+                rows=rows,
+                scores=scores,
+                indices=indices,
+                agree=np.asarray(agree),
+                problems=np.asarray([f"{r}\t{f}\t{why}" for r, f, why in problems], dtype=str),
+            )
     return {"chunk": job["chunk"], "n": len(rows), "problems": problems, "agree": agree}
 
 
@@ -180,20 +191,28 @@ def _probe(files: list[str], topk: int, num_classes: int) -> tuple[int, int]:
             t = _load(f)
             shapes[tuple(t.shape)] += 1
         except Exception as e:
-            first_error = first_error or f"{f}: {'missing' if isinstance(e, FileNotFoundError) else type(e).__name__}"
+            first_error = (
+                first_error or f"{f}: {'missing' if isinstance(e, FileNotFoundError) else type(e).__name__}"
+            )
     if not shapes:
-        raise TokenLabelStoreError(f"none of the first {min(PROBE_FILES, len(files))} label files is readable "
-                                   f"(first: {first_error}); check LABEL_ROOT (it holds <class dir>/<image>.pt)")
+        raise TokenLabelStoreError(
+            f"none of the first {min(PROBE_FILES, len(files))} label files is readable "
+            f"(first: {first_error}); check LABEL_ROOT (it holds <class dir>/<image>.pt)"
+        )
     shape = shapes.most_common(1)[0][0]
     if len(shape) != 4 or shape[0] != 2 or shape[1] != topk:
-        raise TokenLabelStoreError(f"label files have shape {list(shape)} (first: {files[0]}), expected "
-                                   f"[2, {topk}, H, W] (TokenLabeling's format); pass --topk {shape[1] if len(shape) == 4 else 'K'} "
-                                   f"if they hold another k")
+        raise TokenLabelStoreError(
+            f"label files have shape {list(shape)} (first: {files[0]}), expected "
+            f"[2, {topk}, H, W] (TokenLabeling's format); pass --topk {shape[1] if len(shape) == 4 else 'K'} "
+            f"if they hold another k"
+        )
     return int(shape[2]), int(shape[3])
 
 
 def _write_problems(path: Path, problems: list[tuple[int, str, str]]) -> None:
-    atomic_write(path, "sample\tfile\treason\n" + "".join(f"{r}\t{f}\t{why}\n" for r, f, why in sorted(problems)))
+    atomic_write(
+        path, "sample\tfile\treason\n" + "".join(f"{r}\t{f}\t{why}\n" for r, f, why in sorted(problems))
+    )
 
 
 def _report(problems: list[tuple[int, str, str]], total: int) -> str:
@@ -228,13 +247,16 @@ def _consolidate(store: Path, meta: StoreMeta, num_chunks: int, min_agreement: f
             fallback += [tuple(line.split("\t")) for line in z["problems"].tolist()]
     if not seen.all():
         missing = np.flatnonzero(~seen)
-        raise TokenLabelStoreError(f"{len(missing)} sample indices have no labels (first: {missing[:5].tolist()})")
+        raise TokenLabelStoreError(
+            f"{len(missing)} sample indices have no labels (first: {missing[:5].tolist()})"
+        )
     share = agree / max(meta.num_samples - len(fallback), 1)
     if share < min_agreement:  # before publishing anything: a wrong class order must not train
         raise TokenLabelStoreError(
             f"only {share * 100:.1f}% of images have their beton label as the maps' most frequent top-1 class "
             f"(--min-agreement {min_agreement}): the maps' class indices do not follow this beton's class "
-            f"order (ImageNet: sorted synset folders) or belong to other images; check LABEL_ROOT and BETON")
+            f"order (ImageNet: sorted synset folders) or belong to other images; check LABEL_ROOT and BETON"
+        )
     scores.flush()
     indices.flush()
     del scores, indices
@@ -251,8 +273,10 @@ def _consolidate(store: Path, meta: StoreMeta, num_chunks: int, min_agreement: f
 def import_tlt(args: argparse.Namespace) -> StoreMeta:
     label_root, beton, store = Path(args.label_root), Path(args.beton), Path(args.store)
     if not label_root.is_dir():
-        raise TokenLabelStoreError(f"LABEL_ROOT {str(label_root)!r} is not a folder (expected "
-                                   f"LABEL_ROOT/<class dir>/<image>.pt, e.g. label_top5_train_nfnet)")
+        raise TokenLabelStoreError(
+            f"LABEL_ROOT {str(label_root)!r} is not a folder (expected "
+            f"LABEL_ROOT/<class dir>/<image>.pt, e.g. label_top5_train_nfnet)"
+        )
     try:
         view = TeacherView("center_crop", args.crop_pct).to_dict()
     except TeacherViewError as e:
@@ -263,17 +287,27 @@ def import_tlt(args: argparse.Namespace) -> StoreMeta:
     names = [tlt_label_path(p) for p in rel]
     dup = [n for n, m in Counter(names).items() if m > 1]
     if dup:
-        raise TokenLabelStoreError(f"{len(dup)} label files would be shared by several images under tlt's naming "
-                                   f"rule (first: {dup[0]}); such a beton cannot be matched to TokenLabeling maps")
+        raise TokenLabelStoreError(
+            f"{len(dup)} label files would be shared by several images under tlt's naming "
+            f"rule (first: {dup[0]}); such a beton cannot be matched to TokenLabeling maps"
+        )
     files = [str(label_root / n) for n in names]
     map_hw = _probe(files, args.topk, num_classes)
     from ..data import beton_fingerprint
 
     meta = StoreMeta(
-        teacher=args.teacher, teacher_checkpoint=None, img_size=args.teacher_size, topk=args.topk,
-        map_h=map_hw[0], map_w=map_hw[1], num_classes=num_classes, beton=str(beton),
-        beton_fingerprint=beton_fingerprint(beton), num_samples=num_samples,
-        view=view, source=f"tlt:{label_root.resolve()}",
+        teacher=args.teacher,
+        teacher_checkpoint=None,
+        img_size=args.teacher_size,
+        topk=args.topk,
+        map_h=map_hw[0],
+        map_w=map_hw[1],
+        num_classes=num_classes,
+        beton=str(beton),
+        beton_fingerprint=beton_fingerprint(beton),
+        num_samples=num_samples,
+        view=view,
+        source=f"tlt:{label_root.resolve()}",
     )
     if (store / "meta.json").is_file():
         old = StoreMeta.read(store)
@@ -281,11 +315,14 @@ def import_tlt(args: argparse.Namespace) -> StoreMeta:
             if not args.overwrite:
                 raise TokenLabelStoreError(
                     f"{str(store)!r} holds a store made from other inputs or settings (source {old.source or old.teacher}, "
-                    f"topk {old.topk}, map {old.map_h}x{old.map_w}, beton {old.beton}); pass --overwrite to replace it")
+                    f"topk {old.topk}, map {old.map_h}x{old.map_w}, beton {old.beton}); pass --overwrite to replace it"
+                )
             shutil.rmtree(store)
         elif old.complete:
-            print(f"token-label store {store} is already complete ({old.num_samples} samples, "
-                  f"{old.fallback_samples} on ground-truth fallback)")
+            print(
+                f"token-label store {store} is already complete ({old.num_samples} samples, "
+                f"{old.fallback_samples} on ground-truth fallback)"
+            )
             return old
     if not (store / "meta.json").is_file():
         meta.write(store)
@@ -297,18 +334,31 @@ def import_tlt(args: argparse.Namespace) -> StoreMeta:
     chunk = args.chunk_size
     num_chunks = -(-num_samples // chunk)
     todo = [c for c in range(num_chunks) if not _done(store, c)]
-    jobs = ({"chunk": c, "rows": np.arange(c * chunk, min((c + 1) * chunk, num_samples)),
-             "files": files[c * chunk:(c + 1) * chunk], "labels": labels[c * chunk:(c + 1) * chunk],
-             "topk": args.topk, "map_hw": map_hw, "num_classes": num_classes, "store": str(store),
-             "allow_missing": args.allow_missing} for c in todo)
+    jobs = (
+        {
+            "chunk": c,
+            "rows": np.arange(c * chunk, min((c + 1) * chunk, num_samples)),
+            "files": files[c * chunk : (c + 1) * chunk],
+            "labels": labels[c * chunk : (c + 1) * chunk],
+            "topk": args.topk,
+            "map_hw": map_hw,
+            "num_classes": num_classes,
+            "store": str(store),
+            "allow_missing": args.allow_missing,
+        }
+        for c in todo
+    )
     from tqdm import tqdm
 
     n_todo = sum(min(chunk, num_samples - c * chunk) for c in todo)
-    print(f"import: {num_samples} samples, {num_chunks} chunks ({num_chunks - len(todo)} done), maps "
-          f"{map_hw[0]}x{map_hw[1]} top-{args.topk} from {label_root}, {args.workers} worker(s)")
+    print(
+        f"import: {num_samples} samples, {num_chunks} chunks ({num_chunks - len(todo)} done), maps "
+        f"{map_hw[0]}x{map_hw[1]} top-{args.topk} from {label_root}, {args.workers} worker(s)"
+    )
     problems: list[tuple[int, str, str]] = []
     t0 = time.time()
     with tqdm(total=n_todo, unit="file", desc="import", dynamic_ncols=True) as bar:
+
         def done(r: dict) -> None:
             problems.extend(r["problems"])
             bar.update(r["n"])
@@ -319,8 +369,9 @@ def import_tlt(args: argparse.Namespace) -> StoreMeta:
             for job in jobs:
                 done(import_chunk(job))
         else:
-            with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("fork"),
-                                     initializer=_init_worker) as pool:
+            with ProcessPoolExecutor(
+                args.workers, mp_context=mp.get_context("fork"), initializer=_init_worker
+            ) as pool:
                 pending = set()
                 for job in jobs:  # keep 2 jobs per worker queued, not all (each carries its file list)
                     pending.add(pool.submit(import_chunk, job))
@@ -340,40 +391,77 @@ def import_tlt(args: argparse.Namespace) -> StoreMeta:
         raise TokenLabelStoreError(
             f"{len(problems)} of {num_samples} label files unusable ({summary}); first: {bad_file}: {why} (sample {r}); "
             f"all listed in {store / 'problems.tsv'}; fix or restore those files and re-run (finished chunks are "
-            f"kept), or pass --allow-missing to train those samples on their ground-truth class")
+            f"kept), or pass --allow-missing to train those samples on their ground-truth class"
+        )
     if problems:
         _report(problems, num_samples)
     share, fallback = _consolidate(store, meta, num_chunks, args.min_agreement)
-    print(f"token-label store {store}: {num_samples} samples complete, {fallback} on ground-truth fallback; "
-          f"maps' top-1 class = beton label for {share * 100:.2f}% of images")
+    print(
+        f"token-label store {store}: {num_samples} samples complete, {fallback} on ground-truth fallback; "
+        f"maps' top-1 class = beton label for {share * 100:.2f}% of images"
+    )
     return StoreMeta.read(store)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m rmt_dist.tokenlabel.import_tlt", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("label_root", help="TokenLabeling label folder, e.g. label_top5_train_nfnet (<class dir>/<image>.pt)")
-    p.add_argument("beton", help="training .beton made by rmt_dist.data.convert from the same ImageNet train folder")
+    p = argparse.ArgumentParser(
+        prog="python -m rmt_dist.tokenlabel.import_tlt",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "label_root", help="TokenLabeling label folder, e.g. label_top5_train_nfnet (<class dir>/<image>.pt)"
+    )
+    p.add_argument(
+        "beton", help="training .beton made by rmt_dist.data.convert from the same ImageNet train folder"
+    )
     p.add_argument("store", help="output store directory, e.g. train.tokenlabel")
-    p.add_argument("--paths", default=None,
-                   help="source paths list for a beton converted before paths were recorded (one <class dir>/<file> "
-                        "per sample, in beton order); default: BETON.paths.txt")
+    p.add_argument(
+        "--paths",
+        default=None,
+        help="source paths list for a beton converted before paths were recorded (one <class dir>/<file> "
+        "per sample, in beton order); default: BETON.paths.txt",
+    )
     p.add_argument("--topk", type=int, default=5, help="k of the files (published: 5)")
-    p.add_argument("--teacher", default="dm_nfnet_f6", help="recorded in the store's meta (published: dm_nfnet_f6)")
-    p.add_argument("--teacher-size", type=int, default=576, help="teacher input side the maps were made at (published: 576)")
-    p.add_argument("--crop-pct", type=float, default=1.0,
-                   help="tlt's --crop-pct of the maps: the view is the centred square of crop_pct x short side "
-                        "(published: 1.0)")
-    p.add_argument("--allow-missing", action="store_true",
-                   help="import even if some files are missing or unusable: those samples get their ground-truth "
-                        "class as the map (listed in STORE/fallback.tsv, counted in meta.json)")
-    p.add_argument("--min-agreement", type=float, default=0.5,
-                   help="least share of images whose maps' most frequent top-1 class is their beton label "
-                        "(NFNet-F6 on ImageNet train: ~0.9; catches a different class order)")
-    p.add_argument("--workers", type=int, default=min(16, len(os.sched_getaffinity(0))),
-                   help="reader processes (a network file system wants many)")
+    p.add_argument(
+        "--teacher", default="dm_nfnet_f6", help="recorded in the store's meta (published: dm_nfnet_f6)"
+    )
+    p.add_argument(
+        "--teacher-size",
+        type=int,
+        default=576,
+        help="teacher input side the maps were made at (published: 576)",
+    )
+    p.add_argument(
+        "--crop-pct",
+        type=float,
+        default=1.0,
+        help="tlt's --crop-pct of the maps: the view is the centred square of crop_pct x short side "
+        "(published: 1.0)",
+    )
+    p.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="import even if some files are missing or unusable: those samples get their ground-truth "
+        "class as the map (listed in STORE/fallback.tsv, counted in meta.json)",
+    )
+    p.add_argument(
+        "--min-agreement",
+        type=float,
+        default=0.5,
+        help="least share of images whose maps' most frequent top-1 class is their beton label "
+        "(NFNet-F6 on ImageNet train: ~0.9; catches a different class order)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(16, len(os.sched_getaffinity(0))),
+        help="reader processes (a network file system wants many)",
+    )
     p.add_argument("--chunk-size", type=int, default=4096, help="samples per resumable unit")
-    p.add_argument("--overwrite", action="store_true", help="replace a store made from other inputs or settings")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a store made from other inputs or settings"
+    )
     return p.parse_args(argv)
 
 

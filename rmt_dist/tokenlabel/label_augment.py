@@ -56,8 +56,16 @@ from ..data.randaugment import NO_OP, ROTATE, TRANSLATE_X, TRANSLATE_Y, affine_m
 Convention = Literal["centre", "tlt"]
 
 
-def label_matrix(op: int, arg: float, img_w: float, img_h: float, rect: np.ndarray, map_w: int, map_h: int,
-                 convention: Convention = "centre") -> tuple[float, ...] | None:
+def label_matrix(
+    op: int,
+    arg: float,
+    img_w: float,
+    img_h: float,
+    rect: np.ndarray,
+    map_w: int,
+    map_h: int,
+    convention: Convention = "centre",
+) -> tuple[float, ...] | None:
     """The op's inverse map in map-cell index coordinates: output cell (col, row) samples the
     input map at (L00 col + L01 row + tx, L10 col + L11 row + ty); None for colour ops.
     `rect` (x0, y0, x1, y1): the region of the image the map covers, in image fractions."""
@@ -90,8 +98,15 @@ def label_matrix(op: int, arg: float, img_w: float, img_h: float, rect: np.ndarr
     return l00, l01, tx, l10, l11, ty
 
 
-def _resample(scores: np.ndarray, indices: np.ndarray, m: tuple[float, ...], img_w: float, img_h: float,
-              rect: np.ndarray, convention: Convention) -> tuple[np.ndarray, np.ndarray]:
+def _resample(
+    scores: np.ndarray,
+    indices: np.ndarray,
+    m: tuple[float, ...],
+    img_w: float,
+    img_h: float,
+    rect: np.ndarray,
+    convention: Convention,
+) -> tuple[np.ndarray, np.ndarray]:
     """One map (H, W, k) resampled at the nearest cell of each output cell's source."""
     h, w, _ = scores.shape
     l00, l01, tx, l10, l11, ty = m
@@ -111,9 +126,17 @@ def _resample(scores: np.ndarray, indices: np.ndarray, m: tuple[float, ...], img
     return out_scores, indices[ri, ci]
 
 
-def augment_maps(scores: np.ndarray, indices: np.ndarray, flips: np.ndarray, ops: np.ndarray | None,
-                 args: np.ndarray | None, heights: np.ndarray, widths: np.ndarray, rects: np.ndarray,
-                 convention: Convention = "centre") -> tuple[np.ndarray, np.ndarray]:
+def augment_maps(
+    scores: np.ndarray,
+    indices: np.ndarray,
+    flips: np.ndarray,
+    ops: np.ndarray | None,
+    args: np.ndarray | None,
+    heights: np.ndarray,
+    widths: np.ndarray,
+    rects: np.ndarray,
+    convention: Convention = "centre",
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k maps [B, H, W, k] (scores, indices) after each image's flip and RandAugment
     geometric ops (ops/args [B, layers] as sampled by the loader; None: no RandAugment).
     heights/widths: the stored images' sizes; rects [B, 4]: the region each map covers
@@ -136,8 +159,11 @@ def augment_maps(scores: np.ndarray, indices: np.ndarray, flips: np.ndarray, ops
             op = int(ops[k, layer])
             if op == NO_OP:
                 continue
-            m = label_matrix(op, float(args[k, layer]), float(widths[k]), float(heights[k]), rects[k], w, h, convention)
+            m = label_matrix(
+                op, float(args[k, layer]), float(widths[k]), float(heights[k]), rects[k], w, h, convention
+            )
             if m is not None:
-                scores[k], indices[k] = _resample(scores[k], indices[k], m, float(widths[k]), float(heights[k]),
-                                                  rects[k], convention)
+                scores[k], indices[k] = _resample(
+                    scores[k], indices[k], m, float(widths[k]), float(heights[k]), rects[k], convention
+                )
     return scores, indices

@@ -34,7 +34,9 @@ class TokenLabelTrainLoader:
     def __init__(self, base: Any, cfg: Config, device: torch.device | str = "cpu"):
         tl = cfg.tokenlabel
         if tl.store is None:
-            raise TokenLabelStoreError("tokenlabel.store is not set; make a store with python -m rmt_dist.tokenlabel.generate")
+            raise TokenLabelStoreError(
+                "tokenlabel.store is not set; make a store with python -m rmt_dist.tokenlabel.generate"
+            )
         grid = cfg.data.img_size // MODEL_STRIDE
         if tl.size != grid:
             raise TokenLabelStoreError(
@@ -64,28 +66,50 @@ class TokenLabelTrainLoader:
         rects = self.view.rect(hw[:, 0].numpy(), hw[:, 1].numpy())
         if meta.get("augment_order") == "tlt":  # flip and RandAugment first, then the crop
             ra_ops, ra_args = meta.get("ra_ops"), meta.get("ra_args")
-            scores, indices = augment_maps(scores, indices, flips.numpy(),
-                                           None if ra_ops is None else ra_ops.numpy(),
-                                           None if ra_args is None else ra_args.numpy(),
-                                           hw[:, 0].numpy(), hw[:, 1].numpy(), rects)
+            scores, indices = augment_maps(
+                scores,
+                indices,
+                flips.numpy(),
+                None if ra_ops is None else ra_ops.numpy(),
+                None if ra_args is None else ra_args.numpy(),
+                hw[:, 0].numpy(),
+                hw[:, 1].numpy(),
+                rects,
+            )
             flips = torch.zeros_like(flips)
         boxes = meta["boxes"].double()  # (top, left, height, width) in stored-image pixels
-        frac = torch.stack([boxes[:, 1] / hw[:, 1], boxes[:, 0] / hw[:, 0],
-                            (boxes[:, 1] + boxes[:, 3]) / hw[:, 1], (boxes[:, 0] + boxes[:, 2]) / hw[:, 0]], 1)
+        frac = torch.stack(
+            [
+                boxes[:, 1] / hw[:, 1],
+                boxes[:, 0] / hw[:, 0],
+                (boxes[:, 1] + boxes[:, 3]) / hw[:, 1],
+                (boxes[:, 0] + boxes[:, 2]) / hw[:, 0],
+            ],
+            1,
+        )
         # Source-image fractions -> fractions of the region the teacher saw (identity for squash).
         frac = torch.from_numpy(to_map_coords(frac.numpy(), rects))
         cls, dense = crop_aligned_targets(
-            torch.from_numpy(scores).to(self.device), torch.from_numpy(indices).to(self.device), frac.float(),
-            flips, self.num_classes, self.size, self.smoothing,
+            torch.from_numpy(scores).to(self.device),
+            torch.from_numpy(indices).to(self.device),
+            frac.float(),
+            flips,
+            self.num_classes,
+            self.size,
+            self.smoothing,
         )
         if self.ground_truth:
             cls = mix_ground_truth(cls, meta["labels"].to(self.device), self.smoothing)
         return cls, dense
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]]:
+    def epoch(
+        self, epoch: int, start_step: int = 0
+    ) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]]:
         for images, _soft, meta in self.base.epoch(epoch, start_step, with_meta=True):
             if meta.get("mix_box") is not None or float(meta.get("mix_lam", 1.0) or 1.0) != 1.0:
-                raise TokenLabelStoreError("mixup/cutmix must be off with token labeling (set data.mixup=0 data.cutmix=0)")
+                raise TokenLabelStoreError(
+                    "mixup/cutmix must be off with token labeling (set data.mixup=0 data.cutmix=0)"
+                )
             yield images, self.targets(meta)
 
     def __getattr__(self, name: str) -> Any:  # everything else (indices, ...) is the base loader's

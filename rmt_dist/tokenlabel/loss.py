@@ -28,7 +28,9 @@ class TokenLabelLoss(nn.Module):
     def __init__(self, cls_weight: float = 1.0, dense_weight: float = 0.5):
         super().__init__()
         if cls_weight + dense_weight <= 0:
-            raise ValueError(f"tokenlabel.cls_weight + dense_weight must be > 0, got {cls_weight} + {dense_weight}")
+            raise ValueError(
+                f"tokenlabel.cls_weight + dense_weight must be > 0, got {cls_weight} + {dense_weight}"
+            )
         self.cls_weight = cls_weight
         self.dense_weight = dense_weight
 
@@ -38,7 +40,7 @@ class TokenLabelLoss(nn.Module):
         if dense_target.shape != (b, n, c):
             raise ValueError(
                 f"dense target shape {tuple(dense_target.shape)} does not match the model's token output "
-                f"{(b, n, c)}: tokenlabel.size must equal the model's final grid side ({int(n ** 0.5)} here)"
+                f"{(b, n, c)}: tokenlabel.size must equal the model's final grid side ({int(n**0.5)} here)"
             )
         lam = mixtoken_lam(box, n)
         if lam < 1.0:
@@ -54,7 +56,9 @@ def build_token_label_criterion(cfg):
 
     def criterion(output, targets):
         if not isinstance(output, tuple):
-            raise ValueError("token labeling needs a token-label model in train mode (model.token_label=true)")
+            raise ValueError(
+                "token labeling needs a token-label model in train mode (model.token_label=true)"
+            )
         cls_target, dense_target = targets
         return loss(output, cls_target, dense_target)
 

@@ -90,8 +90,13 @@ def generation_key(meta: StoreMeta) -> dict:
 class TokenLabelStore:
     """Read-only view of a complete store, checked against the beton it is used with."""
 
-    def __init__(self, path: str | os.PathLike, *, beton: str | os.PathLike | None = None,
-                 num_classes: int | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        beton: str | os.PathLike | None = None,
+        num_classes: int | None = None,
+    ):
         self.path = Path(path)
         self.meta = StoreMeta.read(self.path)
         if not self.meta.complete:
@@ -120,8 +125,11 @@ class TokenLabelStore:
 
             logging.getLogger(__name__).warning(
                 "token-label store %s: %d samples had no usable label file (imported with --allow-missing) "
-                "and train on their ground-truth class; listed in %s", self.path, self.meta.fallback_samples,
-                self.path / "fallback.tsv")
+                "and train on their ground-truth class; listed in %s",
+                self.path,
+                self.meta.fallback_samples,
+                self.path / "fallback.tsv",
+            )
         self.scores = np.load(self.path / "scores.npy", mmap_mode="r")
         self.indices = np.load(self.path / "indices.npy", mmap_mode="r")
         expected = (self.meta.num_samples, self.meta.map_h, self.meta.map_w, self.meta.topk)

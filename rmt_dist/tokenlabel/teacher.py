@@ -10,8 +10,9 @@ from torch import nn
 from .store import TokenLabelStoreError
 
 
-def build_teacher(name: str, checkpoint: str | None, num_classes: int, *, ema: bool = False,
-                  pretrained: bool = False) -> nn.Module:
+def build_teacher(
+    name: str, checkpoint: str | None, num_classes: int, *, ema: bool = False, pretrained: bool = False
+) -> nn.Module:
     from ..models.factory import create_model
     from ..models.weights import WeightsError, load_into
 
@@ -50,14 +51,16 @@ def per_location_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         b, h, w, _ = feats.shape
         return model.forward_aux(feats).reshape(b, h, w, -1)
     if feats.ndim == 3:  # (B, N, C) tokens, maybe with prefix tokens: the head takes (B', 1, C)
-        feats = feats[:, getattr(model, "num_prefix_tokens", 0):]
+        feats = feats[:, getattr(model, "num_prefix_tokens", 0) :]
         b, n, c = feats.shape
-        side = int(round(n ** 0.5))
+        side = int(round(n**0.5))
         if side * side != n:
             raise TokenLabelStoreError(f"teacher tokens ({n}) do not form a square grid")
         return timm_model.forward_head(feats.reshape(b * n, 1, c)).reshape(b, side, side, -1)
     if feats.ndim != 4:
-        raise TokenLabelStoreError(f"teacher forward_features returned shape {tuple(feats.shape)}; expected a map")
+        raise TokenLabelStoreError(
+            f"teacher forward_features returned shape {tuple(feats.shape)}; expected a map"
+        )
     nhwc = feats if nhwc_head else feats.permute(0, 2, 3, 1)
     b, h, w, c = nhwc.shape
     one_by_one = nhwc.reshape(b * h * w, 1, 1, c)

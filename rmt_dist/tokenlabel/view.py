@@ -45,7 +45,9 @@ class TeacherView:
             raise TeacherViewError(f"teacher view crop_pct={self.crop_pct} must be in (0, 1]")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind} if self.kind == "squash" else {"kind": self.kind, "crop_pct": self.crop_pct}
+        return (
+            {"kind": self.kind} if self.kind == "squash" else {"kind": self.kind, "crop_pct": self.crop_pct}
+        )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> TeacherView:
@@ -80,5 +82,12 @@ def to_map_coords(boxes: np.ndarray, rects: np.ndarray) -> np.ndarray:
     rects = np.asarray(rects, dtype=np.float64)
     x0, y0, x1, y1 = (rects[..., i] for i in range(4))
     sx, sy = x1 - x0, y1 - y0
-    return np.stack([(boxes[..., 0] - x0) / sx, (boxes[..., 1] - y0) / sy,
-                     (boxes[..., 2] - x0) / sx, (boxes[..., 3] - y0) / sy], axis=-1)
+    return np.stack(
+        [
+            (boxes[..., 0] - x0) / sx,
+            (boxes[..., 1] - y0) / sy,
+            (boxes[..., 2] - x0) / sx,
+            (boxes[..., 3] - y0) / sy,
+        ],
+        axis=-1,
+    )

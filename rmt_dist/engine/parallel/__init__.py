@@ -28,9 +28,13 @@ def parallelize(model: nn.Module, cfg: DerivedConfig, info: DistInfo) -> Strateg
     """The one place where a single-device model becomes a distributed one."""
     from .prepare import prepare_model
 
-    model = prepare_model(model, info.device, channels_last=cfg.model.channels_last,
-                          grad_checkpointing=cfg.model.grad_checkpointing,
-                          compile="blocks" if cfg.model.compile else "none")
+    model = prepare_model(
+        model,
+        info.device,
+        channels_last=cfg.model.channels_last,
+        grad_checkpointing=cfg.model.grad_checkpointing,
+        compile="blocks" if cfg.model.compile else "none",
+    )
     if cfg.strategy.name == "deepspeed":
         from .deepspeed_zero import DeepSpeedStrategy
 

@@ -52,8 +52,9 @@ class DeepSpeedStrategy:
         self.ds_config = deepspeed_config(cfg, info.world_size)
         _forget_stale_deepspeed_groups()
         optimizer = build_optimizer(model, cfg)
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                                                 config=self.ds_config, dist_init_required=False)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=self.ds_config, dist_init_required=False
+        )
         self.module = self.engine.module
         self.scaler = None
 
@@ -81,8 +82,10 @@ class DeepSpeedStrategy:
         return StepOutcome(out.grad_norm, applied=out.applied, overflow=False)
 
     def cannot_skip_hint(self) -> str:
-        return (f"under ZeRO stage {self.stage} and {self.cfg.precision}, which DeepSpeed cannot skip; the last good "
-                "checkpoint is intact (use accum_steps=1 or ZeRO stage 1/2)")
+        return (
+            f"under ZeRO stage {self.stage} and {self.cfg.precision}, which DeepSpeed cannot skip; the last good "
+            "checkpoint is intact (use accum_steps=1 or ZeRO stage 1/2)"
+        )
 
     def checkpoint_identity(self) -> dict:
         return {"strategy": "deepspeed", "zero_stage": self.stage}
@@ -110,8 +113,11 @@ class DeepSpeedStrategy:
         """Partitions are swapped in place; ZeRO-3's persistent (small) parameters are held
         whole and never re-gathered from their partitions, so they get the full EMA too."""
         with ema.swapped_in(self.ema_sources()):
-            persistent = {n: p for n, p in self.module.named_parameters()
-                          if self.stage == 3 and getattr(p, "ds_persist", False)}
+            persistent = {
+                n: p
+                for n, p in self.module.named_parameters()
+                if self.stage == 3 and getattr(p, "ds_persist", False)
+            }
             full = self._gather_partitions({n: ema.state[n] for n in persistent})
             backup = {n: p.data.clone() for n, p in persistent.items()}
             with torch.no_grad():
@@ -134,7 +140,9 @@ class DeepSpeedStrategy:
         return out
 
     def params_finite(self) -> bool:
-        return all(bool(torch.isfinite(t).all()) for t in self.ema_sources().values() if t.is_floating_point())
+        return all(
+            bool(torch.isfinite(t).all()) for t in self.ema_sources().values() if t.is_floating_point()
+        )
 
     def save(self, path: Path, ema: dict | None) -> None:
         self.engine.save_checkpoint(str(path), tag="ds", save_latest=False)
@@ -148,15 +156,17 @@ class DeepSpeedStrategy:
     def load(self, path: Path, ema: dict | None) -> None:
         saved_world = len(list((path / "ds").glob("*zero_pp_rank_*_optim_states.pt")))
         if saved_world in (0, self.info.world_size):
-            load_path, _ = self.engine.load_checkpoint(str(path), tag="ds", load_optimizer_states=True,
-                                                       load_lr_scheduler_states=False)
+            load_path, _ = self.engine.load_checkpoint(
+                str(path), tag="ds", load_optimizer_states=True, load_lr_scheduler_states=False
+            )
         else:
             # ZeRO partitions depend on the world size: go through DeepSpeed's universal format.
             tag = self._to_universal(path)
             self.engine._config.load_universal_checkpoint = True  # read by load_checkpoint only
             try:
-                load_path, _ = self.engine.load_checkpoint(str(path), tag=tag, load_optimizer_states=True,
-                                                           load_lr_scheduler_states=False)
+                load_path, _ = self.engine.load_checkpoint(
+                    str(path), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False
+                )
             finally:
                 self.engine._config.load_universal_checkpoint = False
             self._load_buffers(path)
@@ -183,9 +193,15 @@ class DeepSpeedStrategy:
         if self.info.is_main and not out.is_dir():
             tmp = path / ".ds_universal.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            args = SimpleNamespace(input_folder=str(path / "ds"), output_folder=str(tmp), num_extract_workers=1,
-                                   num_merge_workers=1, keep_temp_folder=False, strict=True,
-                                   inject_missing_state=True)
+            args = SimpleNamespace(
+                input_folder=str(path / "ds"),
+                output_folder=str(tmp),
+                num_extract_workers=1,
+                num_merge_workers=1,
+                keep_temp_folder=False,
+                strict=True,
+                inject_missing_state=True,
+            )
             try:
                 with contextlib.redirect_stdout(io.StringIO()):  # its progress prints
                     ds_to_universal.main(args)
@@ -202,8 +218,9 @@ class DeepSpeedStrategy:
     def _load_buffers(self, path: Path) -> None:
         """A universal load restores parameters only: take the buffers (BatchNorm statistics,
         the same on every rank) from the saved module state."""
-        saved = torch.load(sorted((path / "ds").glob("*model_states.pt"))[0], map_location="cpu",
-                           weights_only=False)["module"]
+        saved = torch.load(
+            sorted((path / "ds").glob("*model_states.pt"))[0], map_location="cpu", weights_only=False
+        )["module"]
         with torch.no_grad():
             for name, b in self.module.named_buffers():
                 if name in saved:
@@ -216,7 +233,9 @@ class DeepSpeedStrategy:
             return torch.load(path / "ema.pt", map_location="cpu", weights_only=True)
         files = sorted(path.glob("ema_rank_*.pt"))
         if len(files) == self.info.world_size:
-            return torch.load(path / f"ema_rank_{self.info.rank:05d}.pt", map_location="cpu", weights_only=True)
+            return torch.load(
+                path / f"ema_rank_{self.info.rank:05d}.pt", map_location="cpu", weights_only=True
+            )
         parts = [torch.load(f, map_location="cpu", weights_only=True) for f in files]
         params = dict(self.module.named_parameters())
         out = {}

@@ -32,8 +32,13 @@ def shard_units(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
         return list(model.blocks()), list(model.stages())
     blocks = [m for m in model.modules() if type(m).__name__.endswith("Block") and m is not model]
     block_ids = {id(b) for b in blocks}
-    stages = [m for m in model.modules() if m is not model and type(m).__name__.endswith(("Layer", "Stage"))
-              and any(id(c) in block_ids for c in m.modules())]
+    stages = [
+        m
+        for m in model.modules()
+        if m is not model
+        and type(m).__name__.endswith(("Layer", "Stage"))
+        and any(id(c) in block_ids for c in m.modules())
+    ]
     return blocks, stages
 
 
@@ -63,8 +68,15 @@ def share_block_graphs(blocks: list[nn.Module]) -> None:
         block.drop_path = StochasticDepth(getattr(block.drop_path, "drop_prob", 0.0))
 
 
-def prepare_model(model: nn.Module, device: torch.device | str, *, channels_last: bool = False,
-                  grad_checkpointing: bool = False, compile: str = "none", backend="inductor") -> nn.Module:
+def prepare_model(
+    model: nn.Module,
+    device: torch.device | str,
+    *,
+    channels_last: bool = False,
+    grad_checkpointing: bool = False,
+    compile: str = "none",
+    backend="inductor",
+) -> nn.Module:
     """Prepare `model` in place; returns the module to call (the compiled wrapper for
     compile="model", else `model` itself)."""
     if compile not in COMPILE_MODES:
@@ -74,7 +86,9 @@ def prepare_model(model: nn.Module, device: torch.device | str, *, channels_last
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to takes it; torch's overloads omit it
     if grad_checkpointing:
         if not hasattr(model, "set_grad_checkpointing"):
-            raise ValueError(f"model.grad_checkpointing=true but {type(model).__name__} has no set_grad_checkpointing()")
+            raise ValueError(
+                f"model.grad_checkpointing=true but {type(model).__name__} has no set_grad_checkpointing()"
+            )
         cast(Any, model).set_grad_checkpointing(True)  # the model's own method (hasattr above)
     if compile == "model":
         return cast(nn.Module, torch.compile(model, backend=backend))  # an OptimizedModule

@@ -80,10 +80,14 @@ def layout_mismatch(saved: dict, mine: dict) -> str | None:
     line with its fix, or None. Checkpoints do not convert between strategies or ZeRO stages."""
     name, stage = saved.get("strategy"), saved.get("zero_stage")
     if name and name != mine["strategy"]:
-        return (f"was saved with strategy.name={name} but this run has strategy.name={mine['strategy']}; "
-                f"relaunch with strategy.name={name} (checkpoints do not convert between strategies), or "
-                "pass run.dir=<new dir>")
+        return (
+            f"was saved with strategy.name={name} but this run has strategy.name={mine['strategy']}; "
+            f"relaunch with strategy.name={name} (checkpoints do not convert between strategies), or "
+            "pass run.dir=<new dir>"
+        )
     if name and stage is not None and mine.get("zero_stage") is not None and stage != mine["zero_stage"]:
-        return (f"was saved with strategy.zero_stage={stage} but this run has strategy.zero_stage="
-                f"{mine['zero_stage']}; relaunch with strategy.zero_stage={stage}, or pass run.dir=<new dir>")
+        return (
+            f"was saved with strategy.zero_stage={stage} but this run has strategy.zero_stage="
+            f"{mine['zero_stage']}; relaunch with strategy.zero_stage={stage}, or pass run.dir=<new dir>"
+        )
     return None

@@ -48,7 +48,7 @@ def sync_buffers(module: nn.Module) -> None:
     offset = 0
     with torch.no_grad():
         for b in bufs:
-            b.copy_(flat[offset: offset + b.numel()].view_as(b))
+            b.copy_(flat[offset : offset + b.numel()].view_as(b))
             offset += b.numel()
 
 
@@ -153,8 +153,10 @@ class TorchStrategy:
     def _dcp_state(self, ema: dict | None) -> dict:
         from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-        state = {"model": get_model_state_dict(self.wrapped),
-                 "optimizer": get_optimizer_state_dict(self.wrapped, self.optimizer)}
+        state = {
+            "model": get_model_state_dict(self.wrapped),
+            "optimizer": get_optimizer_state_dict(self.wrapped, self.optimizer),
+        }
         if ema is not None:
             state["ema"] = ema
         return state
@@ -188,8 +190,10 @@ class TorchStrategy:
 
         self.settle()
         if ema is not None:
-            return {n: (t.full_tensor() if hasattr(t, "full_tensor") else local(t)).detach().cpu().clone()
-                    for n, t in ema.items()}
+            return {
+                n: (t.full_tensor() if hasattr(t, "full_tensor") else local(t)).detach().cpu().clone()
+                for n, t in ema.items()
+            }
         sd = get_model_state_dict(self.wrapped, options=StateDictOptions(full_state_dict=True))
         # A model's state dict holds tensors only; ValueType also covers optimizer state.
         return {n: cpu_fp32(t) for n, t in sd.items()}  # type: ignore[arg-type]
