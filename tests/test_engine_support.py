@@ -1,4 +1,4 @@
-"""Helpers for the engine tests: 2-rank gloo groups by fork, small configs, and reading run
+"""Helpers for the engine tests: 2-rank gloo groups from a fork server, small configs, and reading run
 directories back. The tests at the end check that `run_ranks` cannot hide a failing rank:
 every 2-rank test relies on it to fail when a rank does."""
 
@@ -25,7 +25,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(rank: int, world: int, port: int, fn, args, errdir: str) -> None:
+def _entry(rank: int, world: int, port: int, fn, args, errdir: str, env: dict) -> None:
+    os.environ.update(env)  # the test's environment now, not the fork server's at its start
     os.environ.update(
         RANK=str(rank),
         WORLD_SIZE=str(world),
@@ -42,14 +43,25 @@ def _entry(rank: int, world: int, port: int, fn, args, errdir: str) -> None:
         raise
 
 
+# Ranks fork from a clean server process that imported these once, not from pytest's own
+# process: by the time the engine tests run, earlier tests have started autograd, inductor
+# and loader threads there, and a fork taken while one of them holds a lock deadlocks the
+# child (seen: a DeepSpeed rank stuck forever in an import) or fails in autograd.
+_SERVER_PRELOAD = ["torch", "rmt_dist.engine.run", "rmt_dist.models", "deepspeed"]
+
+
 def run_ranks(fn, world: int, *args, tmp: Path) -> None:
-    """Run fn(rank, world, *args) in `world` forked processes (imports are inherited, so no
-    per-process import cost); a failure re-raises with the rank's traceback."""
+    """Run fn(rank, world, *args) in `world` processes forked from the fork server (the heavy
+    imports are paid once per test session); a failure re-raises with the rank's traceback."""
     errdir = tmp / "errors"
     errdir.mkdir(parents=True, exist_ok=True)
+    mp.set_forkserver_preload(_SERVER_PRELOAD)  # read once, when the server first starts
     try:
         mp.start_processes(
-            _entry, args=(world, free_port(), fn, args, str(errdir)), nprocs=world, start_method="fork"
+            _entry,
+            args=(world, free_port(), fn, args, str(errdir), dict(os.environ)),
+            nprocs=world,
+            start_method="forkserver",
         )
     except Exception as e:
         details = "\n".join(p.read_text() for p in sorted(errdir.glob("*.err")))

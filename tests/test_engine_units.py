@@ -115,14 +115,19 @@ def test_train_state_round_trips_and_converts_a_world_size_change():
     same = TrainState(world_size=2, global_batch=128)
     same.load_state_dict(saved, steps_per_epoch=10)
     assert same == s
-    # Half the ranks, half the global batch: the same images seen = twice the steps (capped at the epoch's end).
+    # Half the ranks, half the global batch: the same images seen = twice the steps.
     fewer = TrainState(world_size=1, global_batch=64)
     fewer.load_state_dict(saved, steps_per_epoch=10)
     assert (fewer.step, fewer.step_in_epoch, fewer.bad_steps, fewer.world_size) == (4, 8, 2, 1)
+    # A converted position at or past the epoch's end starts the next epoch: left at the end,
+    # the trainer's epoch loop would neither run nor end (it spun forever).
     fewer.load_state_dict(saved, steps_per_epoch=6)
-    assert fewer.step_in_epoch == 6
-    fewer.next_epoch()
     assert (fewer.epoch, fewer.step_in_epoch) == (1, 0)
+    # Another global batch on the same world size converts too (the position counts batches).
+    smaller = TrainState(world_size=2, global_batch=64)
+    assert not smaller.same_layout(saved)
+    smaller.load_state_dict(saved, steps_per_epoch=10)
+    assert (smaller.epoch, smaller.step_in_epoch) == (0, 8)
 
 
 def test_save_policy_saves_on_schedule_epoch_end_run_end_and_stops():

@@ -31,13 +31,15 @@ class TrainState:
         }
 
     def same_layout(self, saved: dict) -> bool:
-        """`saved` was written on this world size: its data position and per-rank state apply as they are."""
-        return saved["world_size"] == self.world_size
+        """`saved` was written on this world size and global batch: its data position (counted in
+        global batches) and per-rank state apply as they are."""
+        return saved["world_size"] == self.world_size and saved.get("global_batch", self.global_batch) == self.global_batch
 
     def load_state_dict(self, saved: dict, steps_per_epoch: int) -> None:
         """Take the position and counters of `saved` (a checkpoint's train state). From another
         world size the position in the epoch becomes the same images seen so far, counted in
-        this run's global batch (at most the end of the epoch)."""
+        this run's global batch; a position at or past the epoch's end starts the next epoch
+        (else the epoch loop would never run nor end)."""
         self.step, self.epoch = saved["step"], saved["epoch"]
         self.bad_streak = saved.get("bad_streak", 0)
         self.bad_steps, self.overflow_steps = saved.get("bad_steps", 0), saved.get("overflow_steps", 0)
@@ -45,7 +47,9 @@ class TrainState:
             self.step_in_epoch = saved["step_in_epoch"]
         else:
             seen = saved["step_in_epoch"] * saved["global_batch"]
-            self.step_in_epoch = min(seen // self.global_batch, steps_per_epoch)
+            self.step_in_epoch = seen // self.global_batch
+        if self.step_in_epoch >= steps_per_epoch:
+            self.next_epoch()
 
     def count(self, bad: bool, overflow: bool) -> None:
         """One optimizer step done (applied or skipped); the data position moves on by one step."""
