@@ -23,6 +23,7 @@ from test_engine_support import digits_dir, records, train_losses
 
 import rmt_dist.models  # noqa: F401  (registers the RMT models with timm)
 from rmt_dist.engine.checkpoint import MARKER, TRAIN_STATE, list_step_dirs
+from rmt_dist.launching.errors import LaunchError
 from rmt_dist.launching.rundir import mark_finished
 from rmt_dist.train import main
 
@@ -274,8 +275,10 @@ def test_second_run_is_refused_naming_the_holder(digits, tmp_path, capsys, monke
         [
             sys.executable,
             "-c",
-            "import sys, time\n"
+            "import socket, sys, time\n"
             "from rmt_dist.launching.rundir import RunDirLock\n"
+            # the holder's record names another node: a lock an NFS server kept for a dead node
+            "socket.gethostname = lambda: 'node-a'\n"
             f"RunDirLock({str(run_dir)!r}).acquire(); print('held', flush=True); time.sleep(60)",
         ],
         stdout=subprocess.PIPE,
@@ -288,14 +291,16 @@ def test_second_run_is_refused_naming_the_holder(digits, tmp_path, capsys, monke
         capsys.readouterr()
         assert main(argv(run_dir, digits)) == 2
         [line] = error_lines(capsys.readouterr().err)
-        assert (
-            f"is in use by another run (pid {holder.pid} on host {os.uname().nodename}, SLURM job 4242"
-            in line
-        )
+        assert f"is in use by another run (pid {holder.pid} on host node-a, SLURM job 4242" in line
         assert not (run_dir / "config.yaml").exists()
-        # A lock the file system kept although its holder is gone (a dead node's, on NFS):
-        # the requeue of the same SLURM job takes it over.
+        # Another process of the same allocation (salloc, srun --pty: same job id, same
+        # restart count) is a second writer, not a requeue: refused.
         monkeypatch.setenv("SLURM_JOB_ID", "4242")
+        monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+        with pytest.raises(LaunchError, match="is in use by another run"):
+            RunDirLock(run_dir).acquire()
+        # A later attempt of that job (the requeue after node-a died) takes the kept lock over.
+        monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
         lock = RunDirLock(run_dir).acquire()
         assert json.loads((run_dir / LOCK).read_text())["pid"] == os.getpid()
         lock.release()
@@ -304,6 +309,7 @@ def test_second_run_is_refused_naming_the_holder(digits, tmp_path, capsys, monke
         holder.wait()
     # A holder killed with -9: its lock goes with it, and its record does not block.
     monkeypatch.delenv("SLURM_JOB_ID")
+    monkeypatch.delenv("SLURM_RESTART_COUNT")
     with RunDirLock(run_dir):
         assert json.loads((run_dir / LOCK).read_text())["pid"] == os.getpid()
 

@@ -69,8 +69,17 @@ def _holder_is_gone(holder: dict) -> bool:
     host, pid, job = holder.get("host"), holder.get("pid"), holder.get("slurm_job_id")
     if host == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
         return True
+    if host == socket.gethostname():
+        return False  # a live pid on this host is a live run, whatever job it belongs to
+    # Another host: only a later attempt of the same SLURM job (a requeue) may take over; two
+    # processes of one allocation (salloc, srun --pty) share the job id and the restart count.
     mine = os.environ.get("SLURM_JOB_ID")
-    return bool(job) and job == mine and not (host == socket.gethostname() and pid == os.getpid())
+    try:
+        my_restart = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+        theirs = int(holder.get("slurm_restart_count") or 0)
+    except ValueError:
+        return False
+    return bool(job) and job == mine and my_restart > theirs
 
 
 def describe_holder(holder: dict) -> str:
@@ -117,7 +126,9 @@ class RunDirLock:
             fd = self._open()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                if os.fstat(fd).st_ino != os.stat(self.path).st_ino:  # another taker replaced it meanwhile
+                    raise BlockingIOError
+            except (BlockingIOError, FileNotFoundError):
                 os.close(fd)
                 raise LaunchError(
                     f"run dir {str(self.run_dir)!r} was just taken by another run "
@@ -132,6 +143,7 @@ class RunDirLock:
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "slurm_restart_count": os.environ.get("SLURM_RESTART_COUNT", "0"),
             "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         try:
