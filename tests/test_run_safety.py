@@ -452,3 +452,26 @@ def test_read_only_run_dir_is_one_line(digits, tmp_path, capsys):
         assert "Traceback" not in err
         [line] = error_lines(err)
         assert "cannot be used" in line and "Read-only file system" in line and "writable" in line
+
+
+def test_a_bare_rank_is_not_stopped_when_its_shell_goes(monkeypatch):
+    """`nohup python -m rmt_dist.train ... &` is re-parented when its shell exits: no launcher
+    was there to die, so nothing watches the parent (review: such runs stopped themselves)."""
+    import threading
+
+    from rmt_dist.engine import preempt
+
+    monkeypatch.delenv(preempt.ENV_LAUNCHER_PID, raising=False)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    before = threading.active_count()
+    unwatch = preempt.watch_launcher(poll_s=0.01)
+    try:
+        assert threading.active_count() == before
+    finally:
+        unwatch()
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")  # a torchrun rank is watched
+    unwatch = preempt.watch_launcher(poll_s=0.01)
+    try:
+        assert threading.active_count() == before + 1
+    finally:
+        unwatch()

@@ -89,9 +89,15 @@ def watch_launcher(poll_s: float = 1.0, grace_s: float = 120.0) -> Callable[[], 
     polls the parent pid (it changes when the parent dies) and $RMT_DIST_LAUNCHER_PID
     (set by launch/local.py); when either is gone it requests a stop, so the ranks save
     together and exit 75, and after `grace_s` more it ends the process regardless (a
-    collective may wait forever for a peer that is gone)."""
+    collective may wait forever for a peer that is gone).
+
+    Only ranks with a launcher are watched (launch/local.py's, or torchrun's, which sets
+    TORCHELASTIC_RUN_ID): a bare `nohup python -m rmt_dist.train ... &` is re-parented
+    when its shell exits, and that is no reason to stop it."""
     parent = os.getppid()
     launcher = int(os.environ.get(ENV_LAUNCHER_PID) or 0)
+    if not launcher and "TORCHELASTIC_RUN_ID" not in os.environ:
+        return lambda: None
     done = threading.Event()
 
     def gone() -> str | None:
