@@ -252,6 +252,29 @@ def test_init_checkpoint_from_a_released_pth_trains(digits, tmp_path):
         shutdown_distributed(trainer.info)
 
 
+def test_a_resumed_run_does_not_read_init_checkpoint_again(digits, tmp_path):
+    """A requeue resumes its checkpoint; the pretrained file it started from may be gone by then
+    (scratch, node-local disk) and must not stop the run (review)."""
+    path = tmp_path / "release.pth"
+    torch.save(_release_style_checkpoint(_filled(token_label=False)), path)
+    trainer = _trainer_from(digits, tmp_path, path, "checkpoint.resume=true")
+    try:
+        _train_two_steps(trainer)
+        assert trainer.save_checkpoint()
+        saved = {k: v.detach().clone() for k, v in trainer.strategy.module.state_dict().items()}
+    finally:
+        trainer.close()
+        shutdown_distributed(trainer.info)
+    path.unlink()
+    resumed = _trainer_from(digits, tmp_path, path, "checkpoint.resume=true")
+    try:
+        assert resumed.resumed_from is not None
+        _assert_same_model(resumed.strategy.module, saved)
+    finally:
+        resumed.close()
+        shutdown_distributed(resumed.info)
+
+
 def test_init_checkpoint_from_a_run_dir_trains(digits, tmp_path, trained_run):
     run_dir, saved = trained_run
     trainer = _trainer_from(digits, tmp_path, run_dir)

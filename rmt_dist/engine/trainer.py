@@ -9,11 +9,13 @@ distributed the Strategy's (parallel/): the trainer names no strategy.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,6 +28,8 @@ from .checkpoint import (
     CheckpointManager,
     ResumeError,
     describe_error,
+    invalid_reason,
+    list_step_dirs,
     read_train_state,
     set_rng_state,
 )
@@ -95,7 +99,7 @@ class Trainer:
         # Loaders first: a bad dataset or token-label store fails before the model is built.
         self.train_loader = train_loader if train_loader is not None else self._build_train_loader()
         seed_everything(cfg.run.seed)  # the same initial weights on every rank
-        self.strategy = parallelize(build_model(cfg), cfg, info)
+        self.strategy = parallelize(build_model(self._model_config_to_build()), cfg, info)
         seed_everything(cfg.run.seed + 1000003 * info.rank)  # distinct drop-path / MixToken per rank
         self.ema = (
             Ema(self.strategy.ema_sources(), cfg.derived.ema_decay, cfg.ema.on_cpu, cfg.ema.every_steps)
@@ -129,6 +133,19 @@ class Trainer:
         self.eval_results: list[dict] = []
 
     # -- construction helpers --------------------------------------------------------
+    def _model_config_to_build(self) -> DerivedConfig:
+        """The config to build the model from: without `model.init_checkpoint` when a
+        checkpoint will be resumed (its weights replace the initial ones), so a requeue never
+        depends on that file still being there, nor reads it again on every rank."""
+        cfg = self.cfg
+        if not (cfg.model.init_checkpoint and cfg.checkpoint.resume):
+            return cfg
+        if not any(invalid_reason(p) is None for p in list_step_dirs(Path(cfg.run.dir) / "checkpoints")):
+            return cfg  # nothing complete to resume: start from the initial weights
+        if self.info.is_main:
+            log.info("model.init_checkpoint not read: resuming from a checkpoint in %s", cfg.run.dir)
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_checkpoint=None))
+
     def _build_train_loader(self):
         from rmt_dist.data import build_train_loader
 
