@@ -250,3 +250,21 @@ def test_maps_in_another_class_order_are_refused(data, tmp_path, capsys):
 def test_tlt_naming_rule():
     assert imp.tlt_label_path("n01440764/n01440764_10026.JPEG") == "n01440764/n01440764_10026.pt"
     assert imp.tlt_label_path("train/n0/a.b.JPEG") == "n0/a.pt"  # cut at the first dot, as tlt does
+
+
+def test_a_store_matched_with_another_path_list_is_not_resumed_and_overwrite_starts_afresh(
+    data, full_store, tmp_path, capsys
+):
+    """Resuming with another --paths list would mix rows matched two ways; --overwrite always
+    starts afresh, so a refused import can be fixed and re-run (review)."""
+    root, beton, rel, _ = data
+    store = tmp_path / "s.tokenlabel"
+    swapped = tmp_path / "paths.txt"  # two images of one class swapped: same classes, other rows
+    order = list(rel)
+    order[0], order[1] = order[1], order[0]
+    swapped.write_text("".join(f"{p}\n" for p in order))
+    run(root / "labels", beton, store, "--paths", str(swapped), "--workers", "1")
+    err = cli_error(capsys, root / "labels", beton, store)  # the recorded list now
+    assert "other inputs" in err and "--overwrite" in err
+    run(root / "labels", beton, store, "--overwrite", "--workers", "1")
+    assert np.array_equal(np.load(store / "scores.npy"), np.load(full_store / "scores.npy"))

@@ -232,7 +232,7 @@ def generate(args: argparse.Namespace) -> StoreMeta:
     if rank == 0:
         if (store / "meta.json").is_file():
             old = StoreMeta.read(store)
-            if generation_key(old) != generation_key(meta):
+            if args.overwrite or generation_key(old) != generation_key(meta):
                 if not args.overwrite:
                     raise TokenLabelStoreError(
                         f"{str(store)!r} holds a store made with other settings (teacher {old.teacher}, "
@@ -331,7 +331,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=min(8, len(os.sched_getaffinity(0))))
     p.add_argument("--chunk-size", type=int, default=4096, help="samples per resumable unit")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--overwrite", action="store_true", help="replace a store made with other settings")
+    p.add_argument(
+        "--overwrite", action="store_true", help="start the store afresh (deletes what STORE holds)"
+    )
     return p.parse_args(argv)
 
 

@@ -44,6 +44,7 @@ on this project's 2-core dev machine (shared; page cache; bench/tlt_import.py), 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import multiprocessing as mp
 import os
 import shutil
@@ -63,6 +64,10 @@ from .view import TeacherView, TeacherViewError
 FALLBACK_LOGIT = 30.0  # softmax over 0s elsewhere: p(label) = 1 - (C - 1) e^-30, one-hot to 1e-10
 PROBE_FILES = 32
 SHOWN_PROBLEMS = 10
+
+
+def _paths_digest(rel: list[str]) -> str:
+    return hashlib.sha256("\n".join(rel).encode()).hexdigest()[:16]
 
 
 def tlt_label_path(source_path: str) -> str:
@@ -307,11 +312,13 @@ def import_tlt(args: argparse.Namespace) -> StoreMeta:
         beton_fingerprint=beton_fingerprint(beton),
         num_samples=num_samples,
         view=view,
-        source=f"tlt:{label_root.resolve()}",
+        # What the parts were matched with: resuming with another path list or chunk size
+        # would mix rows matched two ways, so either makes a different store.
+        source=f"tlt:{label_root.resolve()};paths sha256:{_paths_digest(rel)};chunk {args.chunk_size}",
     )
     if (store / "meta.json").is_file():
         old = StoreMeta.read(store)
-        if generation_key(old) != generation_key(meta):
+        if args.overwrite or generation_key(old) != generation_key(meta):
             if not args.overwrite:
                 raise TokenLabelStoreError(
                     f"{str(store)!r} holds a store made from other inputs or settings (source {old.source or old.teacher}, "
@@ -460,7 +467,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--chunk-size", type=int, default=4096, help="samples per resumable unit")
     p.add_argument(
-        "--overwrite", action="store_true", help="replace a store made from other inputs or settings"
+        "--overwrite",
+        action="store_true",
+        help="start the store afresh (deletes what STORE holds), e.g. after fixing --paths or the label files",
     )
     return p.parse_args(argv)
 
