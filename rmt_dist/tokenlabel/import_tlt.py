@@ -287,6 +287,12 @@ def import_tlt(args: argparse.Namespace) -> StoreMeta:
     except TeacherViewError as e:
         raise TokenLabelStoreError(f"--crop-pct: {e}") from None
     num_samples, num_classes, rel, labels = _beton(beton, args.paths)
+    if num_classes > 2048:  # float16 holds every integer only up to 2048: indices above it round
+        raise TokenLabelStoreError(
+            f"{beton} has {num_classes} classes, but TokenLabeling's format stores class indices as float16, "
+            "exact only up to 2048: such maps cannot name these classes; generate a store instead "
+            "(python -m rmt_dist.tokenlabel.generate)"
+        )
     if args.topk > num_classes:
         raise TokenLabelStoreError(f"--topk {args.topk} exceeds the beton's {num_classes} classes")
     names = [tlt_label_path(p) for p in rel]
