@@ -268,3 +268,11 @@ def test_a_store_matched_with_another_path_list_is_not_resumed_and_overwrite_sta
     assert "other inputs" in err and "--overwrite" in err
     run(root / "labels", beton, store, "--overwrite", "--workers", "1")
     assert np.array_equal(np.load(store / "scores.npy"), np.load(full_store / "scores.npy"))
+
+
+def test_more_classes_than_float16_indices_can_name_are_refused(data, tmp_path, monkeypatch, capsys):
+    root, beton, rel, labels = data
+    real = imp._beton
+    monkeypatch.setattr(imp, "_beton", lambda b, p: (lambda n, c, r, lab: (n, 2049, r, lab))(*real(b, p)))
+    err = cli_error(capsys, root / "labels", beton, tmp_path / "s.tokenlabel")
+    assert "2049 classes" in err and "float16" in err
