@@ -33,7 +33,10 @@ class TrainState:
     def same_layout(self, saved: dict) -> bool:
         """`saved` was written on this world size and global batch: its data position (counted in
         global batches) and per-rank state apply as they are."""
-        return saved["world_size"] == self.world_size and saved.get("global_batch", self.global_batch) == self.global_batch
+        return (
+            saved["world_size"] == self.world_size
+            and saved.get("global_batch", self.global_batch) == self.global_batch
+        )
 
     def load_state_dict(self, saved: dict, steps_per_epoch: int) -> None:
         """Take the position and counters of `saved` (a checkpoint's train state). From another
