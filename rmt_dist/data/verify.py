@@ -152,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         except DataError as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             rc = 2
+        except OSError as e:  # unreadable mid-way (I/O error, permissions): one line, not a traceback
+            print(
+                f"error: {beton}: cannot be read ({e.strerror or e}); check the file and its disk",
+                file=sys.stderr,
+            )
+            rc = 1
     return rc
 
 

@@ -14,6 +14,8 @@ import math
 import os
 from pathlib import Path
 
+from ..atomic import atomic_write
+
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
 _NOT_SCALARS = {"step", "epoch", "kind"}
@@ -43,9 +45,7 @@ def truncate_after(path: Path, step: int) -> int:
             dropped += 1
         else:
             kept.append(line)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text("".join(k + "\n" for k in kept))
-    os.replace(tmp, path)
+    atomic_write(path, "".join(k + "\n" for k in kept))  # no partial temp file left on a full disk
     return dropped
 
 

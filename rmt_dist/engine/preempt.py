@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable
 
 from ..errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED  # noqa: F401  (re-exported)
+from ..launching.rundir import pid_alive
 
 log = logging.getLogger("rmt_dist.train")
 
@@ -71,16 +72,6 @@ def install_signal_handlers() -> Callable[[], None]:
 ENV_LAUNCHER_PID = "RMT_DIST_LAUNCHER_PID"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def watch_launcher(poll_s: float = 1.0, grace_s: float = 120.0) -> Callable[[], None]:
     """Make this rank die with whoever launched it; returns a function that stops watching.
 
@@ -103,7 +94,7 @@ def watch_launcher(poll_s: float = 1.0, grace_s: float = 120.0) -> Callable[[], 
     def gone() -> str | None:
         if parent > 1 and os.getppid() != parent:
             return f"its parent process (pid {parent})"
-        if launcher and not _alive(launcher):
+        if launcher and not pid_alive(launcher):
             return f"the launcher (pid {launcher})"
         return None
 

@@ -1,6 +1,6 @@
 """Launching runs: SLURM environment -> torch.distributed env, sbatch parameters, the job callable.
 
-Import what you need from the submodules (`env`: process counts of a recipe, `dist_env`, `sbatch`,
-`task`, `rundir`, `requeue`, `preflight`);
+Import what you need from the submodules (`dist_env`, `sbatch`,
+`task`, `rundir`, `requeue`, `preflight`, `sweep`, `record`; the process counts of a recipe are config.job_size);
 nothing here imports torch or submitit at package import time.
 """

@@ -54,7 +54,8 @@ def finished_after(rc: int, stop_after_steps: int | None) -> bool:
 LOCK = "run.lock"
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this id exists on this host (one we may not signal counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -67,7 +68,7 @@ def _alive(pid: int) -> bool:
 def _holder_is_gone(holder: dict) -> bool:
     """True only when the recorded holder provably cannot be running any more."""
     host, pid, job = holder.get("host"), holder.get("pid"), holder.get("slurm_job_id")
-    if host == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
+    if host == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid):
         return True
     if host == socket.gethostname():
         return False  # a live pid on this host is a live run, whatever job it belongs to
