@@ -160,21 +160,15 @@ def test_profile_lists_the_costliest_operators_per_step(bench, one_thread) -> No
 # ---- bench/gpu_check.sh ----------------------------------------------------------------------
 
 STUB = """#!/usr/bin/env bash
-# Records each call, one argument a line; runs only the merge step for real.
-{ printf '%s\\n' "$@"; echo ---; } >> "$CALLS"
+# Records each call, one argument a line, in a file of its own (stages run concurrently, and
+# appends to one file interleaved); runs only the merge step for real.
+printf '%s\\n' "$@" > "$(mktemp -p "$CALLS" call.XXXXXX)"
 if [[ "$1" == bench/gpu_check.py && "$2" == collect ]]; then exec "$REAL_PYTHON" "$@"; fi
 """
 
 
 def _calls(path: Path) -> list[list[str]]:
-    calls, current = [], []
-    for line in path.read_text().splitlines():
-        if line == "---":
-            calls.append(current)
-            current = []
-        else:
-            current.append(line)
-    return calls
+    return [f.read_text().splitlines() for f in sorted(path.iterdir())]
 
 
 @pytest.mark.parametrize("dry", [False, True], ids=["gpu", "cpu-dry-run"])
@@ -182,7 +176,8 @@ def test_gpu_check_sh_runs_every_stage_with_arguments_the_stages_accept(bench, g
     stub = tmp_path / "python"
     stub.write_text(STUB)
     stub.chmod(0o755)
-    calls, out = tmp_path / "calls.txt", tmp_path / "out"
+    calls, out = tmp_path / "calls", tmp_path / "out"
+    calls.mkdir()
     env = {
         **os.environ,
         "PYTHON": str(stub),
@@ -232,7 +227,7 @@ def test_gpu_check_only_reruns_the_named_stages(tmp_path):
     env = {
         **os.environ,
         "PYTHON": str(stub),
-        "CALLS": str(tmp_path / "calls.txt"),
+        "CALLS": str((tmp_path / "calls").mkdir() or tmp_path / "calls"),
         "REAL_PYTHON": sys.executable,
         "TMPDIR": str(tmp_path),
         "GPU_CHECK_ONLY": "train_rmt_l",
