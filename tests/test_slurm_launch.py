@@ -114,6 +114,17 @@ def job_field(job_id: str, field: str) -> str:
     return m.group(1) if m else ""
 
 
+def release_requeued(job_id: str) -> None:
+    """Start a requeued job without waiting out SLURM's requeue BeginTime delay.
+
+    Not `StartTime=now`: slurmd compares a job credential's creation time with the time the
+    job's old credential was revoked at one-second resolution, so a restart in the same second
+    as the requeue dies at launch ("Job credential revoked", state FAILED). SLURM's own delay
+    exists to avoid that; two seconds is enough here.
+    """
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now+2"], check=True)
+
+
 def wait_for(what: str, cond, timeout: float, job_id: str, run_dir: Path):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -221,7 +232,7 @@ def test_preempted_job_is_requeued_and_resumes_from_its_checkpoint(slurm, digits
     before = metrics(run_dir)  # what the first attempt logged, up to the step it saved at
     assert 0 < train_steps(run_dir)[-1] < total, "the job should be stopped mid-run"
     assert job_field(job_id, "Restarts") == "1"
-    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+    release_requeued(job_id)
 
     assert wait_done(job_id, run_dir) == "COMPLETED", task_log(run_dir, job_id, 0)
     log0 = task_log(run_dir, job_id, 0)

@@ -17,6 +17,7 @@ from test_slurm_launch import (  # noqa: F401  (fixtures)
     expected_steps,
     job_field,
     metrics,
+    release_requeued,
     slurm,
     smoke_overrides,
     train_steps,
@@ -100,7 +101,7 @@ def test_sweep_with_staging_and_a_requeue_then_status_and_compare(slurm, digits,
     wait_for(
         "point 0 to be requeued", lambda: job_field(jobs[0], "JobState") == "PENDING", 120, jobs[0], dirs[0]
     )
-    subprocess.run(["scontrol", "update", f"JobId={jobs[0]}", "StartTime=now"], check=True)
+    release_requeued(jobs[0])
     for job, d in zip(jobs, dirs):
         assert wait_done(job, d) == "COMPLETED", log_of(d)[-3000:]
         assert (d / "FINISHED").is_file()
