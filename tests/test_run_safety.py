@@ -131,6 +131,18 @@ def test_strategy_change_is_refused_with_the_fix(base, digits, tmp_path, capsys)
     assert (run_dir / "metrics.jsonl").read_text() == before
 
 
+def test_attention_change_is_refused_though_the_weights_would_load(base, digits, tmp_path, capsys):
+    """masa and gmm have the same parameter shapes: only the recorded identity stops a gmm run
+    from silently continuing a masa run's weights."""
+    run_dir = copy_run(base, tmp_path)
+    capsys.readouterr()
+    assert main(argv(run_dir, digits, "model.attention=gmm", "run.stop_after_steps=6")) == 2
+    [line] = [ln for ln in capsys.readouterr().err.splitlines() if "ERROR" in ln]
+    assert "model.attention=masa but this run has model.attention=gmm" in line, line
+    assert "relaunch with model.attention=masa" in line
+    assert len(list_step_dirs(run_dir / "checkpoints")) == 2
+
+
 def test_checkpoint_of_another_model_is_one_line_not_a_dcp_traceback(
     base, digits, tmp_path, capsys, monkeypatch
 ):

@@ -179,6 +179,7 @@ class Trainer:
                 "name": self.cfg.model.name,
                 "num_classes": self.cfg.model.num_classes,
                 "token_label": self.cfg.model.token_label,
+                "attention": self.cfg.model.attention,
             },
         }
 
@@ -239,7 +240,9 @@ class Trainer:
                 model = (yaml.safe_load((path / "config.yaml").read_text()) or {}).get("model")
             except (OSError, yaml.YAMLError):
                 model = None
-        for key in ("name", "num_classes", "token_label"):
+        # `attention` too: the variants share parameter shapes, so their weights load into one
+        # another without an error and only this record tells them apart.
+        for key in ("name", "num_classes", "token_label", "attention"):
             if isinstance(model, dict) and key in model and model[key] != getattr(cfg.model, key):
                 return (
                     f"holds a model with model.{key}={model[key]} but this run has model.{key}="
