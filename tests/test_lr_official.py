@@ -65,7 +65,7 @@ def test_recipe_sets_the_logged_lr_at_every_epoch(run):
 def test_per_epoch_timm_is_timms_cosine_stepped_like_main_py():
     """Bit-exact against timm's own scheduler, driven as both main.py files drive it:
     `lr_scheduler, _ = create_scheduler(args, optimizer)`, train epoch e, `lr_scheduler.step(e)`.
-    (The installed timm's CosineLRScheduler._get_lr is the one of v0.4.12 and v0.9.10.)"""
+    (The installed timm's CosineLRScheduler._get_lr is that of v0.9.10; v0.4.5-v0.4.12 compute the same.)"""
     from timm.scheduler import create_scheduler
 
     for epochs, warmup, cooldown in [(300, 5, 10), (310, 5, 10), (12, 0, 10)]:

@@ -61,9 +61,10 @@ class LrSchedule:
     scheduler's constructor sets the warm-up start (timm `timm/scheduler/cosine_lr.py`
     `__init__`: `update_groups(warmup_lr_init)`; the peak when there is no warm-up). So
     epoch 0 trains at warmup_lr and epoch e >= 1 at `epoch_value(e - 1)`: the lr is
-    constant within an epoch and lags the scheduler by one epoch. Read in timm v0.4.12
-    (what TokenLabeling's tlt needs) and v0.9.10 (pinned by `classfication_release/install.sh`);
-    the formula is the same in both.
+    constant within an epoch and lags the scheduler by one epoch. Read in timm v0.4.5
+    (zihangJiang/TokenLabeling `requirements.txt` pins it for tlt, which the starred release
+    imports), v0.4.12 and v0.9.10 (pinned by `classfication_release/install.sh`): the three
+    files are identical from v0.4.5 to v0.4.12, and the formula is the same in v0.9.10.
     """
 
     peak: float
