@@ -6,9 +6,12 @@ says at which epochs the run is more than 1 point behind. Writes the same as a P
 (default RUN_DIR/compare.png): accuracy per epoch, and lr per epoch.
 
 The reference defaults to the recipe's run.reference. Epochs are numbered as both logs
-number them (0 = the first). The official `train_lr` of epoch e is the rate epoch e-1
-trained with (its log lags one epoch); the "paper lr" column shows the rate the official
-epoch e trained with (its log's value at e+1), so both lr columns mean the same thing.
+number them (0 = the first). The official `train_lr` of epoch e is the mean lr epoch e
+trained with (qhfan/RMT classfication_release/engine.py logs optimizer.param_groups[0]["lr"]
+at every step); its one-epoch lag is in the schedule, not the log (main.py steps timm's
+scheduler after each epoch: epochs 0 and 1 both train at 1e-6). So "paper lr" is the log's
+value at e, beside the run's lr at the start of epoch e; with `optim.schedule: per_epoch_timm`
+(the official recipes) the two are equal.
 """
 
 from __future__ import annotations
@@ -44,7 +47,6 @@ def rows(run_dir: Path, ref_name: str) -> list[dict]:
     for ep in epochs:
         e = by_epoch.get(ep, {})
         i = idx.get(ep)
-        nxt = idx.get(ep + 1)
         out.append(
             {
                 "epoch": ep,
@@ -53,7 +55,7 @@ def rows(run_dir: Path, ref_name: str) -> list[dict]:
                 "ema_top1": e.get("eval_ema/top1"),
                 "paper_ema_top1": ref["test_ema_acc1"][i] if i is not None else None,
                 "lr": lrs.get(ep),
-                "paper_lr": ref["train_lr"][nxt] if nxt is not None else None,
+                "paper_lr": ref["train_lr"][i] if i is not None else None,
             }
         )
     return out
@@ -116,10 +118,8 @@ def plot(table: list[dict], train: list[dict], ref_name: str, out: Path, title: 
     ax1.plot([r["epoch"] for r in ev], [r["ema_top1"] for r in ev], "s--", color="C1", label="run EMA top-1")
     ax1.set(xlabel="epoch", ylabel="top-1 (%)", title="eval accuracy")
     ax1.legend(loc="lower right", fontsize=8)
-    # The paper's lr shifted back one epoch (its log lags), so both curves are "the lr epoch e trained with".
-    ax2.plot(
-        [e - 1 for e in ref["epoch"][1:]], ref["train_lr"][1:], color="0.6", label=f"paper {ref_name} lr"
-    )
+    # Both curves are "the lr epoch e trained with" (the official log holds each epoch's mean lr).
+    ax2.plot(ref["epoch"], ref["train_lr"], color="0.6", label=f"paper {ref_name} lr")
     if train:
         spe = max(1, max(r["step"] for r in train) / max(1e-9, max(r["epoch"] for r in train) + 1))
         ax2.plot(

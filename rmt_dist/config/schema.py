@@ -98,6 +98,10 @@ class OptimConfig:
     epochs: int = 300
     warmup_epochs: int = 5
     cooldown_epochs: int = 0  # extra epochs at min_lr after the cosine
+    # per_step: the lr changes every optimizer step (warm-up, then a cosine from its end).
+    # per_epoch_timm: the official runs' lr, held per epoch with their one-epoch lag
+    # (timm CosineLRScheduler stepped at each epoch end; rmt_dist/engine/optim.py).
+    schedule: Literal["per_step", "per_epoch_timm"] = "per_step"
     clip_grad: float | None = None  # max global grad norm; null = no clipping
     accum_steps: int = 1
 

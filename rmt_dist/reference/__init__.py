@@ -6,10 +6,12 @@ qhfan/RMT (its "source" names the files and the commit they were read at; RMT-B 
 `rmt_m.txt`, the starred runs `*_label.txt`). Some logs skip an epoch (rmt_s lacks 3 and
 ends at 286, rmt_b lacks 6, rmt_l lacks 2): the epochs listed are those logged.
 
-Two facts of those logs matter when comparing: `train_lr` at epoch e is the rate epoch
-e-1 trained with (timm's scheduler is stepped after the epoch's log line is built, so the
-log lags one epoch), and the cosine runs over all epochs from epoch 0 with the warm-up
-laid over its first 5 (timm CosineLRScheduler), not after them.
+Two facts of those logs matter when comparing: `train_lr` at epoch e is the mean lr epoch
+e trained with (`engine.py` logs `optimizer.param_groups[0]["lr"]` at each step), and that
+lr lags timm's scheduler by one epoch (`main.py` calls `lr_scheduler.step(epoch)` after
+training epoch `epoch`: epochs 0 and 1 both train at 1e-6). The cosine runs over all epochs
+from epoch 0 with the warm-up laid over its first 5 (timm CosineLRScheduler), not after
+them. `optim.schedule: per_epoch_timm` (rmt_dist/engine/optim.py) reproduces it exactly.
 No torch here: status and compare read this without importing it.
 """
 
