@@ -167,3 +167,53 @@ def step_of(path: Path) -> int:
 
 def read_train_state(path: Path) -> dict:
     return json.loads((path / TRAIN_STATE).read_text())
+
+
+def newest_complete(root: Path) -> Path | None:
+    """The newest checkpoint that passes the cheap checks (the first one a resume tries), quietly."""
+    return next((p for p in list_step_dirs(root) if invalid_reason(p) is None), None)
+
+
+def strategy_identity(name: str, zero_stage: int) -> dict:
+    """What train_state.json records about the layout (the strategies' checkpoint_identity()):
+    the ZeRO stage only under deepspeed."""
+    return {"strategy": name, "zero_stage": zero_stage if name == "deepspeed" else None}
+
+
+def layout_mismatch(saved: dict, mine: dict) -> str | None:
+    """`saved` (a checkpoint's train state) vs `mine` (checkpoint_identity()): the refusal
+    line with its fix, or None. Checkpoints do not convert between strategies or ZeRO stages."""
+    name, stage = saved.get("strategy"), saved.get("zero_stage")
+    if name and name != mine["strategy"]:
+        return (
+            f"was saved with strategy.name={name} but this run has strategy.name={mine['strategy']}; "
+            f"relaunch with strategy.name={name} (checkpoints do not convert between strategies), or "
+            "pass run.dir=<new dir>"
+        )
+    if name and stage is not None and mine.get("zero_stage") is not None and stage != mine["zero_stage"]:
+        return (
+            f"was saved with strategy.zero_stage={stage} but this run has strategy.zero_stage="
+            f"{mine['zero_stage']}; relaunch with strategy.zero_stage={stage}, or pass run.dir=<new dir>"
+        )
+    return None
+
+
+def model_mismatch(path: Path, saved: dict, model) -> str | None:
+    """The model checkpoint `path` (train state `saved`) holds vs `model` (a ModelConfig): the
+    refusal line with its fix, or None. Older checkpoints name the model in config.yaml only."""
+    recorded = saved.get("model")
+    if recorded is None and (path / "config.yaml").is_file():
+        import yaml
+
+        try:
+            recorded = (yaml.safe_load((path / "config.yaml").read_text()) or {}).get("model")
+        except (OSError, yaml.YAMLError):
+            recorded = None
+    for key in ("name", "num_classes", "token_label"):
+        if isinstance(recorded, dict) and key in recorded and recorded[key] != getattr(model, key):
+            return (
+                f"holds a model with model.{key}={recorded[key]} but this run has model.{key}="
+                f"{getattr(model, key)}; relaunch with model.{key}={recorded[key]}, or pass "
+                "run.dir=<new dir>"
+            )
+    return None
