@@ -332,6 +332,30 @@ def test_preflight_refuses_checkpoints_of_another_strategy_or_model(digits, tmp_
     assert "holds a model with model.name=rmt_s but this run has model.name=rmt_test" in line
 
 
+def test_local_launcher_runs_the_run_dir_checks_before_any_rank(digits, tmp_path):
+    train, val = digits
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text('{"step": 3, "loss": 1.0}\n')
+    cmd = [sys.executable, "launch/local.py", "recipes/smoke.yaml", f"data.train={train}", f"data.val={val}"]
+    cmd += [f"run.dir={run_dir}", "--nproc", "1"]
+    r = subprocess.run(
+        [*cmd, "checkpoint.resume=false"], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert r.returncode == 2 and "local run:" not in r.stdout, r.stdout + r.stderr
+    assert r.stderr.startswith("error: checkpoint.resume: run dir ") and r.stderr.strip().count("\n") == 0
+    holder = hold_lock(run_dir)
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    finally:
+        stop(holder)
+    assert r.returncode == 2 and "local run:" not in r.stdout, r.stdout + r.stderr
+    assert r.stderr.startswith(
+        f"error: run.lock: run dir {str(run_dir)!r} is in use by another run (pid {holder.pid}"
+    )
+    assert not (run_dir / "config.yaml").exists()
+
+
 def test_active_jobs_for_sees_every_element_of_a_pending_array(tmp_path, monkeypatch):
     from rmt_dist.launching.squeue import active_jobs_for
 
