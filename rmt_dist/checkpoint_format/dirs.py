@@ -12,7 +12,9 @@
 
 Writing is the engine's (engine/checkpoint.py); this module is what every reader shares:
 the engine at resume, the weights reader (models/weights.py), evaluate, export and
-`python -m rmt_dist.status`, which must start without importing torch.
+`python -m rmt_dist.status`, which must start without importing torch. The resume's refusal
+of a checkpoint made for another strategy or model (`layout_mismatch`, `model_mismatch`)
+lives here too, so the launchers' pre-flight asks the same question before the queue.
 """
 
 from __future__ import annotations
