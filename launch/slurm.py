@@ -117,11 +117,16 @@ def print_preflight(cfg) -> tuple[LaunchError | None, int]:
     return first_failure(checks), sum(not c.ok for c in checks)
 
 
-def _check_submittable(run_dir: Path) -> None:
+def _check_sbatch() -> None:
     if shutil.which("sbatch") is None:
         raise LaunchError(
             "sbatch not found: run this on a SLURM login node (or use launch/local.py on one machine)"
         )
+
+
+def _check_not_queued(run_dir: Path) -> None:
+    """Before the pre-flight: a job of this run dir is named by its id (its lock record, which
+    pre-flight's run.lock check reads, names only its pid and host)."""
     busy = active_jobs_for(run_dir)
     if busy:
         raise LaunchError(
@@ -188,8 +193,9 @@ def submit(args: argparse.Namespace) -> int:
             raise error
         return 0
 
+    _check_not_queued(run_dir)
     checks = require(cfg)  # a bad input stops here, before the queue
-    _check_submittable(run_dir)
+    _check_sbatch()
     import submitit  # after the cheap checks: importing it is slow-ish
 
     executor = submitit.SlurmExecutor(folder=submitit_folder(run_dir), max_num_timeout=cfg.slurm.max_requeues)
@@ -243,11 +249,12 @@ def submit_sweep(args: argparse.Namespace) -> int:
             raise first
         return 0
     for p, cfg in zip(pts, cfgs):  # every point is checked before any is submitted
+        _check_not_queued(Path(cfg.run.dir))
         try:
             require(cfg)
         except LaunchError as e:
             raise LaunchError(f"sweep point {p.name!r}: {e}") from None
-        _check_submittable(Path(cfg.run.dir))
+    _check_sbatch()
     import json
 
     import submitit
