@@ -121,7 +121,7 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-def _run_dir(run_dir: Path) -> Check:
+def _run_dir(run_dir: Path, resume: bool = True) -> Check:
     from .rundir import check_not_finished
 
     try:
@@ -139,7 +139,7 @@ def _run_dir(run_dir: Path) -> Check:
             "pass run.dir=<a writable directory>",
         )
     state = (
-        "exists, will resume from its newest complete checkpoint"
+        ("exists, will resume from its newest complete checkpoint" if resume else "exists, holds checkpoints")
         if (run_dir / "checkpoints").is_dir()
         else "new"
         if not run_dir.exists()
@@ -194,7 +194,7 @@ def run_dir_checks(cfg: Config) -> list[Check]:
     """The run dir's checks: not FINISHED and writable, not held by a live run, and its
     checkpoints resumable as the recipe asks. Torch-free and quick."""
     run_dir = Path(cfg.run.dir).resolve()
-    checks = [_run_dir(run_dir)]
+    checks = [_run_dir(run_dir, cfg.checkpoint.resume)]
     if run_dir.is_dir():
         checks += [_lock(run_dir), _resume(cfg, run_dir)]
     return checks
