@@ -15,7 +15,9 @@ every rank (they save and exit 75); the ranks watch this launcher's pid and stop
 is gone, so no rank trains on unsupervised.
 
 Run dir semantics are those of launch/slurm.py: the same run.dir resumes from its newest
-complete checkpoint; a FINISHED run is refused, with the fix.
+complete checkpoint. Before any rank starts, the run dir's pre-flight checks run: a FINISHED
+run, a run dir a live run holds, checkpoint.resume=false over an earlier run's checkpoints
+or metrics, and checkpoints of another strategy or model are refused (one line, exit 2).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from pathlib import Path
 from rmt_dist.config import ConfigError, derive, load_config
 from rmt_dist.errors import report
 from rmt_dist.launching.errors import LaunchError
-from rmt_dist.launching.rundir import check_not_finished, finished_after, mark_finished
+from rmt_dist.launching.preflight import first_failure, run_dir_checks
+from rmt_dist.launching.rundir import finished_after, mark_finished
 
 ENV_LAUNCHER_PID = "RMT_DIST_LAUNCHER_PID"  # rmt_dist.engine.preempt.watch_launcher reads it
 FORWARDED = (signal.SIGTERM, signal.SIGUSR2)
@@ -134,7 +137,8 @@ def run_ranks(cmd: list[str], nproc: int, grace_s: float) -> tuple[int, int | No
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.recipe, args.overrides)  # fail here, once, not in N processes
     run_dir = Path(cfg.run.dir).resolve()
-    check_not_finished(run_dir)
+    if error := first_failure(run_dir_checks(cfg)):  # before any rank starts, nothing changed
+        raise error
     nproc = args.nproc if args.nproc is not None else default_nproc()
     if nproc < 1:
         raise LaunchError(f"--nproc must be >= 1, got {nproc}")

@@ -16,9 +16,12 @@ RUN_DIR/slurm/<job id>_<task>_log.{out,err}; RUN_DIR/launch.json records the job
 
 Pre-flight: before sbatch, the inputs are checked (rmt_dist/launching/preflight.py):
 betons exist and match their meta, val's classes are train's, model.num_classes, the
-token-label store, init_checkpoint, the run dir, the batch, the derived values. A failure
-is refused with its one line and exit 2; --dry-run prints every check ("ok" / "would fail")
-and exits 0.
+token-label store, init_checkpoint, the run dir (not FINISHED, writable, not held by a live
+run, checkpoint.resume=false never over an earlier run, checkpoints of this strategy and
+model), the batch, the derived values. A failure is refused with its one line and exit 2;
+--dry-run prints what would be submitted and every check ("ok" / "would fail"), then exits
+0 when every check passes, else 2 with the first failure's line (the one a submission
+would stop with).
 
 Sweeps: `--sweep model.attention=masa,gmm` (repeatable: the cartesian product), and/or
 several recipes, submit one job per point in one job array per set of sbatch options
@@ -32,7 +35,6 @@ import argparse
 import contextlib
 import io
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -40,14 +42,14 @@ from rmt_dist.config import ConfigError, derive, load_config, to_yaml
 from rmt_dist.config.job_size import tasks_per_node, world_size
 from rmt_dist.errors import report
 from rmt_dist.launching.errors import LaunchError
-from rmt_dist.launching.preflight import require, run_checks
-from rmt_dist.launching.record import read_launch, record_launch
+from rmt_dist.launching.preflight import first_failure, require, run_checks
+from rmt_dist.launching.record import record_launch
 from rmt_dist.launching.sbatch import (
     bad_input_teardown,
     executor_parameters,
-    run_dir_comment,
     submitit_folder,
 )
+from rmt_dist.launching.squeue import active_jobs_for
 from rmt_dist.launching.sweep import point_run_dirs, points
 from rmt_dist.launching.task import DEFAULT_ENTRY, TrainTask
 
@@ -86,19 +88,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
-def active_jobs_for(run_dir: Path) -> list[str]:
-    """Ids of queued/running jobs whose comment names this run dir (see sbatch.run_dir_comment),
-    or that launch.json records for it (a sweep's array shares one comment)."""
-    out = subprocess.run(["squeue", "-h", "-o", "%i|%k"], capture_output=True, text=True)
-    comment = run_dir_comment(run_dir)
-    recorded = read_launch(run_dir).get("job_id")
-    return [
-        line.split("|", 1)[0]
-        for line in out.stdout.splitlines()
-        if line.split("|", 1)[-1] == comment or line.split("|", 1)[0] == recorded
-    ]
-
-
 def sbatch_header(params: dict, run_dir: Path) -> str:
     """The #SBATCH lines submitit will write (its own formatter, so this is what sbatch sees)."""
     from submitit.slurm.slurm import _make_sbatch_string
@@ -121,16 +110,23 @@ def summary(cfg, params: dict) -> str:
     )
 
 
-def preflight_lines(cfg) -> tuple[list[str], int]:
+def print_preflight(cfg) -> tuple[LaunchError | None, int]:
+    """Print every check; (the error a submission would stop with or None, how many failed)."""
     checks = run_checks(cfg)
-    return [c.line() for c in checks], sum(not c.ok for c in checks)
+    print("\n".join(c.line() for c in checks))
+    return first_failure(checks), sum(not c.ok for c in checks)
 
 
-def _check_submittable(run_dir: Path) -> None:
+def _check_sbatch() -> None:
     if shutil.which("sbatch") is None:
         raise LaunchError(
             "sbatch not found: run this on a SLURM login node (or use launch/local.py on one machine)"
         )
+
+
+def _check_not_queued(run_dir: Path) -> None:
+    """Before the pre-flight: a job of this run dir is named by its id (its lock record, which
+    pre-flight's run.lock check reads, names only its pid and host)."""
     busy = active_jobs_for(run_dir)
     if busy:
         raise LaunchError(
@@ -184,19 +180,22 @@ def submit(args: argparse.Namespace) -> int:
         print("# sbatch parameters (as submitit writes them into the job script)")
         print(sbatch_header(params, run_dir))
         print(summary(cfg, params))
-        lines, failed = preflight_lines(cfg)
         print("# pre-flight")
-        print("\n".join(lines))
-        # A dry run inspects (e.g. on a laptop without the data): it reports, it does not refuse.
+        error, failed = print_preflight(cfg)
+        # Every check is listed; the exit status is the submission's (2: it would be refused).
         print(
             f"pre-flight: {failed} check(s) would fail; a submission would be refused"
             if failed
-            else "pre-flight: every check ok"
+            else "pre-flight: every check ok",
+            flush=True,
         )
+        if error:
+            raise error
         return 0
 
+    _check_not_queued(run_dir)
     checks = require(cfg)  # a bad input stops here, before the queue
-    _check_submittable(run_dir)
+    _check_sbatch()
     import submitit  # after the cheap checks: importing it is slow-ish
 
     executor = submitit.SlurmExecutor(folder=submitit_folder(run_dir), max_num_timeout=cfg.slurm.max_requeues)
@@ -231,25 +230,31 @@ def submit_sweep(args: argparse.Namespace) -> int:
         cfg = load_config(p.recipe, [*args.overrides, *p.overrides, f"run.dir={d}"])
         cfgs.append(derive(cfg, world_size(cfg.slurm)))
     if args.dry_run:
+        first: LaunchError | None = None
         failed = 0
         for p, cfg in zip(pts, cfgs):
             print(f"# point {p.name}: run dir {cfg.run.dir}")
             print(summary(cfg, {}))
-            lines, n = preflight_lines(cfg)
-            print("\n".join(lines))
+            error, n = print_preflight(cfg)
             failed += n
+            if error and first is None:
+                first = LaunchError(f"sweep point {p.name!r}: {error}")
         print(
             f"pre-flight: {failed} check(s) would fail; nothing would be submitted"
-            if failed
-            else f"pre-flight: every check ok for all {len(pts)} points"
+            if first
+            else f"pre-flight: every check ok for all {len(pts)} points",
+            flush=True,
         )
+        if first:
+            raise first
         return 0
     for p, cfg in zip(pts, cfgs):  # every point is checked before any is submitted
+        _check_not_queued(Path(cfg.run.dir))
         try:
             require(cfg)
         except LaunchError as e:
             raise LaunchError(f"sweep point {p.name!r}: {e}") from None
-        _check_submittable(Path(cfg.run.dir))
+    _check_sbatch()
     import json
 
     import submitit

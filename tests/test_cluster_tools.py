@@ -168,9 +168,239 @@ def test_slurm_launcher_refuses_bad_input_before_sbatch_and_dry_run_lists_checks
         text=True,
         cwd=ROOT,
     )
-    assert r.returncode == 0  # a dry run reports, it does not refuse
+    # A dry run lists every check and what would be submitted, and exits as the submission would.
+    assert r.returncode == 2, r.stderr
+    assert (
+        r.stderr.strip()
+        == "error: model.num_classes: 3 but data.train has 10 classes; set model.num_classes=10"
+    )
     assert "pre-flight: 1 check(s) would fail; a submission would be refused" in r.stdout
     assert "\nok          data.train: " in r.stdout and "would fail  model.num_classes: 3 but" in r.stdout
+    assert "#SBATCH --nodes=1" in r.stdout
+    # A sweep's dry run: every point listed, the first failing point's line, exit 2.
+    r = subprocess.run(
+        [*base, f"data.train={train}", "--sweep", "model.num_classes=10,3", "--dry-run"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().count("\n") == 0, r.stderr
+    assert r.stderr.startswith("error: sweep point 'smoke model.num_classes=3': model.num_classes: 3 but")
+    assert "# point smoke model.num_classes=10" in r.stdout and "nothing would be submitted" in r.stdout
+
+
+# --- the run dir: a live holder, resume=false over an earlier run, another strategy/model ----
+
+
+def fake_squeue(bin_dir: Path, rows: list[str], collapsed: list[str] | None = None, rc: int = 0) -> str:
+    """A `squeue` for PATH: prints `rows` ("%A|%i|%T|%k") when called with -r and `collapsed`
+    (default: `rows`) without, as real squeue shows a pending array as one row; exits `rc`.
+    Returns the PATH to use."""
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "rows_r").write_text("".join(r + "\n" for r in rows))
+    (bin_dir / "rows").write_text("".join(r + "\n" for r in (rows if collapsed is None else collapsed)))
+    script = bin_dir / "squeue"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'[ {rc} = 0 ] || {{ echo "slurm_load_jobs error: Unable to contact slurm controller" >&2; exit {rc}; }}\n'
+        f'for a in "$@"; do [ "$a" = -r ] && exec cat {bin_dir}/rows_r; done\n'
+        f"exec cat {bin_dir}/rows\n"
+    )
+    script.chmod(0o755)
+    return f"{bin_dir}:{os.environ['PATH']}"
+
+
+def hold_lock(run_dir: Path, host: str | None = None, job: str | None = None) -> subprocess.Popen:
+    """A real process holding run_dir's RunDirLock (its record naming `host` and SLURM `job`)."""
+    pose = f"socket.gethostname = lambda: {host!r}\n" if host else ""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import socket, time\n"
+            "from rmt_dist.launching.rundir import RunDirLock\n"
+            f"{pose}RunDirLock({str(run_dir)!r}).acquire(); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**env, **({"SLURM_JOB_ID": job} if job else {})},
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.kill()  # -9: no release, its record stays behind
+    proc.wait()
+
+
+def fake_checkpoint(run_dir: Path, step: int, cfg, **train_state) -> Path:
+    """A sealed checkpoint as the cheap checks see it (train_state.json + COMPLETE), no torch."""
+    d = run_dir / "checkpoints" / f"step_{step:08d}"
+    d.mkdir(parents=True)
+    ts = {
+        "step": step,
+        "epoch": 0,
+        "step_in_epoch": step,
+        "world_size": 1,
+        "global_batch": cfg.derived.global_batch,
+        "strategy": "ddp",
+        "zero_stage": None,
+        "model": {"name": cfg.model.name, "num_classes": cfg.model.num_classes, "token_label": False},
+        **train_state,
+    }
+    (d / "train_state.json").write_text(json.dumps(ts))
+    data = (d / "train_state.json").read_bytes()
+    files = {"train_state.json": {"size": len(data), "crc32": f"{zlib.crc32(data):08x}"}}
+    (d / "COMPLETE").write_text(json.dumps({"step": step, "files": files}))
+    return d
+
+
+def test_preflight_refuses_a_run_dir_a_live_run_holds_and_not_a_stale_lock(digits, tmp_path, monkeypatch):
+    import socket
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    bin_dir = tmp_path / "bin"
+    monkeypatch.setenv("PATH", fake_squeue(bin_dir, ["4242|4242|RUNNING|x"]))
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    cfg = smoke_cfg(digits, run_dir)
+    assert "run.lock" not in failures(cfg)  # never locked
+    holder = hold_lock(run_dir)  # a live run on this host
+    try:
+        line = failures(cfg)["run.lock"]
+        assert f"is in use by another run (pid {holder.pid} on host {socket.gethostname()}" in line, line
+        assert line.endswith("wait for it to end or stop it, or pass run.dir=<new dir>")
+    finally:
+        stop(holder)
+    assert json.loads((run_dir / "run.lock").read_text())["pid"] == holder.pid
+    assert "run.lock" not in failures(cfg), "a dead pid's record must not block"
+    # Another node's run: its flock is held, its SLURM job is in squeue.
+    holder = hold_lock(run_dir, host="node-a", job="4242")
+    try:
+        assert "on host node-a, SLURM job 4242" in failures(cfg)["run.lock"]
+        fake_squeue(bin_dir, [], rc=1)  # squeue does not answer: not provably gone
+        assert "on host node-a, SLURM job 4242" in failures(cfg)["run.lock"]
+        fake_squeue(bin_dir, [])  # the job left the queue: the lock the file system kept is stale
+        assert "run.lock" not in failures(cfg)
+    finally:
+        stop(holder)
+    # Its record stays; while its job is queued again (a pending requeue) that run comes back.
+    fake_squeue(bin_dir, ["4242|4242|PENDING|x"])
+    assert "SLURM job 4242" in failures(cfg)["run.lock"]
+    fake_squeue(bin_dir, ["4242|4242|COMPLETED|x"])
+    assert "run.lock" not in failures(cfg)
+
+
+def test_preflight_refuses_resume_false_over_an_earlier_run(digits, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cfg = smoke_cfg(digits, run_dir, "checkpoint.resume=false")
+    assert "checkpoint.resume" not in failures(cfg), "an empty run dir starts from step 0"
+    (run_dir / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.9}\n')
+    line = failures(cfg)["checkpoint.resume"]
+    assert line.startswith(
+        f"run dir {str(run_dir)!r} already holds a run (2 record(s) in metrics.jsonl up to step 2)"
+    )
+    fake_checkpoint(run_dir, 2, cfg)
+    newest = fake_checkpoint(run_dir, 4, cfg)
+    (run_dir / "checkpoints" / "step_00000006").mkdir()  # an interrupted save is not a checkpoint
+    line = failures(cfg)["checkpoint.resume"]
+    assert f"2 checkpoint(s), the newest at step 4: {newest}" in line
+    assert "checkpoint.resume=false would train over it from step 0: pass run.dir=<new dir>" in line
+    assert line.endswith("or set checkpoint.resume=true to continue it")
+    assert "checkpoint.resume" not in failures(smoke_cfg(digits, run_dir))  # resume=true continues it
+
+
+def test_preflight_refuses_checkpoints_of_another_strategy_or_model(digits, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = smoke_cfg(digits, run_dir)
+    fake_checkpoint(run_dir, 2, cfg, model={"name": "rmt_s", "num_classes": 10, "token_label": False})
+    newest = fake_checkpoint(run_dir, 4, cfg)  # the newest decides, as in the job's resume
+    assert "checkpoint.resume" not in failures(cfg)
+    line = failures(smoke_cfg(digits, run_dir, "strategy.name=fsdp"))["checkpoint.resume"]
+    assert line == (
+        f"checkpoint {newest} was saved with strategy.name=ddp but this run has strategy.name=fsdp; "
+        "relaunch with strategy.name=ddp (checkpoints do not convert between strategies), or pass "
+        "run.dir=<new dir>"
+    )
+    (newest / "COMPLETE").unlink()  # now step 2 is the newest complete one: another model
+    line = failures(cfg)["checkpoint.resume"]
+    assert "holds a model with model.name=rmt_s but this run has model.name=rmt_test" in line
+
+
+def test_local_launcher_runs_the_run_dir_checks_before_any_rank(digits, tmp_path):
+    train, val = digits
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text('{"step": 3, "loss": 1.0}\n')
+    cmd = [sys.executable, "launch/local.py", "recipes/smoke.yaml", f"data.train={train}", f"data.val={val}"]
+    cmd += [f"run.dir={run_dir}", "--nproc", "1"]
+    r = subprocess.run(
+        [*cmd, "checkpoint.resume=false"], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert r.returncode == 2 and "local run:" not in r.stdout, r.stdout + r.stderr
+    assert r.stderr.startswith("error: checkpoint.resume: run dir ") and r.stderr.strip().count("\n") == 0
+    holder = hold_lock(run_dir)
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    finally:
+        stop(holder)
+    assert r.returncode == 2 and "local run:" not in r.stdout, r.stdout + r.stderr
+    assert r.stderr.startswith(
+        f"error: run.lock: run dir {str(run_dir)!r} is in use by another run (pid {holder.pid}"
+    )
+    assert not (run_dir / "config.yaml").exists()
+
+
+def test_active_jobs_for_sees_every_element_of_a_pending_array(tmp_path, monkeypatch):
+    from rmt_dist.launching.squeue import active_jobs_for
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "launch.json").write_text(json.dumps({"job_id": "77_1"}))
+    elements = [f"77|77_{i}|PENDING|rmt-dist-sweep:{tmp_path}" for i in range(3)]
+    monkeypatch.setenv(
+        "PATH", fake_squeue(tmp_path / "bin", elements, [f"77|77_[0-2]|PENDING|rmt-dist-sweep:{tmp_path}"])
+    )
+    assert active_jobs_for(run_dir) == ["77_1"]
+    fake_squeue(tmp_path / "bin", [f"77|77_{i}|COMPLETED|x" for i in range(3)])
+    assert active_jobs_for(run_dir) == []
+
+
+@pytest.mark.skipif(shutil.which("sbatch") is None, reason="needs a SLURM cluster (launch/slurm_local.sh)")
+def test_active_jobs_for_sees_an_element_of_a_real_pending_array(tmp_path):
+    from rmt_dist.launching.squeue import active_jobs_for
+
+    if subprocess.run(["sinfo", "-h"], capture_output=True, timeout=20).returncode != 0:
+        pytest.skip("the SLURM controller does not answer")
+    out = subprocess.run(
+        [
+            "sbatch",
+            "--hold",
+            "--array=0-2",
+            f"--comment=rmt-dist-test:{tmp_path}",
+            "-o",
+            "/dev/null",
+            "--wrap",
+            "true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    job = out.stdout.split()[-1]
+    try:
+        run_dir = tmp_path / "run"
+        run_dir.mkdir()
+        (run_dir / "launch.json").write_text(json.dumps({"job_id": f"{job}_1"}))
+        assert active_jobs_for(run_dir) == [f"{job}_1"]  # held, so still one pending row without -r
+    finally:
+        subprocess.run(["scancel", job], timeout=30)
 
 
 # --- sweeps -----------------------------------------------------------------------------------

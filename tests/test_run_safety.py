@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from test_cluster_tools import fake_squeue, hold_lock, stop
 from test_engine_support import digits_dir, records, train_losses
 
 import rmt_dist.models  # noqa: F401  (registers the RMT models with timm)
@@ -283,6 +284,7 @@ def test_bad_override_is_blamed_on_the_command_line(capsys):
 def test_second_run_is_refused_naming_the_holder(digits, tmp_path, capsys, monkeypatch):
     run_dir = tmp_path / "run"
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.setenv("PATH", fake_squeue(tmp_path / "bin", ["4242|4242|RUNNING|x"]))  # its job runs
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -324,6 +326,94 @@ def test_second_run_is_refused_naming_the_holder(digits, tmp_path, capsys, monke
     monkeypatch.delenv("SLURM_RESTART_COUNT")
     with RunDirLock(run_dir):
         assert json.loads((run_dir / LOCK).read_text())["pid"] == os.getpid()
+
+
+def test_a_kept_lock_of_a_job_squeue_no_longer_lists_is_taken_over(tmp_path, monkeypatch):
+    """The NFS case of a dead node: the flock stays, the record names another node's job."""
+    run_dir, bin_dir = tmp_path / "run", tmp_path / "bin"
+    monkeypatch.setenv("SLURM_JOB_ID", "5000")  # another job than the holder's
+    holder = hold_lock(run_dir, host="node-a", job="4242")
+    try:
+        monkeypatch.setenv("PATH", fake_squeue(bin_dir, ["4242|4242|RUNNING|x"]))
+        with pytest.raises(LaunchError, match="is in use by another run .*SLURM job 4242"):
+            RunDirLock(run_dir).acquire()
+        fake_squeue(bin_dir, [], rc=1)  # squeue does not answer: nothing is provable
+        with pytest.raises(LaunchError, match="is in use by another run"):
+            RunDirLock(run_dir).acquire()
+        fake_squeue(bin_dir, ["4242|4242|CANCELLED|x"])  # over: its kept lock is stale
+        with RunDirLock(run_dir):
+            assert json.loads((run_dir / LOCK).read_text())["slurm_job_id"] == "5000"
+    finally:
+        stop(holder)
+
+
+def test_without_flock_the_record_keeps_a_second_run_out(tmp_path, monkeypatch):
+    """A file system without flock (ENOLCK): the lock's record decides, by the same rule."""
+    import errno
+    import fcntl
+    import socket
+
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    run_dir = tmp_path / "run"
+    first = RunDirLock(run_dir).acquire()
+    with pytest.raises(LaunchError, match=rf"in use by another run \(pid {os.getpid()} .*no flock"):
+        RunDirLock(run_dir).acquire()
+    first.release()
+    RunDirLock(run_dir).acquire().release()  # released: an empty record, free
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    live = {"host": socket.gethostname(), "pid": sleeper.pid, "since": "earlier"}
+    try:
+        (run_dir / LOCK).write_text(json.dumps(live))  # a run in another process
+        with pytest.raises(LaunchError, match=f"is in use by another run \\(pid {sleeper.pid} "):
+            RunDirLock(run_dir).acquire()
+        (run_dir / LOCK).write_text("")
+        (run_dir / f"{LOCK}.claim").write_text(json.dumps(live))  # a taker between its check and its write
+        with pytest.raises(LaunchError, match="is being taken by another run"):
+            RunDirLock(run_dir).acquire()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # Both gone now (a dead pid on this host): neither record blocks.
+    (run_dir / LOCK).write_text(json.dumps(live))
+    with RunDirLock(run_dir):
+        assert json.loads((run_dir / LOCK).read_text())["pid"] == os.getpid()
+        assert not (run_dir / f"{LOCK}.claim").exists()
+
+
+def _contents(run_dir: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(run_dir)): f.read_bytes() for f in sorted(run_dir.rglob("*")) if f.is_file()}
+
+
+def test_resume_false_over_an_earlier_run_is_refused_before_anything_changes(base, digits, tmp_path, capsys):
+    run_dir = copy_run(base, tmp_path)
+    before = _contents(run_dir)
+    capsys.readouterr()
+    assert main(argv(run_dir, digits, "checkpoint.resume=false", "run.stop_after_steps=2")) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    [line] = error_lines(err)
+    assert (
+        f"error: run dir {str(run_dir)!r} already holds a run (2 checkpoint(s), the newest at step 4: "
+        in line
+    )
+    assert "record(s) in metrics.jsonl up to step 4" in line
+    assert "pass run.dir=<new dir>, or remove" in line and "or set checkpoint.resume=true" in line
+    assert _contents(run_dir) == before, "nothing in the run dir may change"
+    # Metrics alone (the checkpoints moved away) are an earlier run too.
+    shutil.rmtree(run_dir / "checkpoints")
+    assert main(argv(run_dir, digits, "checkpoint.resume=false", "run.stop_after_steps=2")) == 2
+    [line] = error_lines(capsys.readouterr().err)
+    assert "already holds a run (" in line and "record(s) in metrics.jsonl up to step 4)" in line
+    # An empty run dir still starts from step 0.
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    assert main(argv(fresh, digits, "checkpoint.resume=false", "run.stop_after_steps=1")) == 0
+    assert [r["step"] for r in records(fresh) if "loss" in r] == [1]
 
 
 # -- case 2 (and 1 with real runs): ranks die with their launcher -----------------------------

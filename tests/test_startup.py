@@ -88,9 +88,10 @@ def test_config_print_and_slurm_dry_run_without_torch():
     r = _python("-c", RUNNER, "rmt_dist.config", "recipes/rmt_l.yaml")
     assert r.returncode == 0 and "exit 0" in r.stdout, r.stderr[-2000:]
     assert "model:" in r.stdout
-    # The dry run reports (a missing ImageNet beton is "would fail"), it imports no torch.
+    # The dry run reports (a missing ImageNet beton is "would fail", then exit 2), it imports no torch.
     r = _python("-c", RUNNER, "launch/slurm.py", "recipes/rmt_l.yaml", "--dry-run")
-    assert r.returncode == 0 and "exit 0" in r.stdout, r.stderr[-2000:]
+    code = 0 if "pre-flight: every check ok" in r.stdout else 2
+    assert r.returncode == 0 and f"exit {code}" in r.stdout, r.stderr[-2000:]
     assert "would fail" in r.stdout or "ok " in r.stdout
 
 

@@ -12,7 +12,9 @@
 
 Writing is the engine's (engine/checkpoint.py); this module is what every reader shares:
 the engine at resume, the weights reader (models/weights.py), evaluate, export and
-`python -m rmt_dist.status`, which must start without importing torch.
+`python -m rmt_dist.status`, which must start without importing torch. The resume's refusal
+of a checkpoint made for another strategy or model (`layout_mismatch`, `model_mismatch`)
+lives here too, so the launchers' pre-flight asks the same question before the queue.
 """
 
 from __future__ import annotations
@@ -167,3 +169,61 @@ def step_of(path: Path) -> int:
 
 def read_train_state(path: Path) -> dict:
     return json.loads((path / TRAIN_STATE).read_text())
+
+
+def newest_complete(root: Path) -> Path | None:
+    """The newest checkpoint that passes the cheap checks (the first one a resume tries), quietly."""
+    return next((p for p in list_step_dirs(root) if invalid_reason(p) is None), None)
+
+
+def strategy_identity(name: str, zero_stage: int) -> dict:
+    """What train_state.json records about the layout (the strategies' checkpoint_identity()):
+    the ZeRO stage only under deepspeed."""
+    return {"strategy": name, "zero_stage": zero_stage if name == "deepspeed" else None}
+
+
+def layout_mismatch(saved: dict, mine: dict) -> str | None:
+    """`saved` (a checkpoint's train state) vs `mine` (checkpoint_identity()): the refusal
+    line with its fix, or None. Checkpoints do not convert between strategies or ZeRO stages."""
+    name, stage = saved.get("strategy"), saved.get("zero_stage")
+    if name and name != mine["strategy"]:
+        return (
+            f"was saved with strategy.name={name} but this run has strategy.name={mine['strategy']}; "
+            f"relaunch with strategy.name={name} (checkpoints do not convert between strategies), or "
+            "pass run.dir=<new dir>"
+        )
+    if name and stage is not None and mine.get("zero_stage") is not None and stage != mine["zero_stage"]:
+        return (
+            f"was saved with strategy.zero_stage={stage} but this run has strategy.zero_stage="
+            f"{mine['zero_stage']}; relaunch with strategy.zero_stage={stage}, or pass run.dir=<new dir>"
+        )
+    return None
+
+
+# What a resume may not change. `attention` too: the variants share parameter shapes, so their
+# weights load into one another without an error and only this record tells them apart.
+MODEL_IDENTITY = ("name", "num_classes", "token_label", "attention")
+
+
+def model_mismatch(path: Path, saved: dict, model) -> str | None:
+    """The model checkpoint `path` (train state `saved`) holds vs `model` (a ModelConfig): the
+    refusal line with its fix, or None. Older checkpoints name the model (or part of it) in
+    config.yaml only."""
+    recorded = dict(saved.get("model") or {})
+    if any(key not in recorded for key in MODEL_IDENTITY) and (path / "config.yaml").is_file():
+        import yaml
+
+        try:
+            written = (yaml.safe_load((path / "config.yaml").read_text()) or {}).get("model")
+        except (OSError, yaml.YAMLError):
+            written = None
+        if isinstance(written, dict):
+            recorded = {**{k: written[k] for k in MODEL_IDENTITY if k in written}, **recorded}
+    for key in MODEL_IDENTITY:
+        if key in recorded and recorded[key] != getattr(model, key):
+            return (
+                f"holds a model with model.{key}={recorded[key]} but this run has model.{key}="
+                f"{getattr(model, key)}; relaunch with model.{key}={recorded[key]}, or pass "
+                "run.dir=<new dir>"
+            )
+    return None

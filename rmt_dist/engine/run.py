@@ -1,8 +1,10 @@
 """Run one rank of a training run from a Config: process group, signals, Trainer, clean-up.
 
 Before the first step rank 0 takes the run dir's lock (one run per run dir), refuses a
-FINISHED run dir, checks the betons (size, fingerprint, class counts: data/verify.py) and
-writes config.yaml; every rank learns of a failure there and exits with the same code.
+FINISHED run dir and `checkpoint.resume=false` over an earlier run's checkpoints or
+metrics (before anything in the dir is changed), checks the betons (size, fingerprint,
+class counts: data/verify.py) and writes config.yaml; every rank learns of a failure there
+and exits with the same code.
 Every failure ends in one line (`error: ...`) with the reason and the fix: exit 2 for bad
 input (recipe, data, a run dir in use or not writable, checkpoints that cannot be
 resumed), 1 for a failure (divergence, a save that failed, e.g. on a full disk).
@@ -67,8 +69,9 @@ def check_data(cfg: Config) -> None:
 
 
 def _prepare_run_dir(cfg: Config, check_betons: bool):
-    """Rank 0: lock, FINISHED, data, config.yaml. Returns the held lock; raises with one line."""
-    from ..launching.rundir import RunDirLock, check_not_finished
+    """Rank 0: lock, FINISHED, resume=false over an earlier run, data, config.yaml. Returns the
+    held lock; raises with one line."""
+    from ..launching.rundir import RunDirLock, check_fresh_start, check_not_finished
 
     run_dir = Path(cfg.run.dir)
     try:
@@ -80,6 +83,8 @@ def _prepare_run_dir(cfg: Config, check_betons: bool):
         raise RunDirFailure(line) from None
     try:
         check_not_finished(run_dir)
+        # Before anything is written: resume=false would truncate metrics.jsonl and replace checkpoints.
+        check_fresh_start(run_dir, cfg.checkpoint.resume)
         if check_betons:
             check_data(cfg)
         try:

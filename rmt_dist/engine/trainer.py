@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checkpoint_format.dirs import model_mismatch
 from ..config import DerivedConfig, to_yaml
 from ..models.build import build_model
 from . import preempt
@@ -227,29 +228,10 @@ class Trainer:
         return next((e for e in all_gather_object(error) if e), None)
 
     def _mismatch(self, path) -> str | None:
-        """How `path` was made differently from this run in a way no load can convert, with the fix."""
-        import yaml
-
+        """How `path` was made differently from this run in a way no load can convert, with the fix
+        (checkpoint_format/dirs.py: the launchers' pre-flight asks the same, torch-free)."""
         ts = read_train_state(path)
-        cfg = self.cfg
-        if refusal := self.strategy.refuses(ts):
-            return refusal
-        model = ts.get("model")
-        if model is None and (path / "config.yaml").is_file():
-            try:
-                model = (yaml.safe_load((path / "config.yaml").read_text()) or {}).get("model")
-            except (OSError, yaml.YAMLError):
-                model = None
-        # `attention` too: the variants share parameter shapes, so their weights load into one
-        # another without an error and only this record tells them apart.
-        for key in ("name", "num_classes", "token_label", "attention"):
-            if isinstance(model, dict) and key in model and model[key] != getattr(cfg.model, key):
-                return (
-                    f"holds a model with model.{key}={model[key]} but this run has model.{key}="
-                    f"{getattr(cfg.model, key)}; relaunch with model.{key}={model[key]}, or pass "
-                    "run.dir=<new dir>"
-                )
-        return None
+        return self.strategy.refuses(ts) or model_mismatch(path, ts, self.cfg.model)
 
     def _restore_position(self, path) -> None:
         ts = read_train_state(path)

@@ -1,11 +1,13 @@
 """Checks of a resolved recipe's inputs, run by a launcher before anything is queued.
 
 A run that would stop at start-up for a bad input (a missing beton, val classes that are
-not train's, a token-label store made for other data, a finished run dir...) should stop
+not train's, a token-label store made for other data, a finished run dir or one a live run holds,
+`checkpoint.resume=false` over an earlier run, checkpoints of another strategy or model...) should stop
 here, on the login node, in seconds, rather than after hours in the queue. Each check
 gives one `Check`: ok with a short summary, or the one-line reason it would fail and the
-fix. `launch/slurm.py --dry-run` prints them all; a submission refuses on the first failure
-(exit 2). launch/local.py can call `run_checks` the same way.
+fix. `launch/slurm.py --dry-run` prints them all, then exits 2 with the first failure's line when
+one fails; a submission refuses on the first failure (exit 2). launch/local.py runs the
+run-dir checks (`run_dir_checks`) before it starts any rank.
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-def _run_dir(run_dir: Path) -> Check:
+def _run_dir(run_dir: Path, resume: bool = True) -> Check:
     from .rundir import check_not_finished
 
     try:
@@ -137,13 +139,65 @@ def _run_dir(run_dir: Path) -> Check:
             "pass run.dir=<a writable directory>",
         )
     state = (
-        "exists, will resume from its newest complete checkpoint"
+        ("exists, will resume from its newest complete checkpoint" if resume else "exists, holds checkpoints")
         if (run_dir / "checkpoints").is_dir()
         else "new"
         if not run_dir.exists()
         else "exists, no checkpoint yet"
     )
     return Check("run.dir", True, f"{run_dir} (writable, {state})")
+
+
+def _lock(run_dir: Path) -> Check:
+    from .rundir import check_not_in_use
+
+    try:
+        check_not_in_use(run_dir)
+    except LaunchError as e:
+        return Check("run.lock", False, str(e))
+    return Check("run.lock", True, "no live run holds the run dir")
+
+
+def _resume(cfg: Config, run_dir: Path) -> Check:
+    """What the job's start would refuse about the run dir's checkpoints, asked torch-free:
+    resume=false over an earlier run, or a newest checkpoint of another strategy or model."""
+    from ..checkpoint_format.dirs import (
+        layout_mismatch,
+        model_mismatch,
+        newest_complete,
+        read_train_state,
+        strategy_identity,
+    )
+    from .rundir import check_fresh_start
+
+    try:
+        check_fresh_start(run_dir, cfg.checkpoint.resume)
+    except LaunchError as e:
+        return Check("checkpoint.resume", False, str(e))
+    if not cfg.checkpoint.resume:
+        return Check("checkpoint.resume", True, "false; the run dir holds no earlier run")
+    newest = newest_complete(run_dir / "checkpoints")
+    if newest is None:
+        return Check("checkpoint.resume", True, "nothing to resume yet: the run starts at step 0")
+    try:
+        saved = read_train_state(newest)
+    except (OSError, ValueError):  # invalid_reason read it a moment ago; the job will say more
+        return Check("checkpoint.resume", True, f"resumes from {newest}")
+    mine = strategy_identity(cfg.strategy.name, cfg.strategy.zero_stage)
+    why = layout_mismatch(saved, mine) or model_mismatch(newest, saved, cfg.model)
+    if why:  # the same line the job's resume would stop with (engine/trainer.py _mismatch)
+        return Check("checkpoint.resume", False, f"checkpoint {newest} {why}")
+    return Check("checkpoint.resume", True, f"resumes from {newest} (step {saved.get('step', '?')})")
+
+
+def run_dir_checks(cfg: Config) -> list[Check]:
+    """The run dir's checks: not FINISHED and writable, not held by a live run, and its
+    checkpoints resumable as the recipe asks. Torch-free and quick."""
+    run_dir = Path(cfg.run.dir).resolve()
+    checks = [_run_dir(run_dir, cfg.checkpoint.resume)]
+    if run_dir.is_dir():
+        checks += [_lock(run_dir), _resume(cfg, run_dir)]
+    return checks
 
 
 def _batch(cfg: DerivedConfig, train: dict) -> Check:
@@ -197,7 +251,7 @@ def derived_check(cfg: DerivedConfig, steps_per_epoch: int | None) -> Check:
 def run_checks(cfg: DerivedConfig) -> list[Check]:
     """Every check for `cfg` (derived for its world size); never raises for a bad input."""
     # The run dir first: a finished run is refused whatever else is wrong.
-    checks: list[Check] = [_run_dir(Path(cfg.run.dir).resolve())]
+    checks: list[Check] = run_dir_checks(cfg)
     train_check, train = _beton(cfg.data.train, "data.train")
     checks.append(train_check)
     if cfg.data.val:
@@ -223,10 +277,14 @@ def run_checks(cfg: DerivedConfig) -> list[Check]:
     return checks
 
 
-def require(cfg: DerivedConfig) -> list[Check]:
-    """`run_checks`, raising PreflightError with the first failure's line."""
-    checks = run_checks(cfg)
-    for c in checks:
-        if not c.ok:
-            raise PreflightError(f"{c.name}: {c.detail}")
+def first_failure(checks: list[Check]) -> PreflightError | None:
+    """The error a submission would stop with: the first failed check's line."""
+    return next((PreflightError(f"{c.name}: {c.detail}") for c in checks if not c.ok), None)
+
+
+def require(cfg: DerivedConfig, checks: list[Check] | None = None) -> list[Check]:
+    """`run_checks` (or the given ones), raising PreflightError with the first failure's line."""
+    checks = run_checks(cfg) if checks is None else checks
+    if error := first_failure(checks):
+        raise error
     return checks

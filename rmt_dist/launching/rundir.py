@@ -8,7 +8,14 @@ One run writes a run dir at a time: rank 0 holds `RunDirLock` (an flock on `run.
 which records host, pid and SLURM job) for the run's life, and a second run is refused
 with one line naming the holder. The kernel drops an flock when its holder dies; where
 the file system keeps it (a dead node's lock on a network file system), a holder that is
-provably gone is taken over: a dead pid on this host, or the same SLURM job (a requeue).
+provably gone is taken over: a dead pid on this host, a later attempt of the same SLURM job
+(a requeue), or a SLURM job that `squeue` no longer lists. Where the file system has no
+flock at all, the record alone decides by the same rule. A launcher's pre-flight asks the
+same question without taking the lock (`check_not_in_use`).
+
+`checkpoint.resume=false` starts a run from step 0; in a run dir that already holds
+checkpoints or metrics that would train over them (metrics.jsonl truncated, the old
+checkpoints replaced), so `check_fresh_start` refuses it before anything is written.
 """
 
 from __future__ import annotations
@@ -68,19 +75,24 @@ def pid_alive(pid: int) -> bool:
 def _holder_is_gone(holder: dict) -> bool:
     """True only when the recorded holder provably cannot be running any more."""
     host, pid, job = holder.get("host"), holder.get("pid"), holder.get("slurm_job_id")
-    if host == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid):
-        return True
     if host == socket.gethostname():
-        return False  # a live pid on this host is a live run, whatever job it belongs to
-    # Another host: only a later attempt of the same SLURM job (a requeue) may take over; two
-    # processes of one allocation (salloc, srun --pty) share the job id and the restart count.
-    mine = os.environ.get("SLURM_JOB_ID")
-    try:
-        my_restart = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
-        theirs = int(holder.get("slurm_restart_count") or 0)
-    except ValueError:
-        return False
-    return bool(job) and job == mine and my_restart > theirs
+        # A live pid on this host is a live run, whatever job it belongs to.
+        return isinstance(pid, int) and not pid_alive(pid)
+    if not job:
+        return False  # another host, no SLURM job: nothing here can tell
+    if job == os.environ.get("SLURM_JOB_ID"):
+        # Only a later attempt of the same job (a requeue) may take over; two processes of
+        # one allocation (salloc, srun --pty) share the job id and the restart count.
+        try:
+            return int(os.environ.get("SLURM_RESTART_COUNT", "0")) > int(
+                holder.get("slurm_restart_count") or 0
+            )
+        except ValueError:
+            return False
+    # Another job: gone once SLURM no longer lists it (None: squeue did not answer, not provable).
+    from .squeue import job_in_queue
+
+    return job_in_queue(str(job)) is False
 
 
 def describe_holder(holder: dict) -> str:
@@ -88,6 +100,102 @@ def describe_holder(holder: dict) -> str:
     return (
         f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}{job}, "
         f"since {holder.get('since', '?')}"
+    )
+
+
+# flock is missing on some network file systems: the record alone must then keep a second run out.
+_NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
+
+
+def _read_record(path: Path) -> dict:
+    try:
+        record = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _in_use(run_dir: Path, holder: dict, note: str = "") -> LaunchError:
+    return LaunchError(
+        f"run dir {str(run_dir)!r} is in use by another run ({describe_holder(holder)}; "
+        f"{run_dir / LOCK}{note}): wait for it to end or stop it, or pass run.dir=<new dir>"
+    )
+
+
+def live_holder(run_dir: str | os.PathLike) -> dict | None:
+    """The record of a run that may still hold `run_dir`, asked without taking the lock (a
+    launcher's pre-flight); None when the dir is free or its holder is provably gone."""
+    path = Path(run_dir) / LOCK
+    holder = _read_record(path)
+    if not holder or _holder_is_gone(holder):
+        return None  # released (an empty record), or a dead holder's record
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return holder  # cannot look: the record decides
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a shared probe; closing the fd drops it
+    except OSError:
+        return holder  # held now (BlockingIOError), or no flock here: the record decides
+    finally:
+        os.close(fd)
+    # Nobody holds the flock: the holder died and left its record (or its pid was reused).
+    # A job of it still queued (a pending requeue) will come back to this dir.
+    from .squeue import job_in_queue
+
+    job = holder.get("slurm_job_id")
+    return holder if job and job_in_queue(str(job)) else None
+
+
+def check_not_in_use(run_dir: str | os.PathLike) -> None:
+    """Raise LaunchError naming the holder when a live run holds `run_dir`'s lock."""
+    holder = live_holder(run_dir)
+    if holder is not None:
+        raise _in_use(Path(run_dir), holder)
+
+
+def existing_run(run_dir: str | os.PathLike) -> str | None:
+    """What a run from step 0 would train over in `run_dir` (sealed checkpoints, metrics
+    records), in words; None for an empty or fresh dir. Torch-free."""
+    from ..checkpoint_format.dirs import MARKER, list_step_dirs, step_of
+    from ..engine.metrics import METRICS_FILE
+
+    run_dir = Path(run_dir)
+    found = []
+    sealed = [p for p in list_step_dirs(run_dir / "checkpoints") if (p / MARKER).is_file()]
+    if sealed:
+        found.append(f"{len(sealed)} checkpoint(s), the newest at step {step_of(sealed[0])}: {sealed[0]}")
+    steps = []
+    try:
+        lines = [line for line in (run_dir / METRICS_FILE).read_text().splitlines() if line.strip()]
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            steps.append(int(json.loads(line).get("step", 0)))
+        except (ValueError, TypeError, AttributeError):
+            continue
+    if lines:
+        upto = f" up to step {max(steps)}" if steps else ""
+        found.append(f"{len(lines)} record(s) in {METRICS_FILE}{upto}")
+    return "; ".join(found) or None
+
+
+def check_fresh_start(run_dir: str | os.PathLike, resume: bool) -> None:
+    """`checkpoint.resume=false` must not train over an earlier run: raise LaunchError (one
+    line: the dir, what it holds, the fixes) before anything in it is changed."""
+    if resume:
+        return
+    held = existing_run(run_dir)
+    if held is None:
+        return
+    d = str(run_dir)
+    raise LaunchError(
+        f"run dir {d!r} already holds a run ({held}) and checkpoint.resume=false would train over it "
+        f"from step 0: pass run.dir=<new dir>, or remove {d}/checkpoints and {d}/metrics.jsonl to start "
+        "over in it, or set checkpoint.resume=true to continue it"
     )
 
 
@@ -103,25 +211,20 @@ class RunDirLock:
         return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
 
     def _read(self) -> dict:
-        try:
-            return json.loads(self.path.read_text() or "{}")
-        except (OSError, ValueError):
-            return {}
+        return _read_record(self.path)
 
     def acquire(self) -> RunDirLock:
         """Take the lock or raise LaunchError naming the holder (OSError when the dir is not writable)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         fd = self._open()
+        no_flock = False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = self._read()
             os.close(fd)
             if not _holder_is_gone(holder):
-                raise LaunchError(
-                    f"run dir {str(self.run_dir)!r} is in use by another run ({describe_holder(holder)}; "
-                    f"{self.path}): wait for it to end or stop it, or pass run.dir=<new dir>"
-                ) from None
+                raise _in_use(self.run_dir, holder) from None
             # A stale lock the file system kept: a fresh file (new inode) takes over.
             self.path.unlink(missing_ok=True)
             fd = self._open()
@@ -136,26 +239,72 @@ class RunDirLock:
                     f"({describe_holder(self._read())}): pass run.dir=<new dir>"
                 ) from None
         except OSError as e:
-            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            if e.errno not in _NO_FLOCK:
                 os.close(fd)
                 raise
-            # No flock on this file system: the record below still names the run.
-        record = {
+            no_flock = True
+        if not no_flock:
+            self._write_record(fd, required=False)  # a full disk: the flock holds; the next write says why
+            return self
+        # No flock on this file system: the record decides, by the rule a kept flock follows;
+        # an O_EXCL claim makes reading and writing it one step, so two takers cannot both pass.
+        try:
+            claim = self._claim()
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            holder = self._read()
+            if holder and not _holder_is_gone(holder):
+                os.close(fd)
+                raise _in_use(self.run_dir, holder, "; this file system has no flock, so its record decides")
+            self._write_record(fd, required=True)
+        finally:
+            claim.unlink(missing_ok=True)
+        return self
+
+    def _record(self) -> dict:
+        return {
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
             "slurm_restart_count": os.environ.get("SLURM_RESTART_COUNT", "0"),
             "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
+
+    def _write_record(self, fd: int, required: bool) -> None:
+        """Write this run's record into the lock file and keep `fd` (closed on any error raised)."""
         try:
             os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+            os.pwrite(fd, (json.dumps(self._record()) + "\n").encode(), 0)
         except OSError as e:
-            if e.errno != errno.ENOSPC:  # a full disk: the flock holds; the next write says why
+            if required or e.errno != errno.ENOSPC:  # without flock the record is the lock
                 os.close(fd)
                 raise
         self._fd = fd
-        return self
+
+    def _claim(self) -> Path:
+        """Create run.lock.claim exclusively (one taker at a time); a claim left by a taker that
+        is provably gone is removed once. Raises LaunchError when another taker holds it."""
+        claim = self.run_dir / (LOCK + ".claim")
+        for _ in range(2):
+            try:
+                cfd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                other = _read_record(claim)
+                if other and _holder_is_gone(other):
+                    claim.unlink(missing_ok=True)
+                    continue
+                break
+            try:
+                os.write(cfd, (json.dumps(self._record()) + "\n").encode())
+            finally:
+                os.close(cfd)
+            return claim
+        raise LaunchError(
+            f"run dir {str(self.run_dir)!r} is being taken by another run ({describe_holder(_read_record(claim))}; "
+            f"{claim}): pass run.dir=<new dir>, or remove {claim} if no run is starting there"
+        )
 
     def release(self) -> None:
         if self._fd is not None:

@@ -10,6 +10,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from ...checkpoint_format.dirs import layout_mismatch  # noqa: F401  (torch-free: pre-flight shares it)
+
 
 @dataclass
 class StepOutcome:
@@ -73,21 +75,3 @@ class Strategy(Protocol):
         """Why a checkpoint with train state `saved` cannot be loaded by this strategy (with
         the fix), or None. World-size changes are converted, never refused."""
         ...
-
-
-def layout_mismatch(saved: dict, mine: dict) -> str | None:
-    """`saved` (a checkpoint's train state) vs `mine` (checkpoint_identity()): the refusal
-    line with its fix, or None. Checkpoints do not convert between strategies or ZeRO stages."""
-    name, stage = saved.get("strategy"), saved.get("zero_stage")
-    if name and name != mine["strategy"]:
-        return (
-            f"was saved with strategy.name={name} but this run has strategy.name={mine['strategy']}; "
-            f"relaunch with strategy.name={name} (checkpoints do not convert between strategies), or "
-            "pass run.dir=<new dir>"
-        )
-    if name and stage is not None and mine.get("zero_stage") is not None and stage != mine["zero_stage"]:
-        return (
-            f"was saved with strategy.zero_stage={stage} but this run has strategy.zero_stage="
-            f"{mine['zero_stage']}; relaunch with strategy.zero_stage={stage}, or pass run.dir=<new dir>"
-        )
-    return None
