@@ -106,6 +106,32 @@ def test_interrupted_generation_resumes_to_the_same_store(
     assert np.array_equal(a.scores, b.scores) and np.array_equal(a.indices, b.indices)
 
 
+def test_a_chunk_whose_topk_repeats_a_class_is_named_removed_and_redone(
+    full_store, betons, teacher_ckpt, tmp_path, monkeypatch
+):
+    """A repeated class index in a cell would count twice in the dense target: consolidation
+    names the sample, its image and the cell, removes the damaged chunk, and a re-run redoes it."""
+    store = tmp_path / "repeat.tokenlabel"
+    real = gen._label_chunk
+
+    def damaged(*a, **k):
+        out = real(*a, **k)
+        if int(out["rows"][0]) == 256:  # chunk 1: sample 259, cell (1, 0) lists its top class twice
+            out["indices"][3, 1, 0, 2] = out["indices"][3, 1, 0, 0]
+        return out
+
+    monkeypatch.setattr(gen, "_label_chunk", damaged)
+    with pytest.raises(TokenLabelStoreError) as e:
+        gen.generate(args(betons[0], store, teacher_ckpt))
+    msg = str(e.value)
+    assert "sample 259 (" in msg and "cell (row 1, col 0)" in msg and "twice" in msg and "re-run" in msg, msg
+    assert not gen._part(store, 1).exists() and gen._part(store, 0).exists()
+    monkeypatch.setattr(gen, "_label_chunk", real)
+    gen.generate(args(betons[0], store, teacher_ckpt))
+    a, b = TokenLabelStore(full_store), TokenLabelStore(store)
+    assert np.array_equal(a.indices, b.indices)
+
+
 def test_store_for_another_beton_is_refused(full_store, betons):
     with pytest.raises(TokenLabelStoreError, match="made for"):
         TokenLabelStore(full_store, beton=betons[1])

@@ -130,6 +130,10 @@ def test_interrupted_import_resumes_to_the_same_store(data, full_store, tmp_path
     }
 
 
+REPEATED = torch.arange(K, dtype=torch.float32)[:, None, None].expand(K, H, W).clone()
+REPEATED[4, 2, 1] = 0  # cell (2, 1) names class 0 twice: it would count double in the dense target
+
+
 def broken_tree(data, tmp_path, sample: int, tensor) -> tuple[Path, str]:
     root, _, rel, _ = data
     labels = tmp_path / "labels"
@@ -165,6 +169,10 @@ def cli_error(capsys, *argv) -> str:
         (
             torch.stack([torch.zeros(K, H, W), torch.full((K, H, W), 1.5)]).half(),
             "bad class index: 1.5 is not an integer",
+        ),
+        (
+            torch.stack([torch.zeros(K, H, W), REPEATED]).half(),
+            "repeated class index: cell (row 2, col 1) lists class 0 twice in its top-5",
         ),
     ],
 )

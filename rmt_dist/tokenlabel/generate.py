@@ -22,8 +22,9 @@ maps are close to, not bit-equal with, the published ones.
 Distributed: launch with torchrun (or under SLURM with RANK/WORLD_SIZE set); ranks split
 the chunks. Resumable: each finished chunk is a file under OUT_STORE/parts/, and a re-run
 with the same arguments skips finished chunks. Once all chunks exist, rank 0 writes
-scores.npy / indices.npy, checks that every sample index has labels, and marks the store
-complete.
+scores.npy / indices.npy, checks that every sample index has labels and that no cell's
+top-k names a class twice (a damaged chunk file is removed and named, for a re-run to
+redo), and marks the store complete.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..errors import report
-from .store import StoreMeta, TokenLabelStoreError, generation_key
+from .store import StoreMeta, TokenLabelStoreError, generation_key, refuse_repeated_classes
 from .view import TeacherView, TeacherViewError
 
 # torch and the teacher are imported when labelling starts, not at import: `--help` and
@@ -173,6 +174,9 @@ def _consolidate(store: Path, meta: StoreMeta, num_chunks: int, chunk_size: int)
             raise TokenLabelStoreError(f"chunk {c} ({part}) is missing after generation; re-run to finish it")
         with np.load(part) as z:
             rows = z["rows"]
+            refuse_repeated_classes(
+                part, rows, z["indices"], meta, "re-run the same command to label it again"
+            )
             scores[rows], indices[rows] = z["scores"], z["indices"]
             seen[rows] = True
             correct += int(z["correct"])

@@ -21,7 +21,8 @@ Samples are matched to files through the beton's recorded source paths
 (TRAIN.beton.paths.txt, written by rmt_dist.data.convert; older betons: `convert SRC BETON
 --record-paths`, or --paths FILE), with tlt's own naming rule. Every file is checked:
 shape [2, k, H, W] with the same H, W for all, floating dtype, finite logits, indices
-integers in 0..num_classes-1; and the share of images whose most frequent top-1 class is
+integers in 0..num_classes-1 and distinct within each cell (a repeat would count a class
+twice); and the share of images whose most frequent top-1 class is
 their beton label must reach --min-agreement (a different class order shows as ~0.1%).
 Unusable files are listed (counts by reason, the first ones here, all in
 OUT_STORE/problems.tsv) and the import fails; finished chunks are kept, so a re-run after
@@ -58,7 +59,13 @@ import numpy as np
 
 from ..atomic import atomic_path, atomic_write
 from ..errors import report
-from .store import StoreMeta, TokenLabelStoreError, generation_key
+from .store import (
+    StoreMeta,
+    TokenLabelStoreError,
+    first_repeated_class,
+    generation_key,
+    refuse_repeated_classes,
+)
 from .view import TeacherView, TeacherViewError
 
 FALLBACK_LOGIT = 30.0  # softmax over 0s elsewhere: p(label) = 1 - (C - 1) e^-30, one-hot to 1e-10
@@ -113,7 +120,14 @@ def read_label_file(
     if bad.any():
         v = float(idx[bad][0])
         raise ValueError(f"bad class index: {v:g} is not an integer in 0..{num_classes - 1}")
-    return (t[0].permute(1, 2, 0).to(torch.float16).numpy(), idx.permute(1, 2, 0).to(torch.int16).numpy())
+    indices = idx.permute(1, 2, 0).to(torch.int16).numpy()
+    rep = first_repeated_class(indices[None])
+    if rep is not None:
+        _, y, x, c = rep
+        raise ValueError(
+            f"repeated class index: cell (row {y}, col {x}) lists class {c} twice in its top-{topk}"
+        )
+    return t[0].permute(1, 2, 0).to(torch.float16).numpy(), indices
 
 
 def fallback_map(
@@ -246,6 +260,9 @@ def _consolidate(store: Path, meta: StoreMeta, num_chunks: int, min_agreement: f
             raise TokenLabelStoreError(f"chunk {c} ({part}) is missing after the import; re-run to finish it")
         with np.load(part) as z:
             rows = z["rows"]
+            refuse_repeated_classes(
+                part, rows, z["indices"], meta, "re-run the same command to read its files again"
+            )
             scores[rows], indices[rows] = z["scores"], z["indices"]
             seen[rows] = True
             agree += int(z["agree"])
