@@ -106,6 +106,37 @@ def test_interrupted_generation_resumes_to_the_same_store(
     assert np.array_equal(a.scores, b.scores) and np.array_equal(a.indices, b.indices)
 
 
+@pytest.mark.parametrize("legacy", [False, True])
+def test_resuming_with_another_chunk_size_keeps_the_stores_own(
+    full_store, betons, teacher_ckpt, tmp_path, monkeypatch, capsys, legacy
+):
+    """Finished chunks are numbered by the size they were cut with: a resume with a bigger
+    --chunk-size once skipped rows no part held and failed on every re-run. It now keeps the
+    recorded size (or, for parts written before it was recorded, the size read off a part)."""
+    store = tmp_path / "rechunked.tokenlabel"
+    real = gen._label_chunk
+    calls = {"n": 0}
+
+    def crash_on_third(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated preemption")
+        return real(*a, **k)
+
+    monkeypatch.setattr(gen, "_label_chunk", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        gen.generate(args(betons[0], store, teacher_ckpt))  # 256 per chunk, chunks 0 and 1 done
+    if legacy:
+        (store / "parts" / "chunk_size.txt").unlink()
+    calls["n"] = 10
+    capsys.readouterr()
+    gen.generate(args(betons[0], store, teacher_ckpt, "--chunk-size", "512"))
+    out = capsys.readouterr().out
+    assert "with its chunk size 256" in out and "not --chunk-size 512" in out, out
+    a, b = TokenLabelStore(full_store), TokenLabelStore(store)
+    assert np.array_equal(a.scores, b.scores) and np.array_equal(a.indices, b.indices)
+
+
 def test_a_chunk_whose_topk_repeats_a_class_is_named_removed_and_redone(
     full_store, betons, teacher_ckpt, tmp_path, monkeypatch
 ):

@@ -130,6 +130,41 @@ def test_interrupted_import_resumes_to_the_same_store(data, full_store, tmp_path
     }
 
 
+def test_resuming_with_another_chunk_size_names_both_sizes_and_the_fix(
+    data, full_store, tmp_path, monkeypatch, capsys
+):
+    root, beton, _, _ = data
+    store = tmp_path / "rechunked.tokenlabel"
+    real = imp.import_chunk
+    calls = {"n": 0}
+
+    def crash_on_second(job):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated preemption")
+        return real(job)
+
+    monkeypatch.setattr(imp, "import_chunk", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        run(root / "labels", beton, store, "--workers", "1")
+    monkeypatch.setattr(imp, "import_chunk", real)
+    capsys.readouterr()
+    assert (
+        imp.main([str(root / "labels"), str(beton), str(store), "--chunk-size", "8", "--workers", "1"]) == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert "chunks of 4, not --chunk-size 8" in err and "resume with --chunk-size 4" in err, err
+    run(root / "labels", beton, store, "--workers", "1")
+    a, b = TokenLabelStore(full_store), TokenLabelStore(store)
+    assert np.array_equal(a.scores, b.scores) and np.array_equal(a.indices, b.indices)
+    # once complete the chunk size no longer matters
+    assert (
+        imp.main([str(root / "labels"), str(beton), str(store), "--chunk-size", "8", "--workers", "1"]) == 0
+    )
+    assert "already complete" in capsys.readouterr().out
+
+
 REPEATED = torch.arange(K, dtype=torch.float32)[:, None, None].expand(K, H, W).clone()
 REPEATED[4, 2, 1] = 0  # cell (2, 1) names class 0 twice: it would count double in the dense target
 

@@ -292,6 +292,10 @@ def _consolidate(store: Path, meta: StoreMeta, num_chunks: int, min_agreement: f
     return share, len(fallback)
 
 
+def _key_without_chunk(meta: StoreMeta) -> dict:
+    return {**generation_key(meta), "source": (meta.source or "").rpartition(";chunk ")[0]}
+
+
 def import_tlt(args: argparse.Namespace) -> StoreMeta:
     label_root, beton, store = Path(args.label_root), Path(args.beton), Path(args.store)
     if not label_root.is_dir():
@@ -342,6 +346,17 @@ def import_tlt(args: argparse.Namespace) -> StoreMeta:
     if (store / "meta.json").is_file():
         old = StoreMeta.read(store)
         if args.overwrite or generation_key(old) != generation_key(meta):
+            old_chunk = (old.source or "").rpartition(";chunk ")[2]
+            same_but_chunk = _key_without_chunk(old) == _key_without_chunk(meta)
+            if not args.overwrite and same_but_chunk and old.complete:  # chunks no longer matter
+                print(f"token-label store {store} is already complete ({old.num_samples} samples)")
+                return old
+            if not args.overwrite and same_but_chunk:
+                raise TokenLabelStoreError(
+                    f"{str(store)!r} is an unfinished import cut into chunks of {old_chunk}, not --chunk-size "
+                    f"{args.chunk_size} (finished chunks are numbered by it); resume with --chunk-size {old_chunk}, "
+                    f"or pass --overwrite to start afresh"
+                )
             if not args.overwrite:
                 raise TokenLabelStoreError(
                     f"{str(store)!r} holds a store made from other inputs or settings (source {old.source or old.teacher}, "
@@ -488,7 +503,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=min(16, len(os.sched_getaffinity(0))),
         help="reader processes (a network file system wants many)",
     )
-    p.add_argument("--chunk-size", type=int, default=4096, help="samples per resumable unit")
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        default=4096,
+        help="samples per resumable unit; resuming needs the size the import was started with",
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",
