@@ -319,3 +319,53 @@ def test_more_classes_than_float16_indices_can_name_are_refused(data, tmp_path, 
     monkeypatch.setattr(imp, "_beton", lambda b, p: (lambda n, c, r, lab: (n, 2049, r, lab))(*real(b, p)))
     err = cli_error(capsys, root / "labels", beton, tmp_path / "s.tokenlabel")
     assert "2049 classes" in err and "float16" in err
+
+
+def test_file_names_with_tabs_line_breaks_and_odd_bytes_keep_the_reports_one_row_each(tmp_path, capsys):
+    """A line break cannot be one line of BETON.paths.txt: convert skips that file with the
+    reason. A tab or non-UTF-8 bytes go into the paths list, and problems.tsv / fallback.tsv
+    escape them (store.tsv_field): one row per file, three fields, read back to the name."""
+    import os
+
+    from data_helpers import smooth_image, write_jpeg
+
+    from rmt_dist.data.decode import BetonImages
+    from rmt_dist.tokenlabel.store import read_tsv_field
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "train"
+    for c in CLASSES:
+        write_jpeg(src / c / f"{c}_0.JPEG", smooth_image(rng, 40, 48))
+    odd = ["tab\there.JPEG", os.fsdecode(b"bytes\xff.JPEG"), "back\\slash.JPEG"]
+    for name in [*odd, "line\nbreak.JPEG"]:
+        write_jpeg(src / CLASSES[0] / name, smooth_image(rng, 40, 48))
+    beton = tmp_path / "train.beton"
+    convert(src, beton, workers=1)
+    meta = read_meta(beton)
+    assert [Path(s["path"]).name for s in meta["skipped"]] == ["line\nbreak.JPEG"]
+    assert "line break" in meta["skipped"][0]["reason"]
+    rel = read_source_paths(beton, meta)
+    assert len(rel) == len(CLASSES) + 3 and {f"{CLASSES[0]}/{n}" for n in odd} <= set(rel)
+
+    labels = tmp_path / "labels"
+    write_tlt_tree(labels, rel, BetonImages(str(beton)).labels)
+    for n in odd:
+        (labels / imp.tlt_label_path(f"{CLASSES[0]}/{n}")).unlink()
+    store = tmp_path / "s.tokenlabel"
+    with pytest.raises(TokenLabelStoreError) as e:
+        run(labels, beton, store, "--workers", "1")
+    assert "\n" not in str(e.value) and "\t" not in str(e.value)
+
+    def rows(path: Path) -> list[list[str]]:
+        lines = path.read_bytes().decode("utf-8", "surrogateescape").split("\n")
+        assert lines[0] == "sample\tfile\treason" and lines[-1] == ""
+        return [[read_tsv_field(f) for f in line.split("\t")] for line in lines[1:-1]]
+
+    want = sorted(str(labels / imp.tlt_label_path(f"{CLASSES[0]}/{n}")) for n in odd)
+    listed = rows(store / "problems.tsv")
+    assert all(len(r) == 3 and r[2] == "missing" for r in listed), listed
+    assert sorted(r[1] for r in listed) == want
+    run(labels, beton, store, "--workers", "1", "--allow-missing")
+    fallback = rows(store / "fallback.tsv")
+    assert sorted(r[1] for r in fallback) == want and TokenLabelStore(store).meta.fallback_samples == 3
+    capsys.readouterr()

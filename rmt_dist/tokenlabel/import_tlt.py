@@ -25,10 +25,12 @@ integers in 0..num_classes-1 and distinct within each cell (a repeat would count
 twice); and the share of images whose most frequent top-1 class is
 their beton label must reach --min-agreement (a different class order shows as ~0.1%).
 Unusable files are listed (counts by reason, the first ones here, all in
-OUT_STORE/problems.tsv) and the import fails; finished chunks are kept, so a re-run after
+OUT_STORE/problems.tsv: sample, file, reason per row, with backslash, tab, newline and
+carriage return in a field written as \\\\, \\t, \\n, \\r, so no file name can split a row)
+and the import fails; finished chunks are kept, so a re-run after
 fixing the files reads only the rest. --allow-missing instead gives those samples the
 ground truth as their map (every location: the label's logit 30, the others 0, i.e. a
-one-hot target before smoothing) and lists them in OUT_STORE/fallback.tsv.
+one-hot target before smoothing) and lists them in OUT_STORE/fallback.tsv (same format).
 
 Resumable and atomic like the generator: each chunk is a file under OUT_STORE/parts/;
 scores.npy / indices.npy are written once every sample has labels, and only then is the
@@ -64,7 +66,10 @@ from .store import (
     TokenLabelStoreError,
     first_repeated_class,
     generation_key,
+    one_line,
+    read_tsv_field,
     refuse_repeated_classes,
+    tsv_rows,
 )
 from .view import TeacherView, TeacherViewError
 
@@ -74,7 +79,7 @@ SHOWN_PROBLEMS = 10
 
 
 def _paths_digest(rel: list[str]) -> str:
-    return hashlib.sha256("\n".join(rel).encode()).hexdigest()[:16]
+    return hashlib.sha256("\n".join(rel).encode("utf-8", "surrogateescape")).hexdigest()[:16]  # as paths.txt
 
 
 def tlt_label_path(source_path: str) -> str:
@@ -173,7 +178,7 @@ def import_chunk(job: dict) -> dict:
                 scores=scores,
                 indices=indices,
                 agree=np.asarray(agree),
-                problems=np.asarray([f"{r}\t{f}\t{why}" for r, f, why in problems], dtype=str),
+                problems=np.asarray([tsv_rows([p])[:-1] for p in problems], dtype=str),  # escaped rows
             )
     return {"chunk": job["chunk"], "n": len(rows), "problems": problems, "agree": agree}
 
@@ -229,9 +234,10 @@ def _probe(files: list[str], topk: int, num_classes: int) -> tuple[int, int]:
 
 
 def _write_problems(path: Path, problems: list[tuple[int, str, str]]) -> None:
-    atomic_write(
-        path, "sample\tfile\treason\n" + "".join(f"{r}\t{f}\t{why}\n" for r, f, why in sorted(problems))
-    )
+    """sample, file, reason per row; fields escaped (store.tsv_field: any file name keeps one row),
+    names that are not UTF-8 written as their bytes."""
+    text = "sample\tfile\treason\n" + tsv_rows(sorted(problems))
+    atomic_write(path, text.encode("utf-8", "surrogateescape"))
 
 
 def _report(problems: list[tuple[int, str, str]], total: int) -> str:
@@ -239,7 +245,7 @@ def _report(problems: list[tuple[int, str, str]], total: int) -> str:
     summary = ", ".join(f"{k} {v}" for k, v in counts.most_common())
     print(f"{len(problems)} of {total} label files unusable ({summary}):")
     for r, f, why in sorted(problems)[:SHOWN_PROBLEMS]:
-        print(f"  sample {r}: {f}: {why}")
+        print(f"  sample {r}: {one_line(f)}: {one_line(why)}")
     if len(problems) > SHOWN_PROBLEMS:
         print(f"  ... and {len(problems) - SHOWN_PROBLEMS} more")
     return summary
@@ -266,7 +272,7 @@ def _consolidate(store: Path, meta: StoreMeta, num_chunks: int, min_agreement: f
             scores[rows], indices[rows] = z["scores"], z["indices"]
             seen[rows] = True
             agree += int(z["agree"])
-            fallback += [tuple(line.split("\t")) for line in z["problems"].tolist()]
+            fallback += [tuple(map(read_tsv_field, line.split("\t"))) for line in z["problems"].tolist()]
     if not seen.all():
         missing = np.flatnonzero(~seen)
         raise TokenLabelStoreError(
@@ -434,7 +440,7 @@ def import_tlt(args: argparse.Namespace) -> StoreMeta:
         _write_problems(store / "problems.tsv", problems)
         r, bad_file, why = sorted(problems)[0]
         raise TokenLabelStoreError(
-            f"{len(problems)} of {num_samples} label files unusable ({summary}); first: {bad_file}: {why} (sample {r}); "
+            f"{len(problems)} of {num_samples} label files unusable ({summary}); first: {one_line(bad_file)}: {one_line(why)} (sample {r}); "
             f"all listed in {store / 'problems.tsv'}; fix or restore those files and re-run (finished chunks are "
             f"kept), or pass --allow-missing to train those samples on their ground-truth class"
         )

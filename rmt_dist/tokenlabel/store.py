@@ -13,7 +13,8 @@ Layout of a store directory (e.g. `train.tokenlabel/`):
                                          `first_repeated_class`)
     parts/         per-chunk results while generating (removed once consolidated)
     fallback.tsv   imported stores only, if --allow-missing was used: the samples without a
-                   usable label file (sample index, file, reason)
+                   usable label file (sample index, file, reason; fields escaped as
+                   `tsv_field` says, so any file name keeps one line)
 
 `meta.json`'s `view` says which region of each image the maps cover (view.py).
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -77,6 +79,31 @@ class StoreMeta:
     def write(self, store: Path) -> None:
         store.mkdir(parents=True, exist_ok=True)
         atomic_write(store / "meta.json", json.dumps(asdict(self), indent=2) + "\n")
+
+
+_TSV_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+_TSV_UNESCAPES = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
+
+
+def tsv_field(text: str) -> str:
+    """One field of problems.tsv / fallback.tsv: backslash, tab, newline and carriage return
+    written as \\\\, \\t, \\n, \\r (PostgreSQL's text format), so a file name holding them
+    cannot split a row; `read_tsv_field` undoes it. Other characters are kept as they are."""
+    return "".join(_TSV_ESCAPES.get(ch, ch) for ch in text)
+
+
+def read_tsv_field(field: str) -> str:
+    return re.sub(r"\\([\\tnr])", lambda m: _TSV_UNESCAPES[m[1]], field)
+
+
+def one_line(name: str) -> str:
+    """A file name as a console or error line can show it: escaped as `tsv_field`, and bytes that
+    are not UTF-8 (surrogate-escaped) as \\udcXX instead of failing to print."""
+    return tsv_field(name).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def tsv_rows(rows: list[tuple[object, ...]]) -> str:
+    return "".join("\t".join(tsv_field(str(v)) for v in row) + "\n" for row in rows)
 
 
 def first_repeated_class(indices: np.ndarray) -> tuple[int, int, int, int] | None:
