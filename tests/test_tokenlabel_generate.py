@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from data_helpers import digits_betons
+from data_helpers import digits_betons, interrupt_on_call
 
 from rmt_dist.tokenlabel import TokenLabelStore, TokenLabelStoreError
 from rmt_dist.tokenlabel import generate as gen
@@ -80,14 +80,7 @@ def test_interrupted_generation_resumes_to_the_same_store(
 ):
     store = tmp_path / "resumed.tokenlabel"
     real = gen._label_chunk
-    calls = {"n": 0}
-
-    def crash_on_third(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated preemption")
-        return real(*a, **k)
-
+    crash_on_third = interrupt_on_call(real, 3)
     monkeypatch.setattr(gen, "_label_chunk", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         gen.generate(args(betons[0], store, teacher_ckpt))
@@ -95,13 +88,10 @@ def test_interrupted_generation_resumes_to_the_same_store(
     with pytest.raises(TokenLabelStoreError, match="incomplete"):
         TokenLabelStore(store)
 
-    calls["n"] = 0
-    monkeypatch.setattr(
-        gen, "_label_chunk", lambda *a, **k: (calls.__setitem__("n", calls["n"] + 1), real(*a, **k))[1]
-    )
+    crash_on_third.calls = 3  # past the crash: the rest go through, counted
     gen.generate(args(betons[0], store, teacher_ckpt))
     total_chunks = -(-TokenLabelStore(full_store).meta.num_samples // 256)
-    assert calls["n"] == total_chunks - 2, "finished chunks are not redone"
+    assert crash_on_third.calls - 3 == total_chunks - 2, "finished chunks are not redone"
     a, b = TokenLabelStore(full_store), TokenLabelStore(store)
     assert np.array_equal(a.scores, b.scores) and np.array_equal(a.indices, b.indices)
 
@@ -115,20 +105,13 @@ def test_resuming_with_another_chunk_size_keeps_the_stores_own(
     recorded size (or, for parts written before it was recorded, the size read off a part)."""
     store = tmp_path / "rechunked.tokenlabel"
     real = gen._label_chunk
-    calls = {"n": 0}
-
-    def crash_on_third(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated preemption")
-        return real(*a, **k)
-
+    crash_on_third = interrupt_on_call(real, 3)
     monkeypatch.setattr(gen, "_label_chunk", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         gen.generate(args(betons[0], store, teacher_ckpt))  # 256 per chunk, chunks 0 and 1 done
     if legacy:
         (store / "parts" / "chunk_size.txt").unlink()
-    calls["n"] = 10
+    crash_on_third.calls = 3
     capsys.readouterr()
     gen.generate(args(betons[0], store, teacher_ckpt, "--chunk-size", "512"))
     out = capsys.readouterr().out

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_helpers import make_odd_image_folder
+from data_helpers import interrupt_on_call, make_odd_image_folder
 
 from rmt_dist.data import read_meta
 from rmt_dist.data.convert import convert
@@ -102,27 +102,16 @@ def test_store_equals_the_published_maps_sample_by_sample(data, full_store):
 def test_interrupted_import_resumes_to_the_same_store(data, full_store, tmp_path, monkeypatch):
     root, beton, _, _ = data
     store = tmp_path / "resumed.tokenlabel"
-    real = imp.import_chunk
-    calls = {"n": 0}
-
-    def crash_on_third(job):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated preemption")
-        return real(job)
-
+    crash_on_third = interrupt_on_call(imp.import_chunk, 3)
     monkeypatch.setattr(imp, "import_chunk", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         run(root / "labels", beton, store, "--workers", "1")
     assert len(list((store / "parts").glob("chunk_*.npz"))) == 2
     with pytest.raises(TokenLabelStoreError, match="incomplete.*import_tlt"):
         TokenLabelStore(store)
-    calls["n"] = 0
-    monkeypatch.setattr(
-        imp, "import_chunk", lambda job: (calls.__setitem__("n", calls["n"] + 1), real(job))[1]
-    )
+    crash_on_third.calls = 3  # past the crash: the rest go through, counted
     run(root / "labels", beton, store, "--workers", "1")
-    assert calls["n"] == 4 - 2, "finished chunks are not read again"
+    assert crash_on_third.calls - 3 == 4 - 2, "finished chunks are not read again"
     a, b = TokenLabelStore(full_store), TokenLabelStore(store)
     assert np.array_equal(a.scores, b.scores) and np.array_equal(a.indices, b.indices)
     assert json.loads((store / "meta.json").read_text()) == {
@@ -136,15 +125,7 @@ def test_resuming_with_another_chunk_size_names_both_sizes_and_the_fix(
     root, beton, _, _ = data
     store = tmp_path / "rechunked.tokenlabel"
     real = imp.import_chunk
-    calls = {"n": 0}
-
-    def crash_on_second(job):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("simulated preemption")
-        return real(job)
-
-    monkeypatch.setattr(imp, "import_chunk", crash_on_second)
+    monkeypatch.setattr(imp, "import_chunk", interrupt_on_call(real, 2))
     with pytest.raises(KeyboardInterrupt):
         run(root / "labels", beton, store, "--workers", "1")
     monkeypatch.setattr(imp, "import_chunk", real)

@@ -216,7 +216,8 @@ def _probe(files: list[str], topk: int, num_classes: int) -> tuple[int, int]:
             shapes[tuple(t.shape)] += 1
         except Exception as e:
             first_error = (
-                first_error or f"{f}: {'missing' if isinstance(e, FileNotFoundError) else type(e).__name__}"
+                first_error
+                or f"{one_line(f)}: {'missing' if isinstance(e, FileNotFoundError) else type(e).__name__}"
             )
     if not shapes:
         raise TokenLabelStoreError(
@@ -226,7 +227,7 @@ def _probe(files: list[str], topk: int, num_classes: int) -> tuple[int, int]:
     shape = shapes.most_common(1)[0][0]
     if len(shape) != 4 or shape[0] != 2 or shape[1] != topk:
         raise TokenLabelStoreError(
-            f"label files have shape {list(shape)} (first: {files[0]}), expected "
+            f"label files have shape {list(shape)} (first: {one_line(files[0])}), expected "
             f"[2, {topk}, H, W] (TokenLabeling's format); pass --topk {shape[1] if len(shape) == 4 else 'K'} "
             f"if they hold another k"
         )
@@ -327,7 +328,7 @@ def import_tlt(args: argparse.Namespace) -> StoreMeta:
     if dup:
         raise TokenLabelStoreError(
             f"{len(dup)} label files would be shared by several images under tlt's naming "
-            f"rule (first: {dup[0]}); such a beton cannot be matched to TokenLabeling maps"
+            f"rule (first: {one_line(dup[0])}); such a beton cannot be matched to TokenLabeling maps"
         )
     files = [str(label_root / n) for n in names]
     map_hw = _probe(files, args.topk, num_classes)

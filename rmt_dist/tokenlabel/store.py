@@ -127,7 +127,7 @@ def image_name(beton: str | Path, sample: int) -> str:
     from ..data.sources import read_source_paths
 
     try:
-        return f"sample {sample} ({read_source_paths(beton, read_meta(beton))[sample]})"
+        return f"sample {sample} ({one_line(read_source_paths(beton, read_meta(beton))[sample])})"
     except (DataError, OSError, IndexError, KeyError, ValueError):
         return f"sample {sample}"
 
