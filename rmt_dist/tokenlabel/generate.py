@@ -283,8 +283,8 @@ def generate(args: argparse.Namespace) -> StoreMeta:
                 print(f"token-label store {store} is already complete ({old.num_samples} samples)")
         if not (store / "meta.json").is_file():
             meta.write(store)
-        (store / "parts").mkdir(parents=True, exist_ok=True)
-        if not StoreMeta.read(store).complete:
+        if not StoreMeta.read(store).complete:  # a complete store keeps no parts/
+            (store / "parts").mkdir(parents=True, exist_ok=True)
             _resume_chunk_size(store, args.chunk_size)
     _barrier(world)
     if StoreMeta.read(store).complete:
