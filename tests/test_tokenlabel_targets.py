@@ -268,6 +268,18 @@ def test_border_clamp_equals_roi_align_on_the_edge_replicated_map(inside):
             scores, indices, boxes, torch.zeros(6, dtype=torch.bool), classes, 7
         )
         assert torch.isfinite(dense).all() and torch.allclose(cls.sum(-1), torch.ones(6))
+    if inside:  # boxes on a 1/20 grid: bin lengths at integers, where float32 and float64 disagree
+        import itertools  # on ceil(); roi_align's sample counts are float32's
+
+        h, w = 14, 14
+        maps = torch.randn(1, 5, h, w, generator=g).expand(380, -1, -1, -1).contiguous() * 4
+        fractions = [i / 20 for i in range(21)]
+        boxes = [(a, b, c, b + 0.5) for a, c in itertools.combinations(fractions, 2) for b in (0.1, 0.5)]
+        cells = torch.tensor(boxes[:380]) * torch.tensor([w, h, w, h], dtype=torch.float32)
+        rois = torch.cat([torch.arange(len(cells), dtype=torch.float32)[:, None], cells], 1)
+        for size in (1, 7, 14):
+            plain = roi_align(maps, rois, (size, size), spatial_scale=1.0, sampling_ratio=0, aligned=True)
+            torch.testing.assert_close(_roi_align_clamped(maps, cells, size), plain, atol=1e-4, rtol=1e-5)
 
 
 def _allocated_bytes(fn) -> int:

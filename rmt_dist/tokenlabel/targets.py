@@ -63,7 +63,9 @@ def _axis_weights(lo: torch.Tensor, hi: torch.Tensor, bins: int, cells: int) -> 
     samples between (at most about 2 x cells per bin: the step is >= 0.5 cell when g > 1) are
     enumerated, so memory does not depend on how far the box reaches past the map.
     """
-    g = torch.ceil((hi - lo) / bins).clamp(min=0)  # in float32 as torchvision; 0 for an empty box
+    # float32 and the same operations as torchvision (roi_end - roi_start), so g is its integer;
+    # 0 for an empty box.
+    g = torch.ceil(((hi - 0.5) - (lo - 0.5)) / bins).clamp(min=0)
     g64 = g.double()[:, None]
     lo64, hi64 = lo.double()[:, None], hi.double()[:, None]  # positions in float64: no drift far out
     bin_size = (hi64 - lo64) / bins
