@@ -80,3 +80,76 @@ def data_config(
 
     data = {"train": str(train), "val": str(val) if val else None, **data}
     return load_config(LOADER_RECIPE, [*(f"data.{k}={json.dumps(v)}" for k, v in data.items()), *overrides])
+
+
+# --- Coordinate-encoded images and label stores (the token-label alignment tests) ---------
+
+
+def coordinate_image(h: int, w: int, mark_portrait: bool = False) -> np.ndarray:
+    """R encodes x, G encodes y, both as fractions of the image side (pixel centres); with
+    `mark_portrait`, B is 255 on portrait images and 0 otherwise."""
+    img = np.zeros((h, w, 3), np.uint8)
+    img[..., 0] = np.round((np.arange(w) + 0.5) / w * 255)[None, :]
+    img[..., 1] = np.round((np.arange(h) + 0.5) / h * 255)[:, None]
+    if mark_portrait:
+        img[..., 2] = 255 if h > w else 0
+    return img
+
+
+def coordinate_beton(root: Path, sizes: list[tuple[int, int]], n: int, mark_portrait: bool = False) -> Path:
+    """root/train.beton of n lossless coordinate images (one class), sample k of shape
+    sizes[k % len(sizes)] (height, width)."""
+    from rmt_dist.data.convert import convert
+
+    folder = root / "images" / "c0"
+    folder.mkdir(parents=True)
+    for k in range(n):
+        Image.fromarray(coordinate_image(*sizes[k % len(sizes)], mark_portrait)).save(folder / f"{k:03d}.png")
+    beton = root / "train.beton"
+    convert(root / "images", beton, max_resolution=None, compress_probability=0.0, workers=1)
+    return beton
+
+
+def coordinate_store(store: Path, beton: Path, map_h: int, map_w: int, view: dict | None = None) -> Path:
+    """A complete token-label store for `beton` whose top class at map cell (r, c) is r * map_w + c
+    for every sample (top-3 logits 10, 1, 0.5), covering `view` (view.py; None: squash)."""
+    from rmt_dist.data import beton_fingerprint, read_meta
+    from rmt_dist.tokenlabel.store import StoreMeta
+
+    n, classes = int(read_meta(beton)["num_samples"]), map_h * map_w
+    r, c = np.meshgrid(np.arange(map_h), np.arange(map_w), indexing="ij")
+    top = (r * map_w + c).astype(np.int16)
+    indices = np.stack([top, (top + 1) % classes, (top + 2) % classes], -1)[None].repeat(n, 0)
+    scores = np.broadcast_to(np.array([10.0, 1.0, 0.5], np.float16), indices.shape).copy()
+    store.mkdir(parents=True)
+    np.save(store / "scores.npy", scores)
+    np.save(store / "indices.npy", indices)
+    StoreMeta(
+        teacher="coordinates",
+        teacher_checkpoint=None,
+        img_size=0,
+        topk=3,
+        map_h=map_h,
+        map_w=map_w,
+        num_classes=classes,
+        beton=str(beton),
+        beton_fingerprint=beton_fingerprint(beton),
+        num_samples=n,
+        complete=True,
+        view=view,
+    ).write(store)
+    return store
+
+
+def interrupt_on_call(fn, n: int):
+    """`fn`, except that its n-th call raises KeyboardInterrupt (a preemption mid-run); the
+    wrapper's `calls` counts calls, and setting it past n lets every later call through."""
+
+    def wrapper(*args, **kwargs):
+        wrapper.calls += 1
+        if wrapper.calls == n:
+            raise KeyboardInterrupt("simulated preemption")
+        return fn(*args, **kwargs)
+
+    wrapper.calls = 0
+    return wrapper

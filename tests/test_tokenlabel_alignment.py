@@ -3,14 +3,11 @@ point at the same source locations as the image crop, for square and non-square 
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from data_helpers import data_config
-from PIL import Image
+from data_helpers import coordinate_beton, coordinate_store, data_config
 
-from rmt_dist.data import beton_fingerprint, build_train_loader
-from rmt_dist.data.convert import convert
+from rmt_dist.data import build_train_loader
 from rmt_dist.tokenlabel.loader import TokenLabelTrainLoader
 from rmt_dist.tokenlabel.store import StoreMeta
 
@@ -31,48 +28,11 @@ def token_labels(store, size: int, smoothing: float | None = 0.0) -> list[str]:
     return out if smoothing is None else [*out, f"tokenlabel.label_smoothing={smoothing}"]
 
 
-def coordinate_image(h: int, w: int) -> np.ndarray:
-    """R encodes x, G encodes y, both as fractions of the image side (pixel centres)."""
-    x = (np.arange(w) + 0.5) / w
-    y = (np.arange(h) + 0.5) / h
-    img = np.zeros((h, w, 3), np.uint8)
-    img[..., 0] = np.round(x[None, :] * 255)
-    img[..., 1] = np.round(y[:, None] * 255)
-    return img
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("coords")
-    folder = root / "images" / "c0"
-    folder.mkdir(parents=True)
-    for k in range(24):
-        h, w = SIZES[k % len(SIZES)]
-        Image.fromarray(coordinate_image(h, w)).save(folder / f"{k:03d}.png")
-    beton = root / "train.beton"
-    convert(root / "images", beton, max_resolution=None, compress_probability=0.0, workers=1)
-    n = 24
-    r, c = np.meshgrid(np.arange(MAP_H), np.arange(MAP_W), indexing="ij")
-    top = (r * MAP_W + c).astype(np.int16)
-    indices = np.stack([top, (top + 1) % CLASSES, (top + 2) % CLASSES], -1)[None].repeat(n, 0)
-    scores = np.broadcast_to(np.array([10.0, 1.0, 0.5], np.float16), indices.shape).copy()
-    store = root / "train.tokenlabel"
-    store.mkdir()
-    np.save(store / "scores.npy", scores)
-    np.save(store / "indices.npy", indices)
-    StoreMeta(
-        teacher="coordinates",
-        teacher_checkpoint=None,
-        img_size=0,
-        topk=3,
-        map_h=MAP_H,
-        map_w=MAP_W,
-        num_classes=CLASSES,
-        beton=str(beton),
-        beton_fingerprint=beton_fingerprint(beton),
-        num_samples=n,
-        complete=True,
-    ).write(store)
+    beton = coordinate_beton(root, SIZES, 24)
+    store = coordinate_store(root / "train.tokenlabel", beton, MAP_H, MAP_W)
     return beton, store
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from data_helpers import digits_betons
+from data_helpers import digits_betons, interrupt_on_call
 
 from rmt_dist.tokenlabel import TokenLabelStore, TokenLabelStoreError
 from rmt_dist.tokenlabel import generate as gen
@@ -80,14 +80,7 @@ def test_interrupted_generation_resumes_to_the_same_store(
 ):
     store = tmp_path / "resumed.tokenlabel"
     real = gen._label_chunk
-    calls = {"n": 0}
-
-    def crash_on_third(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated preemption")
-        return real(*a, **k)
-
+    crash_on_third = interrupt_on_call(real, 3)
     monkeypatch.setattr(gen, "_label_chunk", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         gen.generate(args(betons[0], store, teacher_ckpt))
@@ -95,15 +88,62 @@ def test_interrupted_generation_resumes_to_the_same_store(
     with pytest.raises(TokenLabelStoreError, match="incomplete"):
         TokenLabelStore(store)
 
-    calls["n"] = 0
-    monkeypatch.setattr(
-        gen, "_label_chunk", lambda *a, **k: (calls.__setitem__("n", calls["n"] + 1), real(*a, **k))[1]
-    )
+    crash_on_third.calls = 3  # past the crash: the rest go through, counted
     gen.generate(args(betons[0], store, teacher_ckpt))
     total_chunks = -(-TokenLabelStore(full_store).meta.num_samples // 256)
-    assert calls["n"] == total_chunks - 2, "finished chunks are not redone"
+    assert crash_on_third.calls - 3 == total_chunks - 2, "finished chunks are not redone"
     a, b = TokenLabelStore(full_store), TokenLabelStore(store)
     assert np.array_equal(a.scores, b.scores) and np.array_equal(a.indices, b.indices)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_resuming_with_another_chunk_size_keeps_the_stores_own(
+    full_store, betons, teacher_ckpt, tmp_path, monkeypatch, capsys, legacy
+):
+    """Finished chunks are numbered by the size they were cut with: a resume with a bigger
+    --chunk-size once skipped rows no part held and failed on every re-run. It now keeps the
+    recorded size (or, for parts written before it was recorded, the size read off a part)."""
+    store = tmp_path / "rechunked.tokenlabel"
+    real = gen._label_chunk
+    crash_on_third = interrupt_on_call(real, 3)
+    monkeypatch.setattr(gen, "_label_chunk", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        gen.generate(args(betons[0], store, teacher_ckpt))  # 256 per chunk, chunks 0 and 1 done
+    if legacy:
+        (store / "parts" / "chunk_size.txt").unlink()
+    crash_on_third.calls = 3
+    capsys.readouterr()
+    gen.generate(args(betons[0], store, teacher_ckpt, "--chunk-size", "512"))
+    out = capsys.readouterr().out
+    assert "with its chunk size 256" in out and "not --chunk-size 512" in out, out
+    a, b = TokenLabelStore(full_store), TokenLabelStore(store)
+    assert np.array_equal(a.scores, b.scores) and np.array_equal(a.indices, b.indices)
+
+
+def test_a_chunk_whose_topk_repeats_a_class_is_named_removed_and_redone(
+    full_store, betons, teacher_ckpt, tmp_path, monkeypatch
+):
+    """A repeated class index in a cell would count twice in the dense target: consolidation
+    names the sample, its image and the cell, removes the damaged chunk, and a re-run redoes it."""
+    store = tmp_path / "repeat.tokenlabel"
+    real = gen._label_chunk
+
+    def damaged(*a, **k):
+        out = real(*a, **k)
+        if int(out["rows"][0]) == 256:  # chunk 1: sample 259, cell (1, 0) lists its top class twice
+            out["indices"][3, 1, 0, 2] = out["indices"][3, 1, 0, 0]
+        return out
+
+    monkeypatch.setattr(gen, "_label_chunk", damaged)
+    with pytest.raises(TokenLabelStoreError) as e:
+        gen.generate(args(betons[0], store, teacher_ckpt))
+    msg = str(e.value)
+    assert "sample 259 (" in msg and "cell (row 1, col 0)" in msg and "twice" in msg and "re-run" in msg, msg
+    assert not gen._part(store, 1).exists() and gen._part(store, 0).exists()
+    monkeypatch.setattr(gen, "_label_chunk", real)
+    gen.generate(args(betons[0], store, teacher_ckpt))
+    a, b = TokenLabelStore(full_store), TokenLabelStore(store)
+    assert np.array_equal(a.indices, b.indices)
 
 
 def test_store_for_another_beton_is_refused(full_store, betons):

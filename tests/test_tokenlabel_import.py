@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_helpers import make_odd_image_folder
+from data_helpers import interrupt_on_call, make_odd_image_folder
 
 from rmt_dist.data import read_meta
 from rmt_dist.data.convert import convert
@@ -102,32 +102,52 @@ def test_store_equals_the_published_maps_sample_by_sample(data, full_store):
 def test_interrupted_import_resumes_to_the_same_store(data, full_store, tmp_path, monkeypatch):
     root, beton, _, _ = data
     store = tmp_path / "resumed.tokenlabel"
-    real = imp.import_chunk
-    calls = {"n": 0}
-
-    def crash_on_third(job):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated preemption")
-        return real(job)
-
+    crash_on_third = interrupt_on_call(imp.import_chunk, 3)
     monkeypatch.setattr(imp, "import_chunk", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         run(root / "labels", beton, store, "--workers", "1")
     assert len(list((store / "parts").glob("chunk_*.npz"))) == 2
     with pytest.raises(TokenLabelStoreError, match="incomplete.*import_tlt"):
         TokenLabelStore(store)
-    calls["n"] = 0
-    monkeypatch.setattr(
-        imp, "import_chunk", lambda job: (calls.__setitem__("n", calls["n"] + 1), real(job))[1]
-    )
+    crash_on_third.calls = 3  # past the crash: the rest go through, counted
     run(root / "labels", beton, store, "--workers", "1")
-    assert calls["n"] == 4 - 2, "finished chunks are not read again"
+    assert crash_on_third.calls - 3 == 4 - 2, "finished chunks are not read again"
     a, b = TokenLabelStore(full_store), TokenLabelStore(store)
     assert np.array_equal(a.scores, b.scores) and np.array_equal(a.indices, b.indices)
     assert json.loads((store / "meta.json").read_text()) == {
         **json.loads((full_store / "meta.json").read_text())
     }
+
+
+def test_resuming_with_another_chunk_size_names_both_sizes_and_the_fix(
+    data, full_store, tmp_path, monkeypatch, capsys
+):
+    root, beton, _, _ = data
+    store = tmp_path / "rechunked.tokenlabel"
+    real = imp.import_chunk
+    monkeypatch.setattr(imp, "import_chunk", interrupt_on_call(real, 2))
+    with pytest.raises(KeyboardInterrupt):
+        run(root / "labels", beton, store, "--workers", "1")
+    monkeypatch.setattr(imp, "import_chunk", real)
+    capsys.readouterr()
+    assert (
+        imp.main([str(root / "labels"), str(beton), str(store), "--chunk-size", "8", "--workers", "1"]) == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert "chunks of 4, not --chunk-size 8" in err and "resume with --chunk-size 4" in err, err
+    run(root / "labels", beton, store, "--workers", "1")
+    a, b = TokenLabelStore(full_store), TokenLabelStore(store)
+    assert np.array_equal(a.scores, b.scores) and np.array_equal(a.indices, b.indices)
+    # once complete the chunk size no longer matters
+    assert (
+        imp.main([str(root / "labels"), str(beton), str(store), "--chunk-size", "8", "--workers", "1"]) == 0
+    )
+    assert "already complete" in capsys.readouterr().out
+
+
+REPEATED = torch.arange(K, dtype=torch.float32)[:, None, None].expand(K, H, W).clone()
+REPEATED[4, 2, 1] = 0  # cell (2, 1) names class 0 twice: it would count double in the dense target
 
 
 def broken_tree(data, tmp_path, sample: int, tensor) -> tuple[Path, str]:
@@ -165,6 +185,10 @@ def cli_error(capsys, *argv) -> str:
         (
             torch.stack([torch.zeros(K, H, W), torch.full((K, H, W), 1.5)]).half(),
             "bad class index: 1.5 is not an integer",
+        ),
+        (
+            torch.stack([torch.zeros(K, H, W), REPEATED]).half(),
+            "repeated class index: cell (row 2, col 1) lists class 0 twice in its top-5",
         ),
     ],
 )
@@ -276,3 +300,53 @@ def test_more_classes_than_float16_indices_can_name_are_refused(data, tmp_path, 
     monkeypatch.setattr(imp, "_beton", lambda b, p: (lambda n, c, r, lab: (n, 2049, r, lab))(*real(b, p)))
     err = cli_error(capsys, root / "labels", beton, tmp_path / "s.tokenlabel")
     assert "2049 classes" in err and "float16" in err
+
+
+def test_file_names_with_tabs_line_breaks_and_odd_bytes_keep_the_reports_one_row_each(tmp_path, capsys):
+    """A line break cannot be one line of BETON.paths.txt: convert skips that file with the
+    reason. A tab or non-UTF-8 bytes go into the paths list, and problems.tsv / fallback.tsv
+    escape them (store.tsv_field): one row per file, three fields, read back to the name."""
+    import os
+
+    from data_helpers import smooth_image, write_jpeg
+
+    from rmt_dist.data.decode import BetonImages
+    from rmt_dist.tokenlabel.store import read_tsv_field
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "train"
+    for c in CLASSES:
+        write_jpeg(src / c / f"{c}_0.JPEG", smooth_image(rng, 40, 48))
+    odd = ["tab\there.JPEG", os.fsdecode(b"bytes\xff.JPEG"), "back\\slash.JPEG"]
+    for name in [*odd, "line\nbreak.JPEG"]:
+        write_jpeg(src / CLASSES[0] / name, smooth_image(rng, 40, 48))
+    beton = tmp_path / "train.beton"
+    convert(src, beton, workers=1)
+    meta = read_meta(beton)
+    assert [Path(s["path"]).name for s in meta["skipped"]] == ["line\nbreak.JPEG"]
+    assert "line break" in meta["skipped"][0]["reason"]
+    rel = read_source_paths(beton, meta)
+    assert len(rel) == len(CLASSES) + 3 and {f"{CLASSES[0]}/{n}" for n in odd} <= set(rel)
+
+    labels = tmp_path / "labels"
+    write_tlt_tree(labels, rel, BetonImages(str(beton)).labels)
+    for n in odd:
+        (labels / imp.tlt_label_path(f"{CLASSES[0]}/{n}")).unlink()
+    store = tmp_path / "s.tokenlabel"
+    with pytest.raises(TokenLabelStoreError) as e:
+        run(labels, beton, store, "--workers", "1")
+    assert "\n" not in str(e.value) and "\t" not in str(e.value)
+
+    def rows(path: Path) -> list[list[str]]:
+        lines = path.read_bytes().decode("utf-8", "surrogateescape").split("\n")
+        assert lines[0] == "sample\tfile\treason" and lines[-1] == ""
+        return [[read_tsv_field(f) for f in line.split("\t")] for line in lines[1:-1]]
+
+    want = sorted(str(labels / imp.tlt_label_path(f"{CLASSES[0]}/{n}")) for n in odd)
+    listed = rows(store / "problems.tsv")
+    assert all(len(r) == 3 and r[2] == "missing" for r in listed), listed
+    assert sorted(r[1] for r in listed) == want
+    run(labels, beton, store, "--workers", "1", "--allow-missing")
+    fallback = rows(store / "fallback.tsv")
+    assert sorted(r[1] for r in fallback) == want and TokenLabelStore(store).meta.fallback_samples == 3
+    capsys.readouterr()

@@ -206,3 +206,108 @@ def test_crop_reaching_past_the_map_takes_the_nearest_cell():
             i * 4 + 3,
         ]  # left bins: column 0, right: column 3
         assert float(probs[i, 0].max()) > 0.9 and float(probs[i, 2].max()) > 0.9  # the edge cell's target
+
+
+def _edge_replicated_roi_align(maps: torch.Tensor, cells: torch.Tensor, size: int) -> torch.Tensor:
+    """The border clamp as first built (float64): replicate-pad the map past the box's reach,
+    then torchvision's roi_align (sampling_ratio=0, aligned=True). Memory grows with the reach."""
+    import math
+
+    import torch.nn.functional as F
+    from torchvision.ops import roi_align
+
+    maps, cells = maps.double(), cells.double()
+    _, _, h, w = maps.shape
+    over = float(torch.cat([-cells[:, :2], cells[:, 2:3] - w, cells[:, 3:4] - h], 1).max())
+    pad = math.ceil(over) + 1 if over > 0 else 0
+    if pad:
+        maps, cells = F.pad(maps, (pad,) * 4, mode="replicate"), cells + pad
+    rois = torch.cat([torch.arange(len(cells), dtype=cells.dtype)[:, None], cells], 1)
+    return roi_align(maps, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=0, aligned=True)
+
+
+def _random_maps(g, b: int, h: int, w: int, classes: int = 30, k: int = 4):
+    scores = torch.randn(b, h, w, k, generator=g) * 4
+    indices = torch.stack([torch.randperm(classes, generator=g)[:k] for _ in range(b * h * w)]).view(
+        b, h, w, k
+    )
+    return scores, indices, classes
+
+
+@pytest.mark.parametrize("inside", [True, False])
+def test_border_clamp_equals_roi_align_on_the_edge_replicated_map(inside):
+    """The clamped sampling is roi_align: on boxes inside the map equal to plain roi_align (as
+    the targets were before the clamp), on boxes reaching up to 1.5 maps past an edge equal
+    to roi_align on a replicate-padded map; for the token grid and the adaptive 1x1 cls bin."""
+    from torchvision.ops import roi_align
+
+    from rmt_dist.tokenlabel.targets import _roi_align_clamped, dense_score_maps
+
+    g = torch.Generator().manual_seed(int(inside))
+    for h, w in [(7, 7), (18, 18), (5, 13), (16, 3)]:
+        scores, indices, classes = _random_maps(g, 6, h, w)
+        maps = dense_score_maps(scores, indices, classes)
+        if inside:
+            lo = torch.rand(6, 2, generator=g) * 0.6
+            boxes = torch.cat([lo, lo + 0.05 + torch.rand(6, 2, generator=g) * (1 - lo - 0.05)], 1).clamp(
+                max=1
+            )
+        else:
+            lo = torch.rand(6, 2, generator=g) * 3 - 1.5
+            boxes = torch.cat([lo, lo + 0.01 + torch.rand(6, 2, generator=g) * 2], 1)
+        cells = boxes * torch.tensor([w, h, w, h], dtype=torch.float32)
+        rois = torch.cat([torch.arange(6, dtype=torch.float32)[:, None], cells], 1)
+        for size in (1, 3, 7, 14):
+            ours = _roi_align_clamped(maps, cells, size)
+            ref = _edge_replicated_roi_align(maps, cells, size).float()
+            torch.testing.assert_close(ours, ref, atol=2e-5, rtol=1e-5)
+            if inside:
+                plain = roi_align(maps, rois, (size, size), spatial_scale=1.0, sampling_ratio=0, aligned=True)
+                torch.testing.assert_close(ours, plain, atol=2e-5, rtol=1e-5)
+        cls, dense = crop_aligned_targets(
+            scores, indices, boxes, torch.zeros(6, dtype=torch.bool), classes, 7
+        )
+        assert torch.isfinite(dense).all() and torch.allclose(cls.sum(-1), torch.ones(6))
+    if inside:  # boxes on a 1/20 grid: bin lengths at integers, where float32 and float64 disagree
+        import itertools  # on ceil(); roi_align's sample counts are float32's
+
+        h, w = 14, 14
+        maps = torch.randn(1, 5, h, w, generator=g).expand(380, -1, -1, -1).contiguous() * 4
+        fractions = [i / 20 for i in range(21)]
+        boxes = [(a, b, c, b + 0.5) for a, c in itertools.combinations(fractions, 2) for b in (0.1, 0.5)]
+        cells = torch.tensor(boxes[:380]) * torch.tensor([w, h, w, h], dtype=torch.float32)
+        rois = torch.cat([torch.arange(len(cells), dtype=torch.float32)[:, None], cells], 1)
+        for size in (1, 7, 14):
+            plain = roi_align(maps, rois, (size, size), spatial_scale=1.0, sampling_ratio=0, aligned=True)
+            torch.testing.assert_close(_roi_align_clamped(maps, cells, size), plain, atol=1e-4, rtol=1e-5)
+
+
+def _allocated_bytes(fn) -> int:
+    """Bytes torch allocates on the CPU while `fn` runs (the profiler's per-op memory record)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    return sum(max(e.cpu_memory_usage, 0) for e in prof.events())
+
+
+def test_a_box_far_past_the_map_costs_no_more_memory_than_one_inside():
+    """A crop 50 map widths past each edge (a wide image's crop mapped into a small teacher view,
+    or moved off the map by the label ops) allocates what an in-map crop does, and still takes
+    the nearest cells: the corner bins are the corner cells."""
+    g = torch.Generator().manual_seed(3)
+    scores, indices, classes = _random_maps(g, 2, 8, 8)
+    flips = torch.zeros(2, dtype=torch.bool)
+
+    def targets(reach: float):
+        box = torch.tensor([[-reach, -reach, 1 + reach, 1 + reach], [0.1, 0.2, 0.8, 0.9]])
+        return crop_aligned_targets(scores, indices, box, flips, classes, 14, smoothing=0.0)
+
+    inside = _allocated_bytes(lambda: targets(0.0))
+    far = _allocated_bytes(lambda: targets(50.0))
+    assert far < 1.5 * inside, (far, inside)  # replicate-padding the map: ~300x
+    from rmt_dist.tokenlabel.targets import dense_score_maps
+
+    _, dense = targets(50.0)
+    corner = torch.softmax(dense_score_maps(scores, indices, classes)[0, :, 0, 0], 0)
+    torch.testing.assert_close(dense[0, 0], corner, atol=1e-6, rtol=0)

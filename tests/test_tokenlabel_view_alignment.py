@@ -4,18 +4,15 @@ and portrait images; and both generator views produce stores that pass the same 
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from data_helpers import data_config
-from PIL import Image
+from data_helpers import coordinate_beton, coordinate_store, data_config
 
-from rmt_dist.data import beton_fingerprint, build_train_loader
-from rmt_dist.data.convert import convert
+from rmt_dist.data import build_train_loader
 from rmt_dist.tokenlabel import generate as gen
 from rmt_dist.tokenlabel.loader import TokenLabelTrainLoader
-from rmt_dist.tokenlabel.store import StoreMeta, TokenLabelStore
+from rmt_dist.tokenlabel.store import TokenLabelStore
 from rmt_dist.tokenlabel.view import TeacherView
 
 SIZES = [(96, 160), (160, 96)]  # (height, width): landscape, portrait; the view is their centre square
@@ -23,25 +20,9 @@ N = 24
 TOKENS = 4
 
 
-def coordinate_image(h: int, w: int) -> np.ndarray:
-    """R encodes x, G encodes y, as fractions of the image side (pixel centres); B says portrait."""
-    img = np.zeros((h, w, 3), np.uint8)
-    img[..., 0] = np.round((np.arange(w) + 0.5) / w * 255)[None, :]
-    img[..., 1] = np.round((np.arange(h) + 0.5) / h * 255)[:, None]
-    img[..., 2] = 255 if h > w else 0
-    return img
-
-
 @pytest.fixture(scope="module")
 def beton(tmp_path_factory):
-    root = tmp_path_factory.mktemp("viewcoords")
-    folder = root / "images" / "c0"
-    folder.mkdir(parents=True)
-    for k in range(N):
-        Image.fromarray(coordinate_image(*SIZES[k % len(SIZES)])).save(folder / f"{k:03d}.png")
-    out = root / "train.beton"
-    convert(root / "images", out, max_resolution=None, compress_probability=0.0, workers=1)
-    return out
+    return coordinate_beton(tmp_path_factory.mktemp("viewcoords"), SIZES, N, mark_portrait=True)
 
 
 # The centre square of each shape as (x0, y0, x1, y1) source fractions, written out rather than taken
@@ -114,30 +95,9 @@ MAP_H, MAP_W = 6, 9  # stored "teacher" map over the view: non-square on purpose
 
 def test_centre_crop_maps_point_at_the_right_source_cells(beton, tmp_path):
     """The maps cover only each image's centre square (as the published ones); cell (r, c) = class r*MAP_W+c."""
-    r, c = np.meshgrid(np.arange(MAP_H), np.arange(MAP_W), indexing="ij")
-    top = (r * MAP_W + c).astype(np.int16)
     classes = MAP_H * MAP_W
-    indices = np.stack([top, (top + 1) % classes, (top + 2) % classes], -1)[None].repeat(N, 0)
-    scores = np.broadcast_to(np.array([10.0, 1.0, 0.5], np.float16), indices.shape).copy()
-    store = tmp_path / "centre.tokenlabel"
-    store.mkdir()
-    np.save(store / "scores.npy", scores)
-    np.save(store / "indices.npy", indices)
     view = TeacherView("center_crop", 1.0)
-    StoreMeta(
-        teacher="coordinates",
-        teacher_checkpoint=None,
-        img_size=0,
-        topk=3,
-        map_h=MAP_H,
-        map_w=MAP_W,
-        num_classes=classes,
-        beton=str(beton),
-        beton_fingerprint=beton_fingerprint(beton),
-        num_samples=N,
-        complete=True,
-        view=view.to_dict(),
-    ).write(store)
+    store = coordinate_store(tmp_path / "centre.tokenlabel", beton, MAP_H, MAP_W, view.to_dict())
 
     def source_xy(cls, h, w):
         return view_to_source((cls % MAP_W + 0.5) / MAP_W, (cls // MAP_W + 0.5) / MAP_H, h, w)

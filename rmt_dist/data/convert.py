@@ -15,6 +15,8 @@ fields, the settings, `fingerprint` (see meta.py) and `paths`: OUT.beton.paths.t
 each sample's source, `<class dir>/<file>` relative to SRC, one per line in sample order
 (~45 MB for ImageNet train), so a label file, a bad sample or a question can be traced to
 the image (the token-label importer matches TokenLabeling's maps through it).
+A file whose name holds a line break (\\n or \\r) cannot be one line of that list: it is
+skipped with that reason, like an undecodable file (listed in the meta's `skipped`).
 `--record-paths` writes that list for a beton converted before paths were recorded, from
 its unchanged SRC (no re-conversion: SRC's listing minus the meta's skipped files, checked
 against the beton's count and labels).
@@ -339,8 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         f"wrote {r.beton}: {r.num_samples} samples, {len(r.skipped)} skipped, {size_mb:.1f} MiB, "
         f"{r.seconds:.1f} s ({r.num_samples / max(r.seconds, 1e-9):.0f} img/s); meta {meta_path(r.beton)}"
     )
-    for s in r.skipped[:10]:
-        print(f"  skipped {s['path']}: {s['reason']}")
+    for s in r.skipped[:10]:  # a name with a line break (skipped for that) is shown quoted, on one line
+        print(f"  skipped {s['path'] if s['path'].isprintable() else repr(s['path'])}: {s['reason']}")
     if len(r.skipped) > 10:
         print(f"  ... and {len(r.skipped) - 10} more (see the meta file)")
     return 0

@@ -21,9 +21,11 @@ maps are close to, not bit-equal with, the published ones.
 
 Distributed: launch with torchrun (or under SLURM with RANK/WORLD_SIZE set); ranks split
 the chunks. Resumable: each finished chunk is a file under OUT_STORE/parts/, and a re-run
-with the same arguments skips finished chunks. Once all chunks exist, rank 0 writes
-scores.npy / indices.npy, checks that every sample index has labels, and marks the store
-complete.
+with the same arguments skips finished chunks; a resumed store keeps the chunk size it was
+started with (recorded in parts/; one line says so if --chunk-size differs). Once all
+chunks exist, rank 0 writes scores.npy / indices.npy, checks that every sample index has labels and that no cell's
+top-k names a class twice (a damaged chunk file is removed and named, for a re-run to
+redo), and marks the store complete.
 """
 
 from __future__ import annotations
@@ -37,9 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, atomic_write
 from ..errors import report
-from .store import StoreMeta, TokenLabelStoreError, generation_key
+from .store import StoreMeta, TokenLabelStoreError, generation_key, refuse_repeated_classes
 from .view import TeacherView, TeacherViewError
 
 # torch and the teacher are imported when labelling starts, not at import: `--help` and
@@ -103,6 +105,40 @@ def _part(store: Path, chunk: int) -> Path:
     return store / "parts" / f"chunk_{chunk:06d}.npz"
 
 
+def _chunk_size_file(store: Path) -> Path:
+    return store / "parts" / "chunk_size.txt"
+
+
+def _recorded_chunk_size(store: Path) -> int | None:
+    """The chunk size an unfinished store's parts were cut with: its record, or (parts written
+    before it was recorded) read off a part: chunk c starts at row c x chunk_size."""
+    record = _chunk_size_file(store)
+    if record.is_file():
+        return int(record.read_text())
+    parts = sorted((store / "parts").glob("chunk_*.npz"))
+    if not parts:
+        return None
+    chunk = int(parts[-1].name.split("_")[1].split(".")[0])
+    with np.load(parts[-1]) as z:
+        rows = z["rows"]
+    return int(rows[0]) // chunk if chunk else len(rows)
+
+
+def _resume_chunk_size(store: Path, requested: int) -> int:
+    """Rank 0: the chunk size of this run, recorded in parts/. A resumed store keeps its own:
+    finished chunks are numbered by it, so another size would skip rows no part holds."""
+    recorded = _recorded_chunk_size(store)
+    if recorded is not None and recorded != requested:
+        print(
+            f"resuming {store} with its chunk size {recorded} (its finished chunks are numbered by it), "
+            f"not --chunk-size {requested}; pass --overwrite to start afresh with {requested}"
+        )
+    chunk = recorded or requested
+    if not _chunk_size_file(store).is_file():
+        atomic_write(_chunk_size_file(store), f"{chunk}\n")
+    return chunk
+
+
 def view_boxes(view: TeacherView, heights: np.ndarray, widths: np.ndarray) -> np.ndarray:
     """[B, 4] int64 (top, left, height, width) stored-image pixels of the teacher's view.
 
@@ -160,7 +196,7 @@ def _label_rows(model, images, decoder, rows, args, device, mean, std, bar) -> d
     }
 
 
-def _consolidate(store: Path, meta: StoreMeta, num_chunks: int, chunk_size: int) -> float:
+def _consolidate(store: Path, meta: StoreMeta, num_chunks: int) -> float:
     """Parts -> scores.npy / indices.npy; every sample index must be covered exactly once."""
     shape = (meta.num_samples, meta.map_h, meta.map_w, meta.topk)
     scores = np.lib.format.open_memmap(store / "scores.npy.tmp", mode="w+", dtype=np.float16, shape=shape)
@@ -173,6 +209,9 @@ def _consolidate(store: Path, meta: StoreMeta, num_chunks: int, chunk_size: int)
             raise TokenLabelStoreError(f"chunk {c} ({part}) is missing after generation; re-run to finish it")
         with np.load(part) as z:
             rows = z["rows"]
+            refuse_repeated_classes(
+                part, rows, z["indices"], meta, "re-run the same command to label it again"
+            )
             scores[rows], indices[rows] = z["scores"], z["indices"]
             seen[rows] = True
             correct += int(z["correct"])
@@ -244,7 +283,9 @@ def generate(args: argparse.Namespace) -> StoreMeta:
                 print(f"token-label store {store} is already complete ({old.num_samples} samples)")
         if not (store / "meta.json").is_file():
             meta.write(store)
-        (store / "parts").mkdir(parents=True, exist_ok=True)
+        if not StoreMeta.read(store).complete:  # a complete store keeps no parts/
+            (store / "parts").mkdir(parents=True, exist_ok=True)
+            _resume_chunk_size(store, args.chunk_size)
     _barrier(world)
     if StoreMeta.read(store).complete:
         return StoreMeta.read(store)
@@ -256,9 +297,10 @@ def generate(args: argparse.Namespace) -> StoreMeta:
     images = BetonImages(str(beton))
     set_num_threads(max(1, min(args.workers, len(os.sched_getaffinity(0)))))
     decoder = BatchDecoder(images, args.workers)
-    num_chunks = -(-num_samples // args.chunk_size)
+    chunk_size = int(_chunk_size_file(store).read_text())  # rank 0's choice, the same on every rank
+    num_chunks = -(-num_samples // chunk_size)
     mine = [c for c in range(rank, num_chunks, world) if not _part(store, c).is_file()]
-    todo = sum(min(args.chunk_size, num_samples - c * args.chunk_size) for c in mine)
+    todo = sum(min(chunk_size, num_samples - c * chunk_size) for c in mine)
     bar = None
     if rank == 0:
         from tqdm import tqdm
@@ -271,7 +313,7 @@ def generate(args: argparse.Namespace) -> StoreMeta:
         bar = tqdm(total=todo, unit="img", desc="rank 0", dynamic_ncols=True)
     t0 = time.time()
     for c in mine:
-        rows = np.arange(c * args.chunk_size, min((c + 1) * args.chunk_size, num_samples))
+        rows = np.arange(c * chunk_size, min((c + 1) * chunk_size, num_samples))
         out = _label_chunk(model, images, decoder, rows, args, device, mean, std, bar)
         with atomic_path(_part(store, c), suffix=".npz") as tmp:  # a chunk file exists only when complete
             np.savez(tmp, **out)  # type: ignore[arg-type]  # numpy's stub lets **kwds bind allow_pickle
@@ -279,7 +321,7 @@ def generate(args: argparse.Namespace) -> StoreMeta:
         bar.close()
     _barrier(world)
     if rank == 0:
-        acc = _consolidate(store, meta, num_chunks, args.chunk_size)
+        acc = _consolidate(store, meta, num_chunks)
         print(
             f"token-label store {store}: {num_samples} samples complete in {time.time() - t0:.1f}s; "
             f"teacher top-1 on these images (mean over locations): {acc * 100:.2f}%"
@@ -329,7 +371,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=min(8, len(os.sched_getaffinity(0))))
-    p.add_argument("--chunk-size", type=int, default=4096, help="samples per resumable unit")
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        default=4096,
+        help="samples per resumable unit; a resumed store keeps the size it was started with",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument(
         "--overwrite", action="store_true", help="start the store afresh (deletes what STORE holds)"

@@ -21,13 +21,16 @@ Samples are matched to files through the beton's recorded source paths
 (TRAIN.beton.paths.txt, written by rmt_dist.data.convert; older betons: `convert SRC BETON
 --record-paths`, or --paths FILE), with tlt's own naming rule. Every file is checked:
 shape [2, k, H, W] with the same H, W for all, floating dtype, finite logits, indices
-integers in 0..num_classes-1; and the share of images whose most frequent top-1 class is
+integers in 0..num_classes-1 and distinct within each cell (a repeat would count a class
+twice); and the share of images whose most frequent top-1 class is
 their beton label must reach --min-agreement (a different class order shows as ~0.1%).
 Unusable files are listed (counts by reason, the first ones here, all in
-OUT_STORE/problems.tsv) and the import fails; finished chunks are kept, so a re-run after
+OUT_STORE/problems.tsv: sample, file, reason per row, with backslash, tab, newline and
+carriage return in a field written as \\\\, \\t, \\n, \\r, so no file name can split a row)
+and the import fails; finished chunks are kept, so a re-run after
 fixing the files reads only the rest. --allow-missing instead gives those samples the
 ground truth as their map (every location: the label's logit 30, the others 0, i.e. a
-one-hot target before smoothing) and lists them in OUT_STORE/fallback.tsv.
+one-hot target before smoothing) and lists them in OUT_STORE/fallback.tsv (same format).
 
 Resumable and atomic like the generator: each chunk is a file under OUT_STORE/parts/;
 scores.npy / indices.npy are written once every sample has labels, and only then is the
@@ -58,7 +61,16 @@ import numpy as np
 
 from ..atomic import atomic_path, atomic_write
 from ..errors import report
-from .store import StoreMeta, TokenLabelStoreError, generation_key
+from .store import (
+    StoreMeta,
+    TokenLabelStoreError,
+    first_repeated_class,
+    generation_key,
+    one_line,
+    read_tsv_field,
+    refuse_repeated_classes,
+    tsv_rows,
+)
 from .view import TeacherView, TeacherViewError
 
 FALLBACK_LOGIT = 30.0  # softmax over 0s elsewhere: p(label) = 1 - (C - 1) e^-30, one-hot to 1e-10
@@ -67,7 +79,7 @@ SHOWN_PROBLEMS = 10
 
 
 def _paths_digest(rel: list[str]) -> str:
-    return hashlib.sha256("\n".join(rel).encode()).hexdigest()[:16]
+    return hashlib.sha256("\n".join(rel).encode("utf-8", "surrogateescape")).hexdigest()[:16]  # as paths.txt
 
 
 def tlt_label_path(source_path: str) -> str:
@@ -113,7 +125,14 @@ def read_label_file(
     if bad.any():
         v = float(idx[bad][0])
         raise ValueError(f"bad class index: {v:g} is not an integer in 0..{num_classes - 1}")
-    return (t[0].permute(1, 2, 0).to(torch.float16).numpy(), idx.permute(1, 2, 0).to(torch.int16).numpy())
+    indices = idx.permute(1, 2, 0).to(torch.int16).numpy()
+    rep = first_repeated_class(indices[None])
+    if rep is not None:
+        _, y, x, c = rep
+        raise ValueError(
+            f"repeated class index: cell (row {y}, col {x}) lists class {c} twice in its top-{topk}"
+        )
+    return t[0].permute(1, 2, 0).to(torch.float16).numpy(), indices
 
 
 def fallback_map(
@@ -159,7 +178,7 @@ def import_chunk(job: dict) -> dict:
                 scores=scores,
                 indices=indices,
                 agree=np.asarray(agree),
-                problems=np.asarray([f"{r}\t{f}\t{why}" for r, f, why in problems], dtype=str),
+                problems=np.asarray([tsv_rows([p])[:-1] for p in problems], dtype=str),  # escaped rows
             )
     return {"chunk": job["chunk"], "n": len(rows), "problems": problems, "agree": agree}
 
@@ -197,7 +216,8 @@ def _probe(files: list[str], topk: int, num_classes: int) -> tuple[int, int]:
             shapes[tuple(t.shape)] += 1
         except Exception as e:
             first_error = (
-                first_error or f"{f}: {'missing' if isinstance(e, FileNotFoundError) else type(e).__name__}"
+                first_error
+                or f"{one_line(f)}: {'missing' if isinstance(e, FileNotFoundError) else type(e).__name__}"
             )
     if not shapes:
         raise TokenLabelStoreError(
@@ -207,7 +227,7 @@ def _probe(files: list[str], topk: int, num_classes: int) -> tuple[int, int]:
     shape = shapes.most_common(1)[0][0]
     if len(shape) != 4 or shape[0] != 2 or shape[1] != topk:
         raise TokenLabelStoreError(
-            f"label files have shape {list(shape)} (first: {files[0]}), expected "
+            f"label files have shape {list(shape)} (first: {one_line(files[0])}), expected "
             f"[2, {topk}, H, W] (TokenLabeling's format); pass --topk {shape[1] if len(shape) == 4 else 'K'} "
             f"if they hold another k"
         )
@@ -215,9 +235,10 @@ def _probe(files: list[str], topk: int, num_classes: int) -> tuple[int, int]:
 
 
 def _write_problems(path: Path, problems: list[tuple[int, str, str]]) -> None:
-    atomic_write(
-        path, "sample\tfile\treason\n" + "".join(f"{r}\t{f}\t{why}\n" for r, f, why in sorted(problems))
-    )
+    """sample, file, reason per row; fields escaped (store.tsv_field: any file name keeps one row),
+    names that are not UTF-8 written as their bytes."""
+    text = "sample\tfile\treason\n" + tsv_rows(sorted(problems))
+    atomic_write(path, text.encode("utf-8", "surrogateescape"))
 
 
 def _report(problems: list[tuple[int, str, str]], total: int) -> str:
@@ -225,7 +246,7 @@ def _report(problems: list[tuple[int, str, str]], total: int) -> str:
     summary = ", ".join(f"{k} {v}" for k, v in counts.most_common())
     print(f"{len(problems)} of {total} label files unusable ({summary}):")
     for r, f, why in sorted(problems)[:SHOWN_PROBLEMS]:
-        print(f"  sample {r}: {f}: {why}")
+        print(f"  sample {r}: {one_line(f)}: {one_line(why)}")
     if len(problems) > SHOWN_PROBLEMS:
         print(f"  ... and {len(problems) - SHOWN_PROBLEMS} more")
     return summary
@@ -246,10 +267,13 @@ def _consolidate(store: Path, meta: StoreMeta, num_chunks: int, min_agreement: f
             raise TokenLabelStoreError(f"chunk {c} ({part}) is missing after the import; re-run to finish it")
         with np.load(part) as z:
             rows = z["rows"]
+            refuse_repeated_classes(
+                part, rows, z["indices"], meta, "re-run the same command to read its files again"
+            )
             scores[rows], indices[rows] = z["scores"], z["indices"]
             seen[rows] = True
             agree += int(z["agree"])
-            fallback += [tuple(line.split("\t")) for line in z["problems"].tolist()]
+            fallback += [tuple(map(read_tsv_field, line.split("\t"))) for line in z["problems"].tolist()]
     if not seen.all():
         missing = np.flatnonzero(~seen)
         raise TokenLabelStoreError(
@@ -273,6 +297,10 @@ def _consolidate(store: Path, meta: StoreMeta, num_chunks: int, min_agreement: f
     shutil.rmtree(store / "parts", ignore_errors=True)
     (store / "problems.tsv").unlink(missing_ok=True)
     return share, len(fallback)
+
+
+def _key_without_chunk(meta: StoreMeta) -> dict:
+    return {**generation_key(meta), "source": (meta.source or "").rpartition(";chunk ")[0]}
 
 
 def import_tlt(args: argparse.Namespace) -> StoreMeta:
@@ -300,7 +328,7 @@ def import_tlt(args: argparse.Namespace) -> StoreMeta:
     if dup:
         raise TokenLabelStoreError(
             f"{len(dup)} label files would be shared by several images under tlt's naming "
-            f"rule (first: {dup[0]}); such a beton cannot be matched to TokenLabeling maps"
+            f"rule (first: {one_line(dup[0])}); such a beton cannot be matched to TokenLabeling maps"
         )
     files = [str(label_root / n) for n in names]
     map_hw = _probe(files, args.topk, num_classes)
@@ -325,6 +353,17 @@ def import_tlt(args: argparse.Namespace) -> StoreMeta:
     if (store / "meta.json").is_file():
         old = StoreMeta.read(store)
         if args.overwrite or generation_key(old) != generation_key(meta):
+            old_chunk = (old.source or "").rpartition(";chunk ")[2]
+            same_but_chunk = _key_without_chunk(old) == _key_without_chunk(meta)
+            if not args.overwrite and same_but_chunk and old.complete:  # chunks no longer matter
+                print(f"token-label store {store} is already complete ({old.num_samples} samples)")
+                return old
+            if not args.overwrite and same_but_chunk:
+                raise TokenLabelStoreError(
+                    f"{str(store)!r} is an unfinished import cut into chunks of {old_chunk}, not --chunk-size "
+                    f"{args.chunk_size} (finished chunks are numbered by it); resume with --chunk-size {old_chunk}, "
+                    f"or pass --overwrite to start afresh"
+                )
             if not args.overwrite:
                 raise TokenLabelStoreError(
                     f"{str(store)!r} holds a store made from other inputs or settings (source {old.source or old.teacher}, "
@@ -402,7 +441,7 @@ def import_tlt(args: argparse.Namespace) -> StoreMeta:
         _write_problems(store / "problems.tsv", problems)
         r, bad_file, why = sorted(problems)[0]
         raise TokenLabelStoreError(
-            f"{len(problems)} of {num_samples} label files unusable ({summary}); first: {bad_file}: {why} (sample {r}); "
+            f"{len(problems)} of {num_samples} label files unusable ({summary}); first: {one_line(bad_file)}: {one_line(why)} (sample {r}); "
             f"all listed in {store / 'problems.tsv'}; fix or restore those files and re-run (finished chunks are "
             f"kept), or pass --allow-missing to train those samples on their ground-truth class"
         )
@@ -471,7 +510,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=min(16, len(os.sched_getaffinity(0))),
         help="reader processes (a network file system wants many)",
     )
-    p.add_argument("--chunk-size", type=int, default=4096, help="samples per resumable unit")
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        default=4096,
+        help="samples per resumable unit; resuming needs the size the import was started with",
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",

@@ -7,10 +7,14 @@ Layout of a store directory (e.g. `train.tokenlabel/`):
     scores.npy     float16 [N, H, W, k]  teacher logits of the top-k classes per location
                                          (raw, before softmax; targets.py softmaxes a dense
                                          map that is 0 outside the top-k, as TokenLabeling)
-    indices.npy    int16   [N, H, W, k]  their class indices
+    indices.npy    int16   [N, H, W, k]  their class indices, distinct within each cell (a
+                                         repeated index would count its class twice in the
+                                         dense target: both writers refuse it,
+                                         `first_repeated_class`)
     parts/         per-chunk results while generating (removed once consolidated)
     fallback.tsv   imported stores only, if --allow-missing was used: the samples without a
-                   usable label file (sample index, file, reason)
+                   usable label file (sample index, file, reason; fields escaped as
+                   `tsv_field` says, so any file name keeps one line)
 
 `meta.json`'s `view` says which region of each image the maps cover (view.py).
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -74,6 +79,73 @@ class StoreMeta:
     def write(self, store: Path) -> None:
         store.mkdir(parents=True, exist_ok=True)
         atomic_write(store / "meta.json", json.dumps(asdict(self), indent=2) + "\n")
+
+
+_TSV_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+_TSV_UNESCAPES = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
+
+
+def tsv_field(text: str) -> str:
+    """One field of problems.tsv / fallback.tsv: backslash, tab, newline and carriage return
+    written as \\\\, \\t, \\n, \\r (PostgreSQL's text format), so a file name holding them
+    cannot split a row; `read_tsv_field` undoes it. Other characters are kept as they are."""
+    return "".join(_TSV_ESCAPES.get(ch, ch) for ch in text)
+
+
+def read_tsv_field(field: str) -> str:
+    return re.sub(r"\\([\\tnr])", lambda m: _TSV_UNESCAPES[m[1]], field)
+
+
+def one_line(name: str) -> str:
+    """A file name as a console or error line can show it: escaped as `tsv_field`, and bytes that
+    are not UTF-8 (surrogate-escaped) as \\udcXX instead of failing to print."""
+    return tsv_field(name).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def tsv_rows(rows: list[tuple[object, ...]]) -> str:
+    return "".join("\t".join(tsv_field(str(v)) for v in row) + "\n" for row in rows)
+
+
+def first_repeated_class(indices: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(sample position, row, col, class) of the first cell of indices [N, H, W, k] whose top-k
+    names a class twice, or None. targets.py scatters the k logits into a dense map, so a
+    repeat would give that class the sum of two logits: a corrupt file, never a teacher's top-k."""
+    ordered = np.sort(np.asarray(indices), axis=-1)
+    same = ordered[..., 1:] == ordered[..., :-1]
+    repeated = same.any(-1)
+    if not repeated.any():
+        return None
+    n, y, x = (int(v) for v in np.argwhere(repeated)[0])
+    return n, y, x, int(ordered[n, y, x, 1:][same[n, y, x]][0])
+
+
+def image_name(beton: str | Path, sample: int) -> str:
+    """Sample `sample` of the beton as a user finds it: its recorded source path if the beton has
+    one (rmt_dist.data.convert writes BETON.paths.txt), else just the index."""
+    from ..data import read_meta
+    from ..data.errors import DataError
+    from ..data.sources import read_source_paths
+
+    try:
+        return f"sample {sample} ({one_line(read_source_paths(beton, read_meta(beton))[sample])})"
+    except (DataError, OSError, IndexError, KeyError, ValueError):
+        return f"sample {sample}"
+
+
+def refuse_repeated_classes(
+    part: Path, rows: np.ndarray, indices: np.ndarray, meta: StoreMeta, rerun: str
+) -> None:
+    """Stop consolidation at a part whose top-k repeats a class in a cell; the part is removed
+    first so that `rerun` makes it again instead of failing on it forever."""
+    rep = first_repeated_class(indices)
+    if rep is None:
+        return
+    n, y, x, c = rep
+    part.unlink(missing_ok=True)
+    raise TokenLabelStoreError(
+        f"{image_name(meta.beton, int(rows[n]))}: cell (row {y}, col {x}) of its top-{meta.topk} lists class "
+        f"{c} twice ({part.name} is damaged and was removed); {rerun}"
+    )
 
 
 def generation_key(meta: StoreMeta) -> dict:
