@@ -19,7 +19,11 @@ from test_engine_support import config, run_ranks
 from torch import nn
 
 import rmt_dist.models  # noqa: F401  (registers rmt_test with timm)
-from rmt_dist.engine.parallel.sync_batchnorm import CrossRankBatchNorm2d, convert_sync_batchnorm
+from rmt_dist.engine.parallel.sync_batchnorm import (
+    CrossRankBatchNorm2d,
+    convert_sync_batchnorm,
+    describe_sync,
+)
 
 SPLITS = ([4, 4], [2, 6])  # each rank's share of a batch of 8: equal and unequal
 
@@ -49,6 +53,10 @@ def _summed(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _close(got: torch.Tensor, expected: torch.Tensor, tol: dict, what: str) -> None:
+    torch.testing.assert_close(got.double(), expected, **tol, msg=lambda m: f"{what}: {m}")
+
+
 def _against_one_batchnorm(rank: int, world: int) -> None:
     dist.init_process_group("gloo")
     for split in SPLITS:
@@ -73,16 +81,18 @@ def _against_one_batchnorm(rank: int, world: int) -> None:
                 (out * g[lo:hi]).sum().backward()
                 assert out.dtype == dtype
                 where = f"{dtype}, momentum {momentum}, split {split}, step {step}"
-                close = lambda a, b, what: torch.testing.assert_close(  # noqa: E731
-                    a.double(), b, **tol, msg=lambda m: f"{what} ({where}): {m}"
-                )
-                close(out, expected[lo:hi], "output")
-                close(xs.grad, xr.grad[lo:hi], "input gradient")
+                _close(out, expected[lo:hi], tol, f"output ({where})")
+                _close(xs.grad, xr.grad[lo:hi], tol, f"input gradient ({where})")
                 for name in ("weight", "bias"):
-                    close(_summed(getattr(sync, name).grad), getattr(ref, name).grad, f"{name} gradient")
+                    _close(
+                        _summed(getattr(sync, name).grad),
+                        getattr(ref, name).grad,
+                        tol,
+                        f"{name} gradient ({where})",
+                    )
                     getattr(sync, name).grad = getattr(ref, name).grad = None
                 for name in ("running_mean", "running_var"):
-                    close(getattr(sync, name), getattr(ref, name), name)
+                    _close(getattr(sync, name), getattr(ref, name), tol, f"{name} ({where})")
                 assert int(sync.num_batches_tracked) == int(ref.num_batches_tracked) == step + 1
                 if channels_last:
                     assert out.is_contiguous(memory_format=torch.channels_last)
@@ -204,7 +214,9 @@ def _train(rank: int, world: int, tmp: Path, runs: list[tuple[str, str, bool]]) 
             assert trainer.save_checkpoint()
         trainer.close()
         results[tag] = {"losses": losses}
-        torch.save({"state": state, "bn1": bn1, "bn": bn, "bn_ema": bn_ema}, tmp / f"{tag}_w{world}_r{rank}.pt")
+        torch.save(
+            {"state": state, "bn1": bn1, "bn": bn, "bn_ema": bn_ema}, tmp / f"{tag}_w{world}_r{rank}.pt"
+        )
     shutdown_distributed(dataclasses.replace(info, owns_group=True))
     if rank == 0:
         (tmp / f"losses_w{world}.json").write_text(json.dumps(results))
@@ -256,7 +268,41 @@ def test_per_rank_batchnorm_does_not_equal_the_whole_batch(trained):
 
 
 def test_sync_batchnorm_checkpoint_loads_into_the_plain_model(trained):
+    from torch.distributed.checkpoint import FileSystemReader
+
+    from rmt_dist.checkpoint_format.dirs import resolve_checkpoint
     from rmt_dist.export import load_consolidated
 
     model = timm.create_model("rmt_test", num_classes=10)
-    model.load_state_dict(load_consolidated(trained / "ddp_sync_w2"), strict=True)
+    ckpt = resolve_checkpoint(trained / "ddp_sync_w2")
+    saved = {
+        k.removeprefix("model.")
+        for k in FileSystemReader(str(ckpt / "dcp")).read_metadata().state_dict_metadata
+        if k.startswith("model.")
+    }
+    assert saved == set(model.state_dict()), "a sync-BN checkpoint holds the plain model's keys"
+    weights = load_consolidated(trained / "ddp_sync_w2")
+    model.load_state_dict(weights, strict=True)
+    trained_state = _load(trained, "ddp_sync_w2_r0")["state"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, trained_state[key]), key
+
+
+OFFICIAL = ["rmt_t", "rmt_s", "rmt_b", "rmt_l", "rmt_s_tokenlabel", "rmt_b_tokenlabel", "rmt_l_tokenlabel"]
+
+
+@pytest.mark.parametrize("name", OFFICIAL + ["smoke", "demo_teacher", "demo_student"])
+def test_official_recipes_synchronise_batchnorm(name):
+    """Both releases' main.py convert the model with SyncBatchNorm; smoke and demo runs do not."""
+    from rmt_dist.config import load_config
+
+    cfg = load_config(Path(__file__).parents[1] / "recipes" / f"{name}.yaml")
+    assert cfg.strategy.sync_batchnorm is (name in OFFICIAL)
+
+
+def test_log_line_names_the_ranks_and_layers():
+    model = convert_sync_batchnorm(nn.Sequential(nn.BatchNorm2d(3), nn.BatchNorm1d(3), nn.BatchNorm2d(4)))
+    assert describe_sync(model, 16) == (
+        "BatchNorm synchronised across 16 ranks (2 BatchNorm2d layers, strategy.sync_batchnorm); "
+        "per-rank still: BatchNorm1d (not converted)"
+    )

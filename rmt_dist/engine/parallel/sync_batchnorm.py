@@ -84,7 +84,9 @@ class CrossRankBatchNorm2d(nn.BatchNorm2d):
         dtype = torch.promote_types(input.dtype, torch.float32)  # float32, or float64 given float64
         x = input.to(dtype)  # keeps channels_last
         group = self.process_group
-        local_count = torch.full((1,), input.numel() // max(channels, 1), dtype=torch.float64, device=x.device)
+        local_count = torch.full(
+            (1,), input.numel() // max(channels, 1), dtype=torch.float64, device=x.device
+        )
         sums = all_reduce_sum(torch.cat([x.sum(dim=(0, 2, 3)).double(), local_count]), group)
         count = sums[channels:].detach()
         mean = (sums[:channels] / count).to(dtype)

@@ -43,7 +43,10 @@ def sync_buffers(module: nn.Module) -> None:
     model at every step boundary. One flat broadcast: the buffers are tiny. CrossRankBatchNorm2d
     (strategy.sync_batchnorm) computes the same running stats on every rank: left out."""
     in_sync = {
-        id(b) for m in module.modules() if isinstance(m, CrossRankBatchNorm2d) for b in m.buffers(recurse=False)
+        id(b)
+        for m in module.modules()
+        if isinstance(m, CrossRankBatchNorm2d)
+        for b in m.buffers(recurse=False)
     }
     bufs = [b for b in module.buffers() if b.is_floating_point() and id(b) not in in_sync]
     if not bufs or dist.get_world_size() == 1:
