@@ -222,7 +222,12 @@ def _train(rank: int, world: int, tmp: Path, runs: list[tuple[str, str, bool]]) 
         (tmp / f"losses_w{world}.json").write_text(json.dumps(results))
 
 
-RUNS = [("ddp_sync", "ddp", True), ("fsdp_sync", "fsdp", True), ("ddp_local", "ddp", False)]
+RUNS = [
+    ("ddp_sync", "ddp", True),
+    ("fsdp_sync", "fsdp", True),
+    ("zero2_sync", "deepspeed", True),
+    ("ddp_local", "ddp", False),
+]
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +242,7 @@ def _load(tmp: Path, name: str) -> dict:
     return torch.load(tmp / f"{name}.pt", weights_only=True)
 
 
-@pytest.mark.parametrize("tag", ["ddp_sync", "fsdp_sync"])
+@pytest.mark.parametrize("tag", ["ddp_sync", "fsdp_sync", "zero2_sync"])
 def test_two_rank_training_equals_one_rank_on_the_whole_batch(trained, tag):
     two = json.loads((trained / "losses_w2.json").read_text())
     one = json.loads((trained / "losses_w1.json").read_text())["ddp_sync"]["losses"]
