@@ -132,6 +132,9 @@ class StrategyConfig:
     name: StrategyName = "ddp"
     zero_stage: int = 2  # deepspeed only: 1, 2 or 3
     reshard_after_forward: bool = True  # fsdp only
+    # BatchNorm2d statistics over every rank's batch (the official runs' SyncBatchNorm), any
+    # strategy and backend; false: per-rank statistics, rank 0's running stats broadcast each step
+    sync_batchnorm: bool = False
     deepspeed_config: str | None = None  # JSON whose documented keys override the generated config
     backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl with CUDA, else gloo
 

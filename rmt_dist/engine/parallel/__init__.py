@@ -1,8 +1,9 @@
 """Distribution applied from outside the model, in one place and one fixed order:
 
-    activation checkpointing -> compile -> shard/wrap (ddp | fsdp | deepspeed)
+    sync BatchNorm -> activation checkpointing -> compile -> shard/wrap (ddp | fsdp | deepspeed)
 
-    prepare.py          model preparation (device, channels_last, checkpointing, compile)
+    prepare.py          model preparation (sync BatchNorm, device, channels_last, checkpointing, compile)
+    sync_batchnorm.py   BatchNorm2d with statistics over all ranks (any device, gloo included)
     protocol.py         Strategy: the methods the trainer calls, nothing else
     torch_native.py     DDP and FSDP2 (torch optimizer, GradScaler, DCP checkpoints)
     deepspeed_zero.py   DeepSpeed ZeRO 1-3 (its precision, checkpoints and their conversion)
@@ -34,7 +35,14 @@ def parallelize(model: nn.Module, cfg: DerivedConfig, info: DistInfo) -> Strateg
         channels_last=cfg.model.channels_last,
         grad_checkpointing=cfg.model.grad_checkpointing,
         compile="blocks" if cfg.model.compile else "none",
+        sync_batchnorm=cfg.strategy.sync_batchnorm,
     )
+    if cfg.strategy.sync_batchnorm and info.is_main:
+        import logging
+
+        from .sync_batchnorm import describe_sync
+
+        logging.getLogger("rmt_dist.parallel").info(describe_sync(model, info.world_size))
     if cfg.strategy.name == "deepspeed":
         from .deepspeed_zero import DeepSpeedStrategy
 

@@ -1,6 +1,6 @@
 """Model preparation, the strategy-independent part, in one fixed order:
 
-    device -> channels_last -> activation checkpointing -> compile
+    sync BatchNorm -> device -> channels_last -> activation checkpointing -> compile
 
 The trainer (through `parallelize`) and `bench/train_step.py` both prepare models here.
 Compile modes:
@@ -76,11 +76,17 @@ def prepare_model(
     grad_checkpointing: bool = False,
     compile: str = "none",
     backend="inductor",
+    sync_batchnorm: bool = False,
 ) -> nn.Module:
     """Prepare `model` in place; returns the module to call (the compiled wrapper for
-    compile="model", else `model` itself)."""
+    compile="model", else `model` itself). `sync_batchnorm`: BatchNorm2d layers become
+    CrossRankBatchNorm2d (sync_batchnorm.py), before anything compiles or wraps them."""
     if compile not in COMPILE_MODES:
         raise ValueError(f"compile={compile!r}: use one of {', '.join(COMPILE_MODES)}")
+    if sync_batchnorm:
+        from .sync_batchnorm import convert_sync_batchnorm
+
+        model = convert_sync_batchnorm(model)
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to takes it; torch's overloads omit it

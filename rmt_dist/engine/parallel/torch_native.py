@@ -19,6 +19,7 @@ from ..optim import build_optimizer, set_lr
 from ..precision import autocast, build_grad_scaler
 from .prepare import shard_units
 from .protocol import StepOutcome, layout_mismatch
+from .sync_batchnorm import CrossRankBatchNorm2d
 
 if TYPE_CHECKING:
     from torch.distributed.fsdp import FSDPModule
@@ -39,8 +40,15 @@ def sync_buffers(module: nn.Module) -> None:
 
     FSDP2 and DeepSpeed leave buffers per rank, and DDP only broadcasts them at the next
     forward; with this, every rank holds (and EMA-averages, evaluates, saves) the same
-    model at every step boundary. One flat broadcast: the buffers are tiny."""
-    bufs = [b for b in module.buffers() if b.is_floating_point()]
+    model at every step boundary. One flat broadcast: the buffers are tiny. CrossRankBatchNorm2d
+    (strategy.sync_batchnorm) computes the same running stats on every rank: left out."""
+    in_sync = {
+        id(b)
+        for m in module.modules()
+        if isinstance(m, CrossRankBatchNorm2d)
+        for b in m.buffers(recurse=False)
+    }
+    bufs = [b for b in module.buffers() if b.is_floating_point() and id(b) not in in_sync]
     if not bufs or dist.get_world_size() == 1:
         return
     flat = torch.cat([b.detach().reshape(-1).float() for b in bufs])
@@ -206,7 +214,10 @@ class DDPStrategy(TorchStrategy):
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.info.device.index] if self.info.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids)
+        # Synchronised BatchNorm keeps its running stats equal on every rank: no broadcast per forward.
+        return DistributedDataParallel(
+            model, device_ids=ids, broadcast_buffers=not self.cfg.strategy.sync_batchnorm
+        )
 
     def _set_sync(self, sync: bool):
         return contextlib.nullcontext() if sync else cast("DistributedDataParallel", self.wrapped).no_sync()
