@@ -132,12 +132,27 @@ def wait_for(what: str, cond, timeout: float, job_id: str, run_dir: Path):
         if value:
             return value
         time.sleep(0.2)
+    stacks = rank_stacks()
     subprocess.run(["scancel", job_id])
     logs = "\n".join(p.read_text()[-3000:] for p in sorted((run_dir / "slurm").glob("*_log.*")))
     pytest.fail(
         f"timed out after {timeout:.0f} s waiting for {what}; job {job_id} state "
-        f"{job_field(job_id, 'JobState')}; logs:\n{logs}"
+        f"{job_field(job_id, 'JobState')}; logs:\n{logs}\nstacks of the job's Python processes:\n{stacks}"
     )
+
+
+def rank_stacks() -> str:
+    """py-spy dumps of the processes submitit runs (where a hung rank is stuck), if py-spy is there."""
+    if shutil.which("py-spy") is None:
+        return "(py-spy not installed)"
+    pids = subprocess.run(
+        ["pgrep", "-f", "submitit.core._submit"], capture_output=True, text=True
+    ).stdout.split()
+    out = []
+    for pid in pids:
+        r = subprocess.run(["py-spy", "dump", "--pid", pid], capture_output=True, text=True, timeout=60)
+        out.append(f"--- pid {pid}\n{r.stdout}{r.stderr}")
+    return "\n".join(out) or "(no submitit process left)"
 
 
 def wait_done(job_id: str, run_dir: Path, timeout: float = 300) -> str:
@@ -215,7 +230,9 @@ def test_preempted_job_is_requeued_and_resumes_from_its_checkpoint(slurm, digits
     import submitit
 
     run_dir = tmp_path / "run"
-    job_id = submit(smoke_overrides(digits, run_dir, epochs=2))
+    # resume=false (a fresh start) still lets the job's own requeue continue its checkpoints;
+    # the sweep test in test_slurm_workflow.py requeues with the default resume=true.
+    job_id = submit([*smoke_overrides(digits, run_dir, epochs=2), "checkpoint.resume=false"])
     total = expected_steps(digits, epochs=2)
     wait_for(
         "training to pass step 5", lambda: any(s >= 5 for s in train_steps(run_dir)), 240, job_id, run_dir
@@ -237,6 +254,7 @@ def test_preempted_job_is_requeued_and_resumes_from_its_checkpoint(slurm, digits
     assert wait_done(job_id, run_dir) == "COMPLETED", task_log(run_dir, job_id, 0)
     log0 = task_log(run_dir, job_id, 0)
     assert f"job {job_id} requeued" in log0 and f"job {job_id} restart 1: rank 0/2" in log0
+    assert f"requeued attempt of job {job_id}" in log0, "resume=false must not refuse its own requeue"
     m = re.search(r"resumed from \S+ at step (\d+)", log0)
     assert m and int(m.group(1)) > 0, "the second attempt must resume from a checkpoint, not step 0"
     resumed_at = int(m.group(1))

@@ -12,12 +12,13 @@ resumed), 1 for a failure (divergence, a save that failed, e.g. on a full disk).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import sys
 from pathlib import Path
 
-from ..config import Config, derive, to_yaml
+from ..config import Config, DerivedConfig, derive, to_yaml
 from ..errors import BadInputError
 from ..launching.errors import LaunchError
 from . import preempt
@@ -117,6 +118,24 @@ def _start(cfg: Config, info: DistInfo, check_betons: bool):
     return lock
 
 
+def _resume_own_requeue(cfg: DerivedConfig, is_main: bool) -> DerivedConfig:
+    """`checkpoint.resume=false` asks for a fresh start of a run, not of every attempt of its
+    job: a requeued attempt (preemption, time limit) continues what its own job wrote, or the
+    fresh-start check would end the job at its first requeue."""
+    from ..launching.requeue import own_requeue
+
+    if cfg.checkpoint.resume or (job := own_requeue(cfg.run.dir)) is None:
+        return cfg
+    if is_main:
+        log.warning(
+            "checkpoint.resume=false, but this is a requeued attempt of job %s, which launched %s: "
+            "resuming this job's own checkpoints",
+            job,
+            cfg.run.dir,
+        )
+    return dataclasses.replace(cfg, checkpoint=dataclasses.replace(cfg.checkpoint, resume=True))
+
+
 def run(cfg: Config, info: DistInfo | None = None, train_loader=None, eval_loader=None) -> int:
     """Train `cfg` on this rank; returns an exit code (preempt.EXIT_*), never calls sys.exit.
 
@@ -130,7 +149,7 @@ def run(cfg: Config, info: DistInfo | None = None, train_loader=None, eval_loade
     restore = preempt.install_signal_handlers() if cfg.checkpoint.save_on_signal else (lambda: None)
     trainer = lock = None
     try:
-        cfg = derive(cfg, info.world_size)
+        cfg = _resume_own_requeue(derive(cfg, info.world_size), info.is_main)
         lock = _start(cfg, info, check_betons=train_loader is None)
         if info.is_main:
             log.info(

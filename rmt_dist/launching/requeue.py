@@ -13,6 +13,25 @@ def restart_count(env: Mapping[str, str] | None = None) -> int:
     return int(env.get("SLURM_RESTART_COUNT", 0) or 0)
 
 
+def own_requeue(run_dir: str | os.PathLike, env: Mapping[str, str] | None = None) -> str | None:
+    """The job id when this process is a requeued attempt (SLURM_RESTART_COUNT > 0) of the
+    SLURM job that launched `run_dir` (its launch.json, where there is one), else None: the
+    checkpoints such an attempt finds are its own job's."""
+    from .record import read_launch
+
+    env = os.environ if env is None else env
+    job = env.get("SLURM_JOB_ID")
+    if not job or restart_count(env) == 0:
+        return None
+    mine = {job}
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        mine.add(f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}")  # how submitit names it
+    launched = read_launch(run_dir).get("job_id")
+    if launched and str(launched) not in mine:
+        return None  # the dir was launched by another job since: not this job's checkpoints
+    return str(launched or job)
+
+
 def job_state(job_id: str) -> str:
     out = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True)
     for field in out.stdout.split():
