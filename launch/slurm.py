@@ -42,7 +42,7 @@ from rmt_dist.config import ConfigError, derive, load_config, to_yaml
 from rmt_dist.config.job_size import tasks_per_node, world_size
 from rmt_dist.errors import report
 from rmt_dist.launching.errors import LaunchError
-from rmt_dist.launching.preflight import first_failure, require, run_checks
+from rmt_dist.launching.preflight import Check, first_failure, require, run_checks
 from rmt_dist.launching.record import record_launch
 from rmt_dist.launching.sbatch import (
     bad_input_teardown,
@@ -110,9 +110,26 @@ def summary(cfg, params: dict) -> str:
     )
 
 
+def _slurm_checks(run_dir: Path) -> list[Check]:
+    """What a submission checks besides the pre-flight: sbatch is here, and no job of this run
+    dir is queued or running (a dry run reports them too, so it exits as the submission would)."""
+    checks = []
+    for name, check in (("slurm.sbatch", _check_sbatch), ("slurm.queue", lambda: _check_not_queued(run_dir))):
+        try:
+            check()
+        except LaunchError as e:
+            checks.append(Check(name, False, str(e)))
+    if not checks:
+        squeue = (
+            "no job of this run dir is queued or running" if shutil.which("squeue") else "squeue not found"
+        )
+        checks.append(Check("slurm", True, f"sbatch found; {squeue}"))
+    return checks
+
+
 def print_preflight(cfg) -> tuple[LaunchError | None, int]:
     """Print every check; (the error a submission would stop with or None, how many failed)."""
-    checks = run_checks(cfg)
+    checks = [*_slurm_checks(Path(cfg.run.dir).resolve()), *run_checks(cfg)]
     print("\n".join(c.line() for c in checks))
     return first_failure(checks), sum(not c.ok for c in checks)
 
