@@ -105,7 +105,9 @@ class LrSchedule:
 
 def build_schedule(cfg: DerivedConfig, steps_per_epoch: int) -> LrSchedule:
     """`steps_per_epoch` counts optimizer steps (loader batches // optim.accum_steps, as the
-    trainer passes it), so an epoch is `step // steps_per_epoch` whatever the accumulation."""
+    trainer passes it). The trainer calls the schedule at its position, epoch x steps_per_epoch
+    + optimizer steps into the epoch (TrainState), so `step // steps_per_epoch` is the epoch
+    whatever the accumulation, and after a resume on another world size."""
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
     o = cfg.optim

@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ...checkpoint_format.dirs import strategy_identity
 from ...checkpoint_format.zero3 import join_partitions, partition_of
 from ...config import DerivedConfig
 from ..distributed import DistInfo
@@ -88,7 +89,7 @@ class DeepSpeedStrategy:
         )
 
     def checkpoint_identity(self) -> dict:
-        return {"strategy": "deepspeed", "zero_stage": self.stage}
+        return strategy_identity("deepspeed", self.stage)
 
     def refuses(self, saved: dict) -> str | None:
         return layout_mismatch(saved, self.checkpoint_identity())

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ...checkpoint_format.dirs import strategy_identity
 from ...config import DerivedConfig
 from ..distributed import DistInfo
 from ..optim import build_optimizer, set_lr
@@ -100,7 +101,7 @@ class TorchStrategy:
         return ""
 
     def checkpoint_identity(self) -> dict:
-        return {"strategy": self.cfg.strategy.name, "zero_stage": None}
+        return strategy_identity(self.cfg.strategy.name, self.cfg.strategy.zero_stage)
 
     def refuses(self, saved: dict) -> str | None:
         return layout_mismatch(saved, self.checkpoint_identity())
