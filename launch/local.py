@@ -33,6 +33,7 @@ from pathlib import Path
 
 from rmt_dist.config import ConfigError, derive, load_config
 from rmt_dist.errors import report
+from rmt_dist.launching.dist_env import TEARDOWN_TIMEOUT_ENV, TEARDOWN_TIMEOUT_S
 from rmt_dist.launching.errors import LaunchError
 from rmt_dist.launching.preflight import first_failure, run_dir_checks
 from rmt_dist.launching.rundir import finished_after, mark_finished
@@ -96,7 +97,7 @@ def run_ranks(cmd: list[str], nproc: int, grace_s: float) -> tuple[int, int | No
         LOCAL_WORLD_SIZE=str(nproc),
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
-        **{ENV_LAUNCHER_PID: str(os.getpid())},
+        **{ENV_LAUNCHER_PID: str(os.getpid()), TEARDOWN_TIMEOUT_ENV: str(TEARDOWN_TIMEOUT_S)},
     )
     procs = [subprocess.Popen(cmd, env=dict(base, RANK=str(r), LOCAL_RANK=str(r))) for r in range(nproc)]
 

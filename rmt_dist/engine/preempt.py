@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable
 
 from ..errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED  # noqa: F401  (re-exported)
+from ..launching.dist_env import TEARDOWN_TIMEOUT_ENV
 from ..launching.rundir import pid_alive
 
 log = logging.getLogger("rmt_dist.train")
@@ -114,3 +115,35 @@ def watch_launcher(poll_s: float = 1.0, grace_s: float = 120.0) -> Callable[[], 
 
     threading.Thread(target=loop, name="rmt-dist-launcher-watch", daemon=True).start()
     return done.set
+
+
+def guard_teardown(rc: int) -> Callable[[], None]:
+    """End this process with `rc` if the teardown that follows training hangs; returns the
+    function that disarms the guard once the teardown is done.
+
+    Freeing the model, loaders and gloo process group after the last step has been seen to
+    hang a rank forever (torch's teardown: the main thread blocked in native code after its
+    peer exited), which keeps a finished SLURM job COMPLETING until its time limit. Armed
+    only where a launcher set $RMT_DIST_TEARDOWN_TIMEOUT_S for a rank process of its own
+    (launching/task.py, launch/local.py), never in a process that merely calls run()."""
+    try:
+        timeout_s = float(os.environ.get(TEARDOWN_TIMEOUT_ENV) or 0)
+    except ValueError:
+        timeout_s = 0.0
+    if timeout_s <= 0:
+        return lambda: None
+
+    def stuck() -> None:
+        log.warning(
+            "teardown after training did not finish in %.0f s (a known torch/gloo hang); exiting with %d now",
+            timeout_s,
+            rc,
+        )
+        for handler in logging.getLogger().handlers + log.handlers:
+            handler.flush()
+        os._exit(rc)
+
+    timer = threading.Timer(timeout_s, stuck)
+    timer.daemon = True
+    timer.start()
+    return timer.cancel

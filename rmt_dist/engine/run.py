@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import gc
 import logging
 import sys
 from pathlib import Path
@@ -148,6 +149,7 @@ def run(cfg: Config, info: DistInfo | None = None, train_loader=None, eval_loade
     preempt.clear_stop()
     restore = preempt.install_signal_handlers() if cfg.checkpoint.save_on_signal else (lambda: None)
     trainer = lock = None
+    rc = preempt.EXIT_FAILED
     try:
         cfg = _resume_own_requeue(derive(cfg, info.world_size), info.is_main)
         lock = _start(cfg, info, check_betons=train_loader is None)
@@ -169,17 +171,17 @@ def run(cfg: Config, info: DistInfo | None = None, train_loader=None, eval_loade
             eval_loader=eval_loader,
             faults=faults_from_env(info.rank, info.world_size),
         )
-        return trainer.train()
+        rc = trainer.train()
     except _StartFailed as e:
-        return e.code
+        rc = e.code
     except (TrainingDiverged, CheckpointSaveError) as e:
         if info.is_main:  # every rank raised the same (agreed) error: one line, from rank 0
             log.error("error: %s", e)
-        return preempt.EXIT_FAILED
+        rc = preempt.EXIT_FAILED
     except BadInputError as e:  # bad input: one line, no traceback
         if info.is_main or not isinstance(e, ResumeError):
             log.error("error: %s", e)
-        return preempt.EXIT_BAD_INPUT
+        rc = preempt.EXIT_BAD_INPUT
     except OSError as e:  # a full disk or a run dir gone read-only mid-run
         log.error(
             "error: training failed on rank %d: %s; %s",
@@ -187,15 +189,15 @@ def run(cfg: Config, info: DistInfo | None = None, train_loader=None, eval_loade
             describe_error(e),
             _disk_hint(e, Path(cfg.run.dir)),
         )
-        return preempt.EXIT_FAILED
+        rc = preempt.EXIT_FAILED
     except Exception:
         log.exception("training failed on rank %d", info.rank)
-        return preempt.EXIT_FAILED
+        rc = preempt.EXIT_FAILED
     except BaseException as e:  # DCP's CheckpointException is a BaseException
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise
         log.error("error: training failed on rank %d: %s", info.rank, describe_error(e))
-        return preempt.EXIT_FAILED
+        rc = preempt.EXIT_FAILED
     finally:
         if trainer is not None:
             trainer.close()
@@ -203,4 +205,11 @@ def run(cfg: Config, info: DistInfo | None = None, train_loader=None, eval_loade
             lock.release()
         unwatch()
         restore()
+        disarm = preempt.guard_teardown(rc)
+        # Free the model, loaders and their threads here, under the guard, before the group
+        # goes, not when this frame is torn down.
+        trainer = None
+        gc.collect()
         shutdown_distributed(info)
+        disarm()
+    return rc

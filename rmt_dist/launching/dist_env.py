@@ -16,6 +16,10 @@ from .hostlist import hostnames
 # and they share a first node.
 PORT_BASE, PORT_SPAN = 15000, 15000
 
+# Set by the launchers for the rank processes they start: how long the teardown after
+# training may take before the rank ends itself (rmt_dist.engine.preempt.guard_teardown).
+TEARDOWN_TIMEOUT_ENV, TEARDOWN_TIMEOUT_S = "RMT_DIST_TEARDOWN_TIMEOUT_S", 60
+
 
 def master_port(job_id: int | str) -> int:
     return PORT_BASE + int(job_id) % PORT_SPAN

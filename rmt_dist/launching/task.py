@@ -30,7 +30,7 @@ import submitit
 
 from ..atomic import atomic_write
 from ..errors import EXIT_BAD_INPUT, EXIT_PREEMPTED
-from .dist_env import torch_env_from_slurm
+from .dist_env import TEARDOWN_TIMEOUT_ENV, TEARDOWN_TIMEOUT_S, torch_env_from_slurm
 from .requeue import may_requeue, requeue
 from .rundir import finished_after, mark_finished
 from .sbatch import bad_input_marker, submitit_folder
@@ -104,6 +104,7 @@ def run_rank(
     os.environ.update(dist)
     # Keep intra-op threads within the CPUs SLURM gave this task.
     os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("SLURM_CPUS_PER_TASK", "1"))
+    os.environ.setdefault(TEARDOWN_TIMEOUT_ENV, str(TEARDOWN_TIMEOUT_S))  # this process is the rank's own
     rank, job_id = int(dist["RANK"]), os.environ["SLURM_JOB_ID"]
     _log(
         f"job {job_id} restart {os.environ.get('SLURM_RESTART_COUNT', '0')}: rank {rank}/{dist['WORLD_SIZE']} "
