@@ -7,11 +7,18 @@ that dir again is refused rather than silently training over it.
 One run writes a run dir at a time: rank 0 holds `RunDirLock` (an flock on `run.lock`,
 which records host, pid and SLURM job) for the run's life, and a second run is refused
 with one line naming the holder. The kernel drops an flock when its holder dies; where
-the file system keeps it (a dead node's lock on a network file system), a holder that is
-provably gone is taken over: a dead pid on this host, a later attempt of the same SLURM job
-(a requeue), or a SLURM job that `squeue` no longer lists. Where the file system has no
-flock at all, the record alone decides by the same rule. A launcher's pre-flight asks the
-same question without taking the lock (`check_not_in_use`).
+the file system keeps it (a dead node's lock on a network file system), a holder is taken
+over only on positive proof that it is gone: a dead pid on this host, or a later attempt of
+the same SLURM job (a requeue). A job `squeue` does not list proves nothing (hidden
+partitions, PrivateData=jobs, another cluster on the same file system), so any other kept
+lock is refused with the manual fix (delete `run.lock` once that pid is known dead). After
+writing its record a taker checks that `run.lock` is still the file it locked (another
+taker may have replaced it meanwhile). Where flock is per host (NFS `local_lock=flock`), a
+record of another host's job that squeue lists as active is refused. Where the file system
+has no flock at all, the record alone decides by the same rule (and a record naming this
+very pid that this process does not hold is stale: pids are reused). A launcher's
+pre-flight asks the same question without taking the lock (`check_not_in_use`); there a
+job squeue lists as active counts as alive even when no flock is held (a pending requeue).
 
 `checkpoint.resume=false` starts a run from step 0; in a run dir that already holds
 checkpoints or metrics that would train over them (metrics.jsonl truncated, the old
@@ -117,8 +124,6 @@ def _record_is_stale(holder: dict, run_dir: Path) -> bool:
     """Where the record alone decides (no flock): the rule of `_holder_is_gone`, and a record
     naming this very pid on this host that this process does not hold is a dead run's (pids
     are reused, in containers often the same one)."""
-    if _later_attempt_of_this_job(holder):
-        return True
     if holder.get("host") == socket.gethostname() and holder.get("pid") == os.getpid():
         return run_dir.resolve() not in _HELD_HERE
     return _holder_is_gone(holder)
