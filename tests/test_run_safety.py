@@ -385,6 +385,34 @@ def test_a_takeover_racing_a_new_holder_leaves_one_writer(tmp_path, monkeypatch)
         lock.release()
 
 
+def test_a_takeover_backs_off_when_the_new_holder_writes_its_record_meanwhile(tmp_path, monkeypatch):
+    """B judged the old record stale; the flock's new holder writes its record before B would
+    replace the file: B refuses and leaves the file alone."""
+    import fcntl
+    import socket
+
+    from rmt_dist.launching import rundir
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    path = run_dir / LOCK
+    path.write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid}))
+    fd = os.open(path, os.O_RDWR)  # the new holder: flock taken, record not written yet
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    inode = os.fstat(fd).st_ino
+    new = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": "now"})
+    monkeypatch.setattr(rundir.time, "sleep", lambda s: os.pwrite(fd, new.encode(), 0))
+    try:
+        with pytest.raises(LaunchError, match="was just taken by another run"):
+            rundir.RunDirLock(run_dir).acquire()
+        assert os.stat(path).st_ino == inode, "the live holder's lock file was replaced"
+    finally:
+        os.close(fd)
+
+
 def test_a_per_host_flock_does_not_overwrite_a_live_jobs_record(tmp_path, monkeypatch):
     """NFS with local_lock=flock: the flock succeeds on every host, the record names a job of
     another host that squeue lists: refused. A record of a job that squeue does not list (a
