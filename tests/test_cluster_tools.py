@@ -273,7 +273,10 @@ def test_preflight_refuses_a_run_dir_a_live_run_holds_and_not_a_stale_lock(digit
     try:
         line = failures(cfg)["run.lock"]
         assert f"is in use by another run (pid {holder.pid} on host {socket.gethostname()}" in line, line
-        assert line.endswith("wait for it to end or stop it, or pass run.dir=<new dir>")
+        assert line.endswith(
+            f"wait for it to end or stop it, or pass run.dir=<new dir>; if pid {holder.pid} on host "
+            f"{socket.gethostname()} is no longer running, delete {run_dir / 'run.lock'} and launch again"
+        ), line
     finally:
         stop(holder)
     assert json.loads((run_dir / "run.lock").read_text())["pid"] == holder.pid
@@ -284,8 +287,10 @@ def test_preflight_refuses_a_run_dir_a_live_run_holds_and_not_a_stale_lock(digit
         assert "on host node-a, SLURM job 4242" in failures(cfg)["run.lock"]
         fake_squeue(bin_dir, [], rc=1)  # squeue does not answer: not provably gone
         assert "on host node-a, SLURM job 4242" in failures(cfg)["run.lock"]
-        fake_squeue(bin_dir, [])  # the job left the queue: the lock the file system kept is stale
-        assert "run.lock" not in failures(cfg)
+        # Not listed proves nothing (hidden partitions, PrivateData=jobs, another cluster):
+        # a held flock stays in use.
+        fake_squeue(bin_dir, [])
+        assert "on host node-a, SLURM job 4242" in failures(cfg)["run.lock"]
     finally:
         stop(holder)
     # Its record stays; while its job is queued again (a pending requeue) that run comes back.
@@ -354,6 +359,25 @@ def test_local_launcher_runs_the_run_dir_checks_before_any_rank(digits, tmp_path
         f"error: run.lock: run dir {str(run_dir)!r} is in use by another run (pid {holder.pid}"
     )
     assert not (run_dir / "config.yaml").exists()
+
+
+def test_squeue_counts_hidden_partitions_and_survives_a_non_utf8_comment(tmp_path, monkeypatch):
+    from rmt_dist.launching.squeue import job_in_queue, queued_jobs
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # Another user's comment holding a Latin-1 path; the job is in a hidden partition, which
+    # squeue lists only with --all.
+    (bin_dir / "rows").write_bytes(b"4242|4242|RUNNING|rmt-dist:/data/caf\xe9\n")
+    script = bin_dir / "squeue"
+    script.write_text(
+        f'#!/bin/sh\nfor a in "$@"; do [ "$a" = --all ] && exec cat {bin_dir}/rows; done\nexit 0\n'
+    )
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    assert job_in_queue("4242") is True
+    [job] = queued_jobs() or []
+    assert os.fsencode(job.comment) == b"rmt-dist:/data/caf\xe9"
 
 
 def test_active_jobs_for_sees_every_element_of_a_pending_array(tmp_path, monkeypatch):

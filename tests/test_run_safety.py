@@ -284,7 +284,6 @@ def test_bad_override_is_blamed_on_the_command_line(capsys):
 def test_second_run_is_refused_naming_the_holder(digits, tmp_path, capsys, monkeypatch):
     run_dir = tmp_path / "run"
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
-    monkeypatch.setenv("PATH", fake_squeue(tmp_path / "bin", ["4242|4242|RUNNING|x"]))  # its job runs
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -328,23 +327,111 @@ def test_second_run_is_refused_naming_the_holder(digits, tmp_path, capsys, monke
         assert json.loads((run_dir / LOCK).read_text())["pid"] == os.getpid()
 
 
-def test_a_kept_lock_of_a_job_squeue_no_longer_lists_is_taken_over(tmp_path, monkeypatch):
-    """The NFS case of a dead node: the flock stays, the record names another node's job."""
+def test_a_kept_lock_of_another_hosts_job_is_refused_whatever_squeue_says(tmp_path, monkeypatch):
+    """The NFS case: the flock is held, the record names another node's job. squeue not
+    listing it proves nothing (hidden partitions, PrivateData=jobs, another cluster), so only
+    a later attempt of that job takes it over; the refusal says how to clear a dead one."""
     run_dir, bin_dir = tmp_path / "run", tmp_path / "bin"
     monkeypatch.setenv("SLURM_JOB_ID", "5000")  # another job than the holder's
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
     holder = hold_lock(run_dir, host="node-a", job="4242")
+    fix = f"if pid {holder.pid} on host node-a (SLURM job 4242) is no longer running, delete {run_dir / LOCK}"
     try:
         monkeypatch.setenv("PATH", fake_squeue(bin_dir, ["4242|4242|RUNNING|x"]))
-        with pytest.raises(LaunchError, match="is in use by another run .*SLURM job 4242"):
-            RunDirLock(run_dir).acquire()
-        fake_squeue(bin_dir, [], rc=1)  # squeue does not answer: nothing is provable
-        with pytest.raises(LaunchError, match="is in use by another run"):
-            RunDirLock(run_dir).acquire()
-        fake_squeue(bin_dir, ["4242|4242|CANCELLED|x"])  # over: its kept lock is stale
+        for rows, rc in ((["4242|4242|RUNNING|x"], 0), ([], 1), (["4242|4242|CANCELLED|x"], 0), ([], 0)):
+            fake_squeue(bin_dir, rows, rc=rc)
+            with pytest.raises(LaunchError, match="is in use by another run .*SLURM job 4242") as e:
+                RunDirLock(run_dir).acquire()
+            assert fix in str(e.value) and str(e.value).endswith("and launch again")
+        # The requeue of that job (a later attempt) takes the kept lock over.
+        monkeypatch.setenv("SLURM_JOB_ID", "4242")
+        monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
         with RunDirLock(run_dir):
-            assert json.loads((run_dir / LOCK).read_text())["slurm_job_id"] == "5000"
+            assert json.loads((run_dir / LOCK).read_text())["slurm_restart_count"] == "1"
     finally:
         stop(holder)
+
+
+def test_a_takeover_racing_a_new_holder_leaves_one_writer(tmp_path, monkeypatch):
+    """A takes the flock over a dead holder's record but has not written its own yet; B reads
+    the old record, judges it stale and replaces the file. Only one of them may run."""
+    import socket
+
+    from rmt_dist.launching import rundir
+
+    monkeypatch.setattr(rundir, "_TAKEOVER_SETTLE_S", 0, raising=False)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid}))
+    a, taken = rundir.RunDirLock(run_dir), []
+    write = a._write_record
+
+    def pause_then_write(fd, required):
+        taken.append(rundir.RunDirLock(run_dir).acquire())  # B runs its whole acquire meanwhile
+        write(fd, required)
+
+    monkeypatch.setattr(a, "_write_record", pause_then_write)
+    try:
+        a.acquire()
+        taken.append(a)
+    except LaunchError as e:
+        assert "was just taken by another run" in str(e)
+    assert len(taken) == 1, "two runs hold one run dir"
+    assert os.fstat(taken[0]._fd).st_ino == os.stat(run_dir / LOCK).st_ino
+    for lock in taken:
+        lock.release()
+
+
+def test_a_takeover_backs_off_when_the_new_holder_writes_its_record_meanwhile(tmp_path, monkeypatch):
+    """B judged the old record stale; the flock's new holder writes its record before B would
+    replace the file: B refuses and leaves the file alone."""
+    import fcntl
+    import socket
+
+    from rmt_dist.launching import rundir
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    path = run_dir / LOCK
+    path.write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid}))
+    fd = os.open(path, os.O_RDWR)  # the new holder: flock taken, record not written yet
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    inode = os.fstat(fd).st_ino
+    new = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": "now"})
+    monkeypatch.setattr(rundir.time, "sleep", lambda s: os.pwrite(fd, new.encode(), 0))
+    try:
+        with pytest.raises(LaunchError, match="was just taken by another run"):
+            rundir.RunDirLock(run_dir).acquire()
+        assert os.stat(path).st_ino == inode, "the live holder's lock file was replaced"
+    finally:
+        os.close(fd)
+
+
+def test_a_per_host_flock_does_not_overwrite_a_live_jobs_record(tmp_path, monkeypatch):
+    """NFS with local_lock=flock: the flock succeeds on every host, the record names a job of
+    another host that squeue lists: refused. A record of a job that squeue does not list (a
+    crash) or of this very job does not block the restart."""
+    run_dir, bin_dir = tmp_path / "run", tmp_path / "bin"
+    run_dir.mkdir()
+    record = {"host": "node-a", "pid": 1, "slurm_job_id": "4242", "slurm_restart_count": "0", "since": "x"}
+    (run_dir / LOCK).write_text(json.dumps(record))
+    monkeypatch.setenv("PATH", fake_squeue(bin_dir, ["4242|4242|RUNNING|x"]))
+    monkeypatch.setenv("SLURM_JOB_ID", "5000")
+    with pytest.raises(LaunchError, match="in use by another run .*SLURM job 4242.*per host"):
+        RunDirLock(run_dir).acquire()
+    assert json.loads((run_dir / LOCK).read_text()) == record, "the live job's record was overwritten"
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")  # this job's own record (a restart on another node)
+    RunDirLock(run_dir).acquire().release()
+    (run_dir / LOCK).write_text(json.dumps(record))
+    monkeypatch.setenv("SLURM_JOB_ID", "5000")
+    fake_squeue(bin_dir, ["4242|4242|FAILED|x"])  # its job is over: a crash restart proceeds
+    RunDirLock(run_dir).acquire().release()
 
 
 def test_without_flock_the_record_keeps_a_second_run_out(tmp_path, monkeypatch):
@@ -378,6 +465,32 @@ def test_without_flock_the_record_keeps_a_second_run_out(tmp_path, monkeypatch):
     finally:
         sleeper.kill()
         sleeper.wait()
+    # A later attempt of the record's job takes over before the live-pid rule applies.
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run_dir / LOCK).write_text(json.dumps({**live, "pid": sleeper.pid, "slurm_job_id": "77"}))
+        monkeypatch.setenv("SLURM_JOB_ID", "77")
+        monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+        RunDirLock(run_dir).acquire().release()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    monkeypatch.delenv("SLURM_JOB_ID")
+    monkeypatch.delenv("SLURM_RESTART_COUNT")
+    # A record naming this very pid that this process does not hold: a dead run's (pid reuse).
+    (run_dir / LOCK).write_text(json.dumps({**live, "pid": os.getpid()}))
+    RunDirLock(run_dir).acquire().release()
+    # Writing the claim fails (a full disk): the empty claim must not block every later start.
+    real_write = os.write
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError, match="No space"):
+        RunDirLock(run_dir).acquire()
+    monkeypatch.setattr(os, "write", real_write)
+    assert not (run_dir / f"{LOCK}.claim").exists()
     # Both gone now (a dead pid on this host): neither record blocks.
     (run_dir / LOCK).write_text(json.dumps(live))
     with RunDirLock(run_dir):

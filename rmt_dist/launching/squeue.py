@@ -3,7 +3,11 @@
 `squeue -r` lists every element of a job array on its own row: without it a pending array
 is one row `123_[0-3]`, and a launch.json recording element `123_1` would not be found.
 `queued_jobs` returns None when squeue does not answer (not installed, controller down),
-so callers can tell "the job is gone" from "we cannot know".
+so callers can tell "the job is gone" from "we cannot know". `--all` counts jobs of hidden
+partitions too. Even so, a job squeue does not list may still run (PrivateData=jobs hides
+other users' jobs, another cluster may share the file system): a listed job is evidence
+that it is alive, a missing one never evidence that it is gone. Output is decoded with
+surrogateescape: a job comment (ours holds a raw run dir path) need not be UTF-8.
 """
 
 from __future__ import annotations
@@ -51,7 +55,11 @@ def queued_jobs(timeout_s: float = 30) -> list[QueuedJob] | None:
     """Every job squeue lists, one row per array element; None when squeue does not answer."""
     try:
         out = subprocess.run(
-            ["squeue", "-h", "-r", "-o", SQUEUE_FORMAT], capture_output=True, text=True, timeout=timeout_s
+            ["squeue", "--all", "-h", "-r", "-o", SQUEUE_FORMAT],
+            capture_output=True,
+            text=True,
+            errors="surrogateescape",  # a job comment (a raw path) need not be UTF-8
+            timeout=timeout_s,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
