@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from . import reference as official
+from .checkpoint_format.dirs import METRICS_FILE
 from .errors import EXIT_FAILED, report
 from .status import StatusError, read_config, read_metrics
 
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     run_dir = Path(a.run_dir)
     try:
-        if not (run_dir / "metrics.jsonl").is_file():
+        if not (run_dir / METRICS_FILE).is_file():
             raise StatusError(
                 f"{str(run_dir)!r} has no metrics.jsonl: not a run dir, or the run has not logged yet"
             )

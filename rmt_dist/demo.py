@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from .checkpoint_format.dirs import METRICS_FILE
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
 
@@ -37,7 +39,7 @@ def _run(cmd: list[str]) -> None:
 
 
 def _records(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS_FILE
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -25,11 +25,9 @@ from pathlib import Path
 import yaml
 
 from . import reference as official
-from .checkpoint_format.dirs import MARKER, invalid_reason, list_step_dirs, step_of
+from .checkpoint_format.dirs import MARKER, METRICS_FILE, invalid_reason, list_step_dirs, step_of
 from .errors import BadInputError, report
 from .launching.record import read_launch
-
-METRICS = "metrics.jsonl"
 
 
 class StatusError(BadInputError, ValueError):
@@ -39,7 +37,7 @@ class StatusError(BadInputError, ValueError):
 def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
     """(train records, eval records) of metrics.jsonl; a line cut by a crash is skipped."""
     train, evals = [], []
-    path = run_dir / METRICS
+    path = run_dir / METRICS_FILE
     if path.is_file():
         for line in path.read_text().splitlines():
             try:
@@ -151,7 +149,7 @@ def run_status(run_dir: str | Path, reference: str | None = None) -> dict[str, s
             f"run dir {str(run_dir)!r} does not exist; pass the run.dir of a run (launch/slurm.py prints it)"
         )
     cfg = read_config(run_dir)
-    if not cfg and not (run_dir / METRICS).is_file() and not read_launch(run_dir):
+    if not cfg and not (run_dir / METRICS_FILE).is_file() and not read_launch(run_dir):
         raise StatusError(f"{str(run_dir)!r} is not a run dir (no config.yaml, metrics.jsonl or launch.json)")
     train, evals = read_metrics(run_dir)
     job_id, state, restarts = slurm_job(run_dir)

@@ -28,6 +28,9 @@ from pathlib import Path
 
 log = logging.getLogger("rmt_dist.engine.checkpoint")  # the name the engine's warnings always had
 
+METRICS_FILE = (
+    "metrics.jsonl"  # run.dir/metrics.jsonl, one JSON record per line (engine/metrics.py writes it)
+)
 MARKER = "COMPLETE"
 POINTER = "latest"
 TRAIN_STATE = "train_state.json"

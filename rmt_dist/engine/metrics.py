@@ -15,8 +15,8 @@ import os
 from pathlib import Path
 
 from ..atomic import atomic_write
+from ..checkpoint_format.dirs import METRICS_FILE
 
-METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
 _NOT_SCALARS = {"step", "epoch", "kind"}
 

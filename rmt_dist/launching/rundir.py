@@ -223,8 +223,7 @@ def check_not_in_use(run_dir: str | os.PathLike) -> None:
 def existing_run(run_dir: str | os.PathLike) -> str | None:
     """What a run from step 0 would train over in `run_dir` (sealed checkpoints, metrics
     records), in words; None for an empty or fresh dir. Torch-free."""
-    from ..checkpoint_format.dirs import MARKER, list_step_dirs, step_of
-    from ..engine.metrics import METRICS_FILE
+    from ..checkpoint_format.dirs import MARKER, METRICS_FILE, list_step_dirs, step_of
 
     run_dir = Path(run_dir)
     found = []
