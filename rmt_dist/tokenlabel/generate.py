@@ -41,7 +41,7 @@ import numpy as np
 
 from ..atomic import atomic_path, atomic_write
 from ..errors import report
-from .store import StoreMeta, TokenLabelStoreError, generation_key, refuse_repeated_classes
+from .store import StoreMeta, TokenLabelStoreError, assemble_parts, generation_key, publish_arrays
 from .view import TeacherView, TeacherViewError
 
 # torch and the teacher are imported when labelling starts, not at import: `--help` and
@@ -197,37 +197,24 @@ def _label_rows(model, images, decoder, rows, args, device, mean, std, bar) -> d
 
 
 def _consolidate(store: Path, meta: StoreMeta, num_chunks: int) -> float:
-    """Parts -> scores.npy / indices.npy; every sample index must be covered exactly once."""
-    shape = (meta.num_samples, meta.map_h, meta.map_w, meta.topk)
-    scores = np.lib.format.open_memmap(store / "scores.npy.tmp", mode="w+", dtype=np.float16, shape=shape)
-    indices = np.lib.format.open_memmap(store / "indices.npy.tmp", mode="w+", dtype=np.int16, shape=shape)
-    seen = np.zeros(meta.num_samples, dtype=bool)
-    correct = 0
-    for c in range(num_chunks):
-        part = _part(store, c)
-        if not part.is_file():
-            raise TokenLabelStoreError(f"chunk {c} ({part}) is missing after generation; re-run to finish it")
-        with np.load(part) as z:
-            rows = z["rows"]
-            refuse_repeated_classes(
-                part, rows, z["indices"], meta, "re-run the same command to label it again"
-            )
-            scores[rows], indices[rows] = z["scores"], z["indices"]
-            seen[rows] = True
-            correct += int(z["correct"])
-    if not seen.all():
-        missing = np.flatnonzero(~seen)
-        raise TokenLabelStoreError(
-            f"{len(missing)} sample indices have no labels (first: {missing[:5].tolist()})"
-        )
-    scores.flush()
-    indices.flush()
-    del scores, indices
-    os.replace(store / "scores.npy.tmp", store / "scores.npy")
-    os.replace(store / "indices.npy.tmp", store / "indices.npy")
+    """Parts -> scores.npy / indices.npy; returns the teacher's top-1 accuracy on the labels."""
+    correct = [0]
+
+    def count(z) -> None:
+        correct[0] += int(z["correct"])
+
+    assemble_parts(
+        store,
+        meta,
+        ((c, _part(store, c)) for c in range(num_chunks)),
+        "generation",
+        "re-run the same command to label it again",
+        count,
+    )
+    publish_arrays(store)
     StoreMeta(**{**generation_key(meta), "complete": True}).write(store)
     shutil.rmtree(store / "parts", ignore_errors=True)
-    return correct / meta.num_samples
+    return correct[0] / meta.num_samples
 
 
 def generate(args: argparse.Namespace) -> StoreMeta:

@@ -64,11 +64,12 @@ from ..errors import report
 from .store import (
     StoreMeta,
     TokenLabelStoreError,
+    assemble_parts,
     first_repeated_class,
     generation_key,
     one_line,
+    publish_arrays,
     read_tsv_field,
-    refuse_repeated_classes,
     tsv_rows,
 )
 from .view import TeacherView, TeacherViewError
@@ -256,41 +257,32 @@ def _consolidate(store: Path, meta: StoreMeta, num_chunks: int, min_agreement: f
     """Parts -> scores.npy / indices.npy (+ fallback.tsv); every sample covered, labels agree.
 
     Returns (share of images whose maps' most frequent top-1 is their label, fallbacks)."""
-    shape = (meta.num_samples, meta.map_h, meta.map_w, meta.topk)
-    scores = np.lib.format.open_memmap(store / "scores.npy.tmp", mode="w+", dtype=np.float16, shape=shape)
-    indices = np.lib.format.open_memmap(store / "indices.npy.tmp", mode="w+", dtype=np.int16, shape=shape)
-    seen = np.zeros(meta.num_samples, dtype=bool)
-    agree, fallback = 0, []
-    for c in range(num_chunks):
-        part = _part(store, c) if _part(store, c).is_file() else _part(store, c, True)
-        if not part.is_file():
-            raise TokenLabelStoreError(f"chunk {c} ({part}) is missing after the import; re-run to finish it")
-        with np.load(part) as z:
-            rows = z["rows"]
-            refuse_repeated_classes(
-                part, rows, z["indices"], meta, "re-run the same command to read its files again"
-            )
-            scores[rows], indices[rows] = z["scores"], z["indices"]
-            seen[rows] = True
-            agree += int(z["agree"])
-            fallback += [tuple(map(read_tsv_field, line.split("\t"))) for line in z["problems"].tolist()]
-    if not seen.all():
-        missing = np.flatnonzero(~seen)
-        raise TokenLabelStoreError(
-            f"{len(missing)} sample indices have no labels (first: {missing[:5].tolist()})"
-        )
-    share = agree / max(meta.num_samples - len(fallback), 1)
+    agree = [0]
+    fallback: list[tuple[str, ...]] = []
+
+    def collect(z) -> None:
+        agree[0] += int(z["agree"])
+        fallback.extend(tuple(map(read_tsv_field, line.split("\t"))) for line in z["problems"].tolist())
+
+    assemble_parts(
+        store,
+        meta,
+        (
+            (c, _part(store, c) if _part(store, c).is_file() else _part(store, c, True))
+            for c in range(num_chunks)
+        ),
+        "the import",
+        "re-run the same command to read its files again",
+        collect,
+    )
+    share = agree[0] / max(meta.num_samples - len(fallback), 1)
     if share < min_agreement:  # before publishing anything: a wrong class order must not train
         raise TokenLabelStoreError(
             f"only {share * 100:.1f}% of images have their beton label as the maps' most frequent top-1 class "
             f"(--min-agreement {min_agreement}): the maps' class indices do not follow this beton's class "
             f"order (ImageNet: sorted synset folders) or belong to other images; check LABEL_ROOT and BETON"
         )
-    scores.flush()
-    indices.flush()
-    del scores, indices
-    os.replace(store / "scores.npy.tmp", store / "scores.npy")
-    os.replace(store / "indices.npy.tmp", store / "indices.npy")
+    publish_arrays(store)
     if fallback:
         _write_problems(store / "fallback.tsv", [(int(r), f, why) for r, f, why in fallback])
     StoreMeta(**{**generation_key(meta), "complete": True, "fallback_samples": len(fallback)}).write(store)

@@ -29,8 +29,10 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -132,7 +134,7 @@ def image_name(beton: str | Path, sample: int) -> str:
         return f"sample {sample}"
 
 
-def refuse_repeated_classes(
+def _refuse_repeated_classes(
     part: Path, rows: np.ndarray, indices: np.ndarray, meta: StoreMeta, rerun: str
 ) -> None:
     """Stop consolidation at a part whose top-k repeats a class in a cell; the part is removed
@@ -146,6 +148,45 @@ def refuse_repeated_classes(
         f"{image_name(meta.beton, int(rows[n]))}: cell (row {y}, col {x}) of its top-{meta.topk} lists class "
         f"{c} twice ({part.name} is damaged and was removed); {rerun}"
     )
+
+
+def assemble_parts(
+    store: Path,
+    meta: StoreMeta,
+    parts: Iterable[tuple[int, Path]],
+    made_by: str,
+    rerun: str,
+    on_part: Callable[[Any], None],
+) -> None:
+    """The chunk parts (chunk number, file) of generate/import_tlt -> STORE/scores.npy.tmp and
+    indices.npy.tmp, flushed; every sample index must be covered. `on_part(npz)` reads a part's
+    own extra fields; `publish_arrays` renames the arrays into place once the caller's checks pass."""
+    shape = (meta.num_samples, meta.map_h, meta.map_w, meta.topk)
+    scores = np.lib.format.open_memmap(store / "scores.npy.tmp", mode="w+", dtype=np.float16, shape=shape)
+    indices = np.lib.format.open_memmap(store / "indices.npy.tmp", mode="w+", dtype=np.int16, shape=shape)
+    seen = np.zeros(meta.num_samples, dtype=bool)
+    for c, part in parts:
+        if not part.is_file():
+            raise TokenLabelStoreError(f"chunk {c} ({part}) is missing after {made_by}; re-run to finish it")
+        with np.load(part) as z:
+            rows = z["rows"]
+            _refuse_repeated_classes(part, rows, z["indices"], meta, rerun)
+            scores[rows], indices[rows] = z["scores"], z["indices"]
+            seen[rows] = True
+            on_part(z)
+    if not seen.all():
+        missing = np.flatnonzero(~seen)
+        raise TokenLabelStoreError(
+            f"{len(missing)} sample indices have no labels (first: {missing[:5].tolist()})"
+        )
+    scores.flush()
+    indices.flush()
+
+
+def publish_arrays(store: Path) -> None:
+    """scores.npy / indices.npy from what assemble_parts wrote."""
+    for name in ("scores.npy", "indices.npy"):
+        os.replace(store / f"{name}.tmp", store / name)
 
 
 def generation_key(meta: StoreMeta) -> dict:
