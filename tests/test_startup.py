@@ -5,6 +5,7 @@ run; and the numpy-only beton fingerprint equals the one ffcv's own Reader gives
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -32,22 +33,18 @@ else:
 {PROBE}
 print('exit', code)
 """
-COMMANDS = [
-    "rmt_dist.config",
-    "rmt_dist.train",
-    "rmt_dist.evaluate",
-    "rmt_dist.export",
-    "rmt_dist.status",
-    "rmt_dist.compare",
-    "rmt_dist.demo",
-    "rmt_dist.data.convert",
-    "rmt_dist.data.verify",
-    "rmt_dist.data.digits",
-    "rmt_dist.tokenlabel.generate",
-    "rmt_dist.tokenlabel.import_tlt",
-    "launch/slurm.py",
-    "launch/local.py",
-]
+
+
+def _bench_helps() -> list[str]:
+    """The modules bench/startup.py times (one list for the bench and this test)."""
+    spec = importlib.util.spec_from_file_location("bench_startup", ROOT / "bench" / "startup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.HELPS
+
+
+# The bench's --help modules, plus the digits helper and the two launchers (the bench times those with other arguments).
+COMMANDS = [*_bench_helps(), "rmt_dist.data.digits", "launch/slurm.py", "launch/local.py"]
 
 
 def _python(*args: str) -> subprocess.CompletedProcess:
